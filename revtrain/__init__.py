@@ -1,0 +1,12 @@
+"""revtrain: train recurrent networks under tight memory by exact reversal.
+
+Every step is computed in fixed-point integers; the bits a step destroys are
+kept, entropy coded, in an information buffer, so backpropagation through time
+and SGD with momentum can be run backwards bit for bit instead of storing
+their trajectories.
+"""
+from .errors import FixedPointError, ReversalError
+
+__version__ = "0.1.0"
+
+__all__ = ["FixedPointError", "ReversalError"]
