@@ -6,7 +6,14 @@ and SGD with momentum can be run backwards bit for bit instead of storing
 their trajectories.
 """
 from .errors import FixedPointError, ReversalError
+from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_float
+from .buffer import InfoBuffer
+from .exact import exact_mul, exact_div
 
 __version__ = "0.1.0"
 
-__all__ = ["FixedPointError", "ReversalError"]
+__all__ = [
+    "FixedPointError", "ReversalError",
+    "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
+    "InfoBuffer", "exact_mul", "exact_div",
+]

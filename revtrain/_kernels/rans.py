@@ -1,0 +1,192 @@
+"""rANS stack kernels: push and pop uniform symbols on independent streams.
+
+The information buffer is held in three plain arrays so that any ``@njit``
+kernel can push and pop inline, element by element:
+
+``states``  uint64 ``(S,)``      rANS state of each stream, in ``[2**32, 2**64)``
+``counts``  int64 ``(S,)``       number of 32-bit words stored per stream
+``words``   uint32 ``(S, cap)``  word stack of each stream (``words[s, :counts[s]]``)
+
+A uniform symbol ``r`` in ``[0, b)`` is coded with a quantised distribution of
+total ``M = 2**16``: with ``q = M // b`` and ``e = M % b`` the first ``e``
+symbols have frequency ``q + 1``, the others ``q``, and the cumulative
+frequency is ``c(r) = r*q + min(r, e)``.
+
+Reading from an empty stack yields 0 and emitting a zero word onto an empty
+stack stores nothing, so a stream behaves as if it had infinitely many zero
+words below it; the initial state is ``2**32``. Callers must make sure
+``words`` has room for every word a kernel may emit (see
+``InfoBuffer.reserve``); a push onto a full stack raises instead of writing
+out of bounds.
+"""
+import numpy as np
+from numba import njit, uint64, int64
+
+from .bits import bit_length, trailing_zeros
+
+PROB_BITS = 16
+PROB_TOTAL = 1 << PROB_BITS
+MAX_BASE = PROB_TOTAL
+STATE_LOW = np.uint64(1) << np.uint64(32)
+INITIAL_STATE = STATE_LOW
+WORD_MASK = np.uint64(0xFFFFFFFF)
+SPLIT_BITS = 12
+SPLIT_LIMIT = 1 << SPLIT_BITS
+
+#: Decorator for the element routines that kernels call per element. They take
+#: the buffer arrays as arguments; in a kernel compiled with the Numba runtime
+#: (NRT) every call increments and decrements the arrays' reference counts with
+#: atomic instructions, which costs 3-10x their work. So they are compiled
+#: without the runtime (``_nrt=False``; they only index arrays the caller owns)
+#: and inlined. Put the per-element loop that pushes and pops in a kernel
+#: compiled with :data:`buffer_kernel` (no allocation inside, preallocated
+#: arrays in); called from an ordinary kernel they are correct but slower.
+buffer_op = njit(cache=True, _nrt=False, inline="always")
+
+#: Decorator for loop kernels that call :data:`buffer_op` routines per element.
+buffer_kernel = njit(cache=True, _nrt=False)
+
+
+@buffer_op
+def _emit_word(counts, words, s, x):
+    """Store the low 32 bits of state ``x`` on stream ``s``; return ``x >> 32``.
+
+    A zero word on an empty stack is not stored (the stack reads zeros below).
+    """
+    w = x & WORD_MASK
+    n = counts[s]
+    if n > 0 or w != 0:
+        if n >= words.shape[1]:
+            raise RuntimeError("InfoBuffer is full: reserve more words before pushing")
+        words[s, n] = np.uint32(w)
+        counts[s] = n + 1
+    return x >> uint64(32)
+
+
+@buffer_op
+def _push_symbol(states, counts, words, s, r, b):
+    """rANS-encode one symbol ``0 <= r < b`` with ``2 <= b <= 2**16``.
+
+    ``x <- (x // f) * M + x % f + c`` after emitting 32 bits when
+    ``x >= 2**48 * f``, so the state stays in ``[2**32, 2**64)``. Powers of two
+    use shifts: then ``f = M / b`` exactly and the code costs ``log2(b)`` bits.
+    """
+    x = states[s]
+    if (b & (b - 1)) == 0:
+        sh = uint64(PROB_BITS - trailing_zeros(b))          # f = 2**sh
+        if x >= (uint64(1) << (uint64(48) + sh)):
+            x = _emit_word(counts, words, s, x)
+        x = ((x >> sh) << uint64(PROB_BITS)) + (x & ((uint64(1) << sh) - uint64(1))) \
+            + (uint64(r) << sh)
+    else:
+        q = PROB_TOTAL // b
+        e = PROB_TOTAL - q * b
+        if r < e:
+            f = q + 1
+            c = r * f
+        else:
+            f = q
+            c = r * q + e
+        fu = uint64(f)
+        if x >= (fu << uint64(48)):
+            x = _emit_word(counts, words, s, x)
+        x = ((x // fu) << uint64(PROB_BITS)) + (x % fu) + uint64(c)
+    states[s] = x
+
+
+@buffer_op
+def _pop_symbol(states, counts, words, s, b):
+    """rANS-decode one symbol of base ``2 <= b <= 2**16``: the inverse of :func:`_push_symbol`."""
+    x = states[s]
+    slot = int64(x & uint64(PROB_TOTAL - 1))
+    if (b & (b - 1)) == 0:
+        sh = PROB_BITS - trailing_zeros(b)
+        r = slot >> sh
+        x = ((x >> uint64(PROB_BITS)) << uint64(sh)) + uint64(slot & ((1 << sh) - 1))
+    else:
+        q = PROB_TOTAL // b
+        e = PROB_TOTAL - q * b
+        big = e * (q + 1)
+        if slot < big:
+            f = q + 1
+            r = slot // f
+            c = r * f
+        else:
+            f = q
+            r = e + (slot - big) // q
+            c = r * q + e
+        x = uint64(f) * (x >> uint64(PROB_BITS)) + uint64(slot - c)
+    if x < STATE_LOW:
+        n = counts[s]
+        w = uint64(0)
+        if n > 0:
+            n -= 1
+            w = uint64(words[s, n])
+            counts[s] = n
+        x = (x << uint64(32)) | w
+    states[s] = x
+    return int64(r)
+
+
+@buffer_op
+def _split(r, b):
+    """Digits of a large base: ``r = hi * 2**k + lo`` with ``hi < nh <= 2**SPLIT_BITS``.
+
+    Returns ``(k, nh, base of lo given hi)``; the last group of ``hi`` may be short.
+    """
+    k = bit_length(b - 1) - SPLIT_BITS
+    nh = ((b - 1) >> k) + 1
+    hi = r >> k
+    blo = (1 << k) if hi < nh - 1 else b - ((nh - 1) << k)
+    return k, nh, blo
+
+
+@buffer_op
+def rans_push(states, counts, words, s, r, b):
+    """Push symbol ``0 <= r < b`` (``1 <= b <= 2**16``) onto stream ``s``.
+
+    Base 1 carries no information and changes nothing. Bases above
+    ``2**SPLIT_BITS`` that are not powers of two are coded as two digits (a
+    high digit of base <= 2**SPLIT_BITS, then a low one of base <= 2**k):
+    coding them directly with ``M = 2**16`` would waste up to 0.07 bit each.
+    """
+    if b <= 1:
+        return
+    if b <= SPLIT_LIMIT or (b & (b - 1)) == 0:
+        _push_symbol(states, counts, words, s, r, b)
+        return
+    k, nh, blo = _split(r, b)
+    if blo > 1:
+        _push_symbol(states, counts, words, s, r & ((1 << k) - 1), blo)
+    _push_symbol(states, counts, words, s, r >> k, nh)
+
+
+@buffer_op
+def rans_pop(states, counts, words, s, b):
+    """Pop a symbol of base ``b`` from stream ``s``: the exact inverse of :func:`rans_push`."""
+    if b <= 1:
+        return int64(0)
+    if b <= SPLIT_LIMIT or (b & (b - 1)) == 0:
+        return _pop_symbol(states, counts, words, s, b)
+    k = bit_length(b - 1) - SPLIT_BITS
+    nh = ((b - 1) >> k) + 1
+    hi = _pop_symbol(states, counts, words, s, nh)
+    blo = (1 << k) if hi < nh - 1 else b - ((nh - 1) << k)
+    lo = int64(0)
+    if blo > 1:
+        lo = _pop_symbol(states, counts, words, s, blo)
+    return (hi << k) | lo
+
+
+@buffer_kernel
+def push_streams(states, counts, words, r, b):
+    """Push ``r[s]`` of base ``b[s]`` on every stream ``s`` (vectorised API)."""
+    for s in range(states.shape[0]):
+        rans_push(states, counts, words, s, r[s], b[s])
+
+
+@buffer_kernel
+def pop_streams(states, counts, words, b, out):
+    """Pop one symbol of base ``b[s]`` from every stream ``s`` into ``out[s]``."""
+    for s in range(states.shape[0]):
+        out[s] = rans_pop(states, counts, words, s, b[s])

@@ -1,0 +1,149 @@
+"""The information buffer: an rANS stack of uniform symbols, one state per stream."""
+import numpy as np
+
+from ._kernels.rans import INITIAL_STATE, PROB_TOTAL, push_streams, pop_streams
+
+MAX_BASE = PROB_TOTAL
+
+
+def _as_stream_ints(value, n_streams, name):
+    arr = np.asarray(value)
+    if arr.dtype == bool or arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(n_streams, arr, dtype=np.int64)
+    if arr.shape != (n_streams,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n_streams},) "
+                         f"(one per stream), got shape {arr.shape}")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_base(base, n_streams, name="base"):
+    """Validate bases ``1 <= base <= 2**16``; return an int64 array of shape ``(n_streams,)``."""
+    b = _as_stream_ints(base, n_streams, name)
+    bad = (b < 1) | (b > MAX_BASE)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must be in [1, {MAX_BASE}], got {int(b[i])} at stream {i}")
+    return b
+
+
+class InfoBuffer:
+    """A stack of uniform symbols, entropy coded with rANS, one stream per row.
+
+    Pushing a symbol ``0 <= r < b`` costs about ``log2(b)`` bits; popping with
+    the same base returns it and frees them. Operations on one stream must be
+    undone in exactly the reverse order; streams are independent. An empty
+    stream pops zeros.
+
+    Parameters
+    ----------
+    n_streams : int
+        Number of independent streams ``S`` (for example one per batch row).
+    capacity : int, optional
+        Initial number of 32-bit words allocated per stream; grows as needed.
+
+    Attributes
+    ----------
+    states : ndarray of uint64, shape (S,)
+        rANS state per stream, in ``[2**32, 2**64)``.
+    counts : ndarray of int64, shape (S,)
+        Words stored per stream.
+    words : ndarray of uint32, shape (S, capacity)
+        Word stacks. Kernels receive ``(states, counts, words)`` and call
+        ``revtrain._kernels.rans.rans_push`` / ``rans_pop`` inline, after
+        :meth:`reserve` made room.
+    info : ndarray of float64, shape (S,)
+        Running sum per stream of ``log2(base)`` pushed minus popped.
+    """
+
+    def __init__(self, n_streams, capacity=0):
+        if isinstance(n_streams, bool) or not isinstance(n_streams, (int, np.integer)) \
+                or n_streams < 1:
+            raise ValueError(f"n_streams must be a positive int, got {n_streams!r}")
+        S = int(n_streams)
+        self.states = np.full(S, INITIAL_STATE, dtype=np.uint64)
+        self.counts = np.zeros(S, dtype=np.int64)
+        self.words = np.zeros((S, max(int(capacity), 0)), dtype=np.uint32)
+        self.info = np.zeros(S, dtype=np.float64)
+
+    @property
+    def n_streams(self):
+        """Number of independent streams."""
+        return self.states.shape[0]
+
+    @property
+    def nbytes(self):
+        """Bytes actually held: 4 per stored word plus the 8-byte state of each stream."""
+        return int(4 * self.counts.sum() + 8 * self.n_streams)
+
+    @property
+    def allocated_bytes(self):
+        """Bytes allocated, including the unused reserve of the word stacks."""
+        return int(self.words.nbytes + self.states.nbytes + self.counts.nbytes + self.info.nbytes)
+
+    @property
+    def info_bits(self):
+        """Information held: sum over streams of ``log2(base)`` pushed minus popped."""
+        return float(self.info.sum())
+
+    def is_empty(self):
+        """True when every stream is back at its initial state with no stored words."""
+        return bool((self.counts == 0).all() and (self.states == INITIAL_STATE).all())
+
+    def reserve(self, extra_words):
+        """Make room for ``extra_words`` more words on every stream (grows by >= 1.5x)."""
+        need = int(self.counts.max()) + int(extra_words)
+        cap = self.words.shape[1]
+        if need > cap:
+            new = np.zeros((self.n_streams, max(need, cap + cap // 2 + 16)), dtype=np.uint32)
+            new[:, :cap] = self.words
+            self.words = new
+
+    def push(self, r, base):
+        """Push symbol ``r[s]`` of base ``base[s]`` on every stream.
+
+        Parameters
+        ----------
+        r : int array_like, shape (S,) or scalar
+            Symbols, ``0 <= r < base``.
+        base : int array_like, shape (S,) or scalar
+            Bases, ``1 <= base <= 2**16``.
+        """
+        S = self.n_streams
+        b = check_base(base, S)
+        rr = _as_stream_ints(r, S, "r")
+        bad = (rr < 0) | (rr >= b)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"r must satisfy 0 <= r < base, got r={int(rr[i])} with "
+                             f"base={int(b[i])} at stream {i}")
+        self.reserve(1)
+        push_streams(self.states, self.counts, self.words, rr, b)
+        self.info += np.log2(b)
+
+    def pop(self, base):
+        """Pop one symbol of base ``base[s]`` from every stream.
+
+        Returns
+        -------
+        r : ndarray of int64, shape (S,)
+        """
+        b = check_base(base, self.n_streams)
+        out = np.empty(self.n_streams, dtype=np.int64)
+        pop_streams(self.states, self.counts, self.words, b, out)
+        self.info -= np.log2(b)
+        return out
+
+    def copy(self):
+        """An independent copy (words trimmed to what is stored)."""
+        new = InfoBuffer(self.n_streams)
+        new.states = self.states.copy()
+        new.counts = self.counts.copy()
+        new.words = self.words[:, :int(self.counts.max())].copy()
+        new.info = self.info.copy()
+        return new
+
+    def __repr__(self):
+        return (f"InfoBuffer(n_streams={self.n_streams}, nbytes={self.nbytes}, "
+                f"info_bits={self.info_bits:.1f})")

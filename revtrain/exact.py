@@ -1,0 +1,123 @@
+"""Exact, reversible multiplication of fixed-point arrays by ratios n/d <= 1."""
+import math
+
+import numpy as np
+
+from .buffer import InfoBuffer, MAX_BASE
+from .errors import FixedPointError
+from ._kernels.exact import first_bad_ratio, first_overflow, mul_ratio_array, mul_ratio_scalar
+
+
+def _check_q(q, buf):
+    if not isinstance(buf, InfoBuffer):
+        raise TypeError(f"buf must be an InfoBuffer, got {type(buf).__name__}")
+    if not isinstance(q, np.ndarray) or q.dtype != np.int64:
+        got = q.dtype if isinstance(q, np.ndarray) else type(q).__name__
+        raise TypeError(f"q must be an int64 ndarray (it is changed in place), got {got}")
+    if q.ndim < 1 or q.shape[0] != buf.n_streams:
+        raise ValueError(f"q must have shape (n_streams={buf.n_streams}, ...): its leading "
+                         f"axis is the stream axis; got shape {q.shape}")
+    if not (q.flags.c_contiguous and q.flags.writeable):
+        raise ValueError("q must be a writeable C-contiguous array (it is changed in place)")
+    return q.reshape(q.shape[0], -1)
+
+
+def _as_ratio(v, name, shape):
+    """An int scalar, or an int64 2-D ``(S, K)`` view of ``v`` broadcast to ``shape``."""
+    a = np.asarray(v)
+    if a.dtype == bool or a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
+    if a.ndim == 0:
+        return int(a)
+    try:
+        a = np.broadcast_to(a, shape)
+    except ValueError:
+        raise ValueError(f"{name} must be a scalar or broadcast to q's shape {shape}, "
+                         f"got shape {a.shape}") from None
+    return a.reshape(shape[0], -1).astype(np.int64, copy=False)
+
+
+def _words_needed(K, n_max, d_max):
+    """Upper bound on words a pass of K pushes (base <= d_max) and pops (<= n_max) can emit."""
+    bits = K * (math.log2(d_max) + math.log2(n_max) + 2.0)
+    return min(2 * K, int(math.ceil(bits / 32.0)) + 2)
+
+
+def _apply(q, num, den, buf, reverse):
+    q2 = _check_q(q, buf)
+    S, K = q2.shape
+    n, d = _as_ratio(num, "n", q.shape), _as_ratio(den, "d", q.shape)
+    scalar = np.ndim(n) == 0 and np.ndim(d) == 0
+    if scalar:
+        if not 1 <= n <= d <= MAX_BASE:
+            raise ValueError(f"need 1 <= n <= d <= {MAX_BASE}, got n={n}, d={d}")
+        n2 = np.broadcast_to(np.int64(n), (S, K))
+        d2 = np.broadcast_to(np.int64(d), (S, K))
+    else:
+        n2 = n if np.ndim(n) else np.broadcast_to(np.int64(n), (S, K))
+        d2 = d if np.ndim(d) else np.broadcast_to(np.int64(d), (S, K))
+        bad = first_bad_ratio(n2, d2)
+        if bad >= 0:
+            raise ValueError(f"need 1 <= n <= d <= {MAX_BASE} elementwise; first violation at "
+                             f"index {tuple(int(i) for i in np.unravel_index(bad, q.shape))}: "
+                             f"n={int(n2.flat[bad])}, d={int(d2.flat[bad])}")
+    # multiply by `mul / div`: the forward pass is (n, d), its inverse (d, n) in reverse order
+    mul2, div2 = (d2, n2) if reverse else (n2, d2)
+    bad = first_overflow(q2, mul2, div2) if reverse else -1
+    if bad >= 0:
+        idx = np.unravel_index(bad, q.shape)
+        raise FixedPointError(
+            f"exact_div would overflow int64 at index {tuple(int(i) for i in idx)} "
+            f"(value {int(q2.flat[bad])}); nothing was changed")
+    if scalar:
+        buf.reserve(_words_needed(K, n, d))
+        mul, div = (d, n) if reverse else (n, d)
+        mul_ratio_scalar(q2, mul, div, buf.states, buf.counts, buf.words, reverse)
+        bits = np.full(S, K * (math.log2(d) - math.log2(n)))
+    else:
+        buf.reserve(_words_needed(K, int(n2.max()), int(d2.max())))
+        mul_ratio_array(q2, mul2, div2, buf.states, buf.counts, buf.words, reverse)
+        log_d = K * math.log2(d) if np.ndim(d) == 0 else np.log2(d2).sum(axis=1)
+        log_n = K * math.log2(n) if np.ndim(n) == 0 else np.log2(n2).sum(axis=1)
+        bits = log_d - log_n
+    if reverse:
+        buf.info -= bits
+    else:
+        buf.info += bits
+
+
+def exact_mul(q, n, d, buf):
+    """Multiply fixed-point values by ``n/d`` in place, keeping the lost digits in ``buf``.
+
+    For each stream ``s`` and its elements in C order::
+
+        r = q mod d   (floor);  buf.push(r, d);  q = (q - r) // d;  q = q*n + buf.pop(n)
+
+    Adds ``log2(d/n)`` bits per element to ``buf.info_bits``. Undo it with
+    :func:`exact_div` on the same arguments.
+
+    Parameters
+    ----------
+    q : ndarray of int64, shape (S, ...), C-contiguous; changed in place.
+        The leading axis is the stream axis, ``S == buf.n_streams``.
+    n, d : int or int arrays broadcastable to ``q.shape``
+        ``1 <= n <= d <= 2**16``.
+    buf : InfoBuffer with ``S`` streams.
+    """
+    _apply(q, n, d, buf, reverse=False)
+
+
+def exact_div(q, n, d, buf):
+    """Undo :func:`exact_mul`: multiply by ``d/n`` in place, reading digits back from ``buf``.
+
+    Elements of each stream are processed in the reverse of C order, so
+    ``exact_mul(q, n, d, buf); exact_div(q, n, d, buf)`` restores ``q`` and
+    ``buf`` bit for bit. On a buffer that does not hold the matching digits it
+    still computes an exact multiply by ``d/n`` (values may grow).
+
+    Raises
+    ------
+    FixedPointError
+        If a result would not fit int64 (checked before anything changes).
+    """
+    _apply(q, n, d, buf, reverse=True)
