@@ -5,7 +5,7 @@ import numpy as np
 
 from .buffer import InfoBuffer, MAX_BASE
 from .errors import FixedPointError
-from ._kernels.exact import first_bad_ratio, first_overflow, mul_ratio_array, mul_ratio_scalar
+from ._kernels.exact import first_bad_ratio, first_overflow, mul_ratio
 
 
 def _check_q(q, buf):
@@ -23,18 +23,24 @@ def _check_q(q, buf):
 
 
 def _as_ratio(v, name, shape):
-    """An int scalar, or an int64 2-D ``(S, K)`` view of ``v`` broadcast to ``shape``."""
+    """An int, or a C-contiguous int64 ``(S, K)`` array of ``v`` broadcast to ``shape``."""
     a = np.asarray(v)
     if a.dtype == bool or a.dtype.kind not in "iu":
         raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
     if a.ndim == 0:
         return int(a)
-    try:
-        a = np.broadcast_to(a, shape)
-    except ValueError:
-        raise ValueError(f"{name} must be a scalar or broadcast to q's shape {shape}, "
-                         f"got shape {a.shape}") from None
-    return a.reshape(shape[0], -1).astype(np.int64, copy=False)
+    if a.shape != shape:
+        try:
+            a = np.broadcast_to(a, shape)
+        except ValueError:
+            raise ValueError(f"{name} must be a scalar or broadcast to q's shape {shape}, "
+                             f"got shape {a.shape}") from None
+    return np.ascontiguousarray(a.reshape(shape[0], -1), dtype=np.int64)
+
+
+def _log2_sum(v, S, K):
+    """Per-stream sum of log2 over the K elements (v an int or an (S, K) array)."""
+    return np.full(S, K * math.log2(v)) if np.ndim(v) == 0 else np.log2(v).sum(axis=1)
 
 
 def _words_needed(K, n_max, d_max):
@@ -47,39 +53,28 @@ def _apply(q, num, den, buf, reverse):
     q2 = _check_q(q, buf)
     S, K = q2.shape
     n, d = _as_ratio(num, "n", q.shape), _as_ratio(den, "d", q.shape)
-    scalar = np.ndim(n) == 0 and np.ndim(d) == 0
-    if scalar:
+    if np.ndim(n) == 0 and np.ndim(d) == 0:
         if not 1 <= n <= d <= MAX_BASE:
             raise ValueError(f"need 1 <= n <= d <= {MAX_BASE}, got n={n}, d={d}")
-        n2 = np.broadcast_to(np.int64(n), (S, K))
-        d2 = np.broadcast_to(np.int64(d), (S, K))
     else:
-        n2 = n if np.ndim(n) else np.broadcast_to(np.int64(n), (S, K))
-        d2 = d if np.ndim(d) else np.broadcast_to(np.int64(d), (S, K))
-        bad = first_bad_ratio(n2, d2)
+        bad = first_bad_ratio(n, d)
         if bad >= 0:
+            idx = tuple(int(i) for i in np.unravel_index(bad, q.shape))
+            nb = n if np.ndim(n) == 0 else int(n.flat[bad])
+            db = d if np.ndim(d) == 0 else int(d.flat[bad])
             raise ValueError(f"need 1 <= n <= d <= {MAX_BASE} elementwise; first violation at "
-                             f"index {tuple(int(i) for i in np.unravel_index(bad, q.shape))}: "
-                             f"n={int(n2.flat[bad])}, d={int(d2.flat[bad])}")
+                             f"index {idx}: n={nb}, d={db}")
     # multiply by `mul / div`: the forward pass is (n, d), its inverse (d, n) in reverse order
-    mul2, div2 = (d2, n2) if reverse else (n2, d2)
-    bad = first_overflow(q2, mul2, div2) if reverse else -1
-    if bad >= 0:
-        idx = np.unravel_index(bad, q.shape)
-        raise FixedPointError(
-            f"exact_div would overflow int64 at index {tuple(int(i) for i in idx)} "
-            f"(value {int(q2.flat[bad])}); nothing was changed")
-    if scalar:
-        buf.reserve(_words_needed(K, n, d))
-        mul, div = (d, n) if reverse else (n, d)
-        mul_ratio_scalar(q2, mul, div, buf.states, buf.counts, buf.words, reverse)
-        bits = np.full(S, K * (math.log2(d) - math.log2(n)))
-    else:
-        buf.reserve(_words_needed(K, int(n2.max()), int(d2.max())))
-        mul_ratio_array(q2, mul2, div2, buf.states, buf.counts, buf.words, reverse)
-        log_d = K * math.log2(d) if np.ndim(d) == 0 else np.log2(d2).sum(axis=1)
-        log_n = K * math.log2(n) if np.ndim(n) == 0 else np.log2(n2).sum(axis=1)
-        bits = log_d - log_n
+    mul, div = (d, n) if reverse else (n, d)
+    if reverse:
+        bad = first_overflow(q2, mul, div)
+        if bad >= 0:
+            idx = tuple(int(i) for i in np.unravel_index(bad, q.shape))
+            raise FixedPointError(f"exact_div would overflow int64 at index {idx} "
+                                  f"(value {int(q2.flat[bad])}); nothing was changed")
+    buf.reserve(_words_needed(K, int(np.max(n)), int(np.max(d))))
+    mul_ratio(q2, mul, div, buf.states, buf.counts, buf.words, reverse)
+    bits = _log2_sum(d, S, K) - _log2_sum(n, S, K)
     if reverse:
         buf.info -= bits
     else:

@@ -47,6 +47,17 @@ buffer_op = njit(cache=True, _nrt=False, inline="always")
 buffer_kernel = njit(cache=True, _nrt=False)
 
 
+@njit(cache=True, inline="always")
+def small_floordiv(a, b):
+    """``a // b`` for ``0 <= a <= 2**16`` and ``1 <= b <= 2**16`` by a float division.
+
+    Exact: the true quotient ``k + j/b`` (``0 < j < b``) lies at least
+    ``1/b >= 2**-16`` below ``k + 1``, a relative gap >= 2**-32 that the
+    correctly rounded float64 quotient (error <= 2**-53 relative) cannot cross.
+    """
+    return int64(float(a) / float(b))
+
+
 @buffer_op
 def _emit_word(counts, words, s, x):
     """Store the low 32 bits of state ``x`` on stream ``s``; return ``x >> 32``.
@@ -79,7 +90,7 @@ def _push_symbol(states, counts, words, s, r, b):
         x = ((x >> sh) << uint64(PROB_BITS)) + (x & ((uint64(1) << sh) - uint64(1))) \
             + (uint64(r) << sh)
     else:
-        q = PROB_TOTAL // b
+        q = small_floordiv(PROB_TOTAL, b)
         e = PROB_TOTAL - q * b
         if r < e:
             f = q + 1
@@ -104,16 +115,16 @@ def _pop_symbol(states, counts, words, s, b):
         r = slot >> sh
         x = ((x >> uint64(PROB_BITS)) << uint64(sh)) + uint64(slot & ((1 << sh) - 1))
     else:
-        q = PROB_TOTAL // b
+        q = small_floordiv(PROB_TOTAL, b)
         e = PROB_TOTAL - q * b
         big = e * (q + 1)
         if slot < big:
             f = q + 1
-            r = slot // f
+            r = small_floordiv(slot, f)
             c = r * f
         else:
             f = q
-            r = e + (slot - big) // q
+            r = e + small_floordiv(slot - big, q)
             c = r * q + e
         x = uint64(f) * (x >> uint64(PROB_BITS)) + uint64(slot - c)
     if x < STATE_LOW:
