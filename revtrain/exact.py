@@ -5,7 +5,7 @@ import numpy as np
 
 from .buffer import InfoBuffer, MAX_BASE
 from .errors import FixedPointError
-from ._kernels.exact import first_bad_ratio, first_overflow, mul_ratio
+from ._kernels.exact import check_ratios, mul_ratio
 
 
 def _check_q(q, buf):
@@ -38,11 +38,6 @@ def _as_ratio(v, name, shape):
     return np.ascontiguousarray(a.reshape(shape[0], -1), dtype=np.int64)
 
 
-def _log2_sum(v, S, K):
-    """Per-stream sum of log2 over the K elements (v an int or an (S, K) array)."""
-    return np.full(S, K * math.log2(v)) if np.ndim(v) == 0 else np.log2(v).sum(axis=1)
-
-
 def _words_needed(K, n_max, d_max):
     """Upper bound on words a pass of K pushes (base <= d_max) and pops (<= n_max) can emit."""
     bits = K * (math.log2(d_max) + math.log2(n_max) + 2.0)
@@ -53,32 +48,25 @@ def _apply(q, num, den, buf, reverse):
     q2 = _check_q(q, buf)
     S, K = q2.shape
     n, d = _as_ratio(num, "n", q.shape), _as_ratio(den, "d", q.shape)
-    if np.ndim(n) == 0 and np.ndim(d) == 0:
-        if not 1 <= n <= d <= MAX_BASE:
-            raise ValueError(f"need 1 <= n <= d <= {MAX_BASE}, got n={n}, d={d}")
-    else:
-        bad = first_bad_ratio(n, d)
-        if bad >= 0:
-            idx = tuple(int(i) for i in np.unravel_index(bad, q.shape))
-            nb = n if np.ndim(n) == 0 else int(n.flat[bad])
-            db = d if np.ndim(d) == 0 else int(d.flat[bad])
-            raise ValueError(f"need 1 <= n <= d <= {MAX_BASE} elementwise; first violation at "
-                             f"index {idx}: n={nb}, d={db}")
+    if np.ndim(n) == 0 and np.ndim(d) == 0 and not 1 <= n <= d <= MAX_BASE:
+        raise ValueError(f"need 1 <= n <= d <= {MAX_BASE}, got n={n}, d={d}")
     # multiply by `mul / div`: the forward pass is (n, d), its inverse (d, n) in reverse order
     mul, div = (d, n) if reverse else (n, d)
-    if reverse:
-        bad = first_overflow(q2, mul, div)
-        if bad >= 0:
-            idx = tuple(int(i) for i in np.unravel_index(bad, q.shape))
+    log2_ratio = np.empty(S)
+    code, bad, mul_max, div_max = check_ratios(q2, mul, div, reverse, log2_ratio)
+    if code:
+        idx = tuple(int(i) for i in np.unravel_index(bad, q.shape))
+        if code == 2:
             raise FixedPointError(f"exact_div would overflow int64 at index {idx} "
                                   f"(value {int(q2.flat[bad])}); nothing was changed")
-    buf.reserve(_words_needed(K, int(np.max(n)), int(np.max(d))))
+        nb = n if np.ndim(n) == 0 else int(n.flat[bad])
+        db = d if np.ndim(d) == 0 else int(d.flat[bad])
+        raise ValueError(f"need 1 <= n <= d <= {MAX_BASE} elementwise; first violation at "
+                         f"index {idx}: n={nb}, d={db}")
+    buf.reserve(_words_needed(K, mul_max, div_max))
     mul_ratio(q2, mul, div, buf.states, buf.counts, buf.words, reverse)
-    bits = _log2_sum(d, S, K) - _log2_sum(n, S, K)
-    if reverse:
-        buf.info -= bits
-    else:
-        buf.info += bits
+    # log2_ratio holds sum log2(div / mul): + log2(d/n) going forward, - when undoing
+    buf.info += log2_ratio
 
 
 def exact_mul(q, n, d, buf):

@@ -174,3 +174,18 @@ def test_multidimensional_elements_are_undone_in_reverse_order():
     rt.exact_div(q, 5, 7, buf)
     rt.exact_div(q, n, 8, buf)
     assert (q == q0).all() and buf.is_empty()
+
+
+def test_overflow_check_is_exact_at_the_int64_limit():
+    """The largest value that still fits is accepted; one more is refused."""
+    top = np.iinfo(np.int64).max
+    buf = rt.InfoBuffer(1)
+    q = np.array([[top // 4, -(top // 4) - 1]], dtype=np.int64)   # * 4 (+ digit < 4) fits
+    q0 = q.copy()
+    rt.exact_div(q, 1, 4, buf)
+    assert q[0, 0] >= 4 * q0[0, 0] and q[0, 1] < 0
+    rt.exact_mul(q, 1, 4, buf)
+    assert (q == q0).all() and buf.is_empty()
+    for bad in (top // 4 + 1, -(top // 4) - 2):
+        with pytest.raises(rt.FixedPointError, match="overflow"):
+            rt.exact_div(np.array([[bad]], dtype=np.int64), 1, 4, rt.InfoBuffer(1))

@@ -11,6 +11,8 @@ Maclaurin, Duvenaud & Adams (2015), Algorithm 3, on the rANS stack of
 Multiplying by ``d/n`` with the same routine (``n`` and ``d`` swapped), on the
 elements in the reverse order, undoes it bit for bit.
 """
+import math
+
 import numpy as np
 from numba import int64, types
 from numba.extending import overload
@@ -48,6 +50,8 @@ def overflows(q, n, d):
     """True if ``floor(q / d) * n + (n - 1)`` does not fit in int64."""
     if n <= d:
         return False
+    if abs(float(q)) * (float(n) / float(d)) < 4.0e18:   # < 2**62: far from the limit
+        return False
     base = q // d
     if base >= 0:
         return base > (INT64_MAX - (n - 1)) // n
@@ -67,34 +71,41 @@ def _elem_impl(a, s, k):
 
 
 @buffer_kernel
-def first_overflow(q, n, d):
-    """Flat index of the first element of ``q`` (2-D) for which ``* n / d`` overflows, or -1.
+def check_ratios(q, n, d, undo, log2_ratio):
+    """One pass over per-element ratios before an exact multiply by ``n / d``.
 
-    ``n`` and ``d`` are ints or 2-D arrays shaped like ``q``.
+    Checks ``1 <= n <= d <= 2**16`` (``1 <= d <= n <= 2**16`` when ``undo``:
+    the inverse multiplies by the swapped ratio) and that no ``q * n / d`` overflows int64
+    (possible only where ``n > d``, that is when undoing), finds the largest
+    ``n`` and ``d`` and writes ``log2_ratio[s] = sum_k log2(d / n)`` per stream
+    (products of ratios, renormalised by powers of two; one log at the end).
+
+    Returns ``(code, flat_index, n_max, d_max)``: code 0 = fine, 1 = bad ratio,
+    2 = overflow, with the flat index of the first offending element.
     """
     S, K = q.shape
+    n_max = 1
+    d_max = 1
     for s in range(S):
-        for k in range(K):
-            if overflows(q[s, k], elem(n, s, k), elem(d, s, k)):
-                return s * K + k
-    return -1
-
-
-@buffer_kernel
-def first_bad_ratio(n, d):
-    """Flat index of the first ``(n, d)`` pair violating ``1 <= n <= d <= 2**16``, or -1.
-
-    ``n`` and ``d`` are ints or 2-D arrays of one shape ``(S, K)``; ``shape``
-    is taken from whichever is an array.
-    """
-    S, K = shape2(n, d)
-    for s in range(S):
+        prod = 1.0
+        exp2 = 0
         for k in range(K):
             nn = elem(n, s, k)
             dd = elem(d, s, k)
-            if nn < 1 or nn > dd or dd > MAX_BASE:
-                return s * K + k
-    return -1
+            lo = min(nn, dd)
+            if lo < 1 or max(nn, dd) > MAX_BASE or (nn > dd) != (undo and nn != dd):
+                return 1, s * K + k, n_max, d_max
+            if overflows(q[s, k], nn, dd):
+                return 2, s * K + k, n_max, d_max
+            n_max = max(n_max, nn)
+            d_max = max(d_max, dd)
+            prod *= float(dd) / float(nn)
+            if prod > 1e200 or prod < 1e-200:
+                m, e = math.frexp(prod)
+                prod = m
+                exp2 += e
+        log2_ratio[s] = math.log2(prod) + exp2
+    return 0, -1, n_max, d_max
 
 
 def shape2(n, d):
