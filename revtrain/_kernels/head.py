@@ -1,0 +1,113 @@
+"""Output layer and loss on a block of hidden states: ``yhat = h @ U + b_y``.
+
+Used on all ``T*B`` rows at once (standard BPTT), per segment (checkpointing)
+or per step (reversible BPTT). Generic over float64 and complex128 (complex
+step). Every kernel *adds* to ``dU`` and ``dby`` and *writes* ``dh``.
+"""
+import numpy as np
+from numba import njit
+
+from .mathfn import exp_, log_, real_
+
+_opts = dict(cache=True, error_model="numpy")
+
+
+@njit(**_opts)
+def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
+    """Softmax cross-entropy summed over rows, times ``scale``; gradients added.
+
+    ``L = scale * sum_n [logsumexp(z_n) - z_n[labels[n]]]`` with
+    ``z = h @ U + by``; ``dL/dz = scale * (softmax(z) - onehot(labels))``.
+
+    Parameters
+    ----------
+    h : (N, H) hidden states.  U : (H, O).  by : (O,)
+    labels : int64 (N,) in [0, O).  scale : float, usually 1 / number of targets.
+    work : (N, O) workspace (same dtype as U).
+    dh : (N, H) output, overwritten with dL/dh.  dU : (H, O), dby : (O,) accumulated.
+
+    Returns
+    -------
+    loss : scalar of U's dtype.
+    """
+    N, O = work.shape
+    np.dot(h, U, work)
+    loss = work[0, 0] * 0.0
+    for n in range(N):
+        m = real_(work[n, 0] + by[0])
+        for k in range(1, O):
+            zr = real_(work[n, k] + by[k])
+            if zr > m:
+                m = zr
+        s = work[n, 0] * 0.0
+        for k in range(O):
+            e = exp_(work[n, k] + by[k] - m)
+            work[n, k] = e
+            s += e
+        lab = labels[n]
+        # log(p_label) = log(e_label) - log(s) with e_label = exp(z - m)
+        loss -= log_(work[n, lab]) - log_(s)
+        inv = scale / s
+        for k in range(O):
+            work[n, k] *= inv
+        work[n, lab] -= scale
+    for k in range(O):
+        acc = work[0, k] * 0.0
+        for n in range(N):
+            acc += work[n, k]
+        dby[k] += acc
+    dU += np.dot(h.T, work)
+    np.dot(work, U.T, dh)
+    return loss * scale
+
+
+@njit(**_opts)
+def mse_head(h, U, by, target, scale, work, dh, dU, dby):
+    """Squared error ``L = scale * sum_{n,k} (z[n,k] - target[n,k])**2``, ``z = h @ U + by``.
+
+    ``scale`` is usually ``1 / (N_targets * O)`` (a mean over elements).
+    Shapes as in :func:`softmax_xent_head`, with ``target`` float (N, O).
+    """
+    N, O = work.shape
+    np.dot(h, U, work)
+    loss = work[0, 0] * 0.0
+    for n in range(N):
+        for k in range(O):
+            d = work[n, k] + by[k] - target[n, k]
+            loss += d * d
+            work[n, k] = (2.0 * scale) * d
+    for k in range(O):
+        acc = work[0, k] * 0.0
+        for n in range(N):
+            acc += work[n, k]
+        dby[k] += acc
+    dU += np.dot(h.T, work)
+    np.dot(work, U.T, dh)
+    return loss * scale
+
+
+@njit(**_opts)
+def softmax_probs(h, U, by, out):
+    """``out[n] = softmax(h[n] @ U + by)``; ``h`` (N, H), ``out`` (N, O) float64."""
+    N, O = out.shape
+    np.dot(h, U, out)
+    for n in range(N):
+        m = out[n, 0] + by[0]
+        for k in range(1, O):
+            m = max(m, out[n, k] + by[k])
+        s = 0.0
+        for k in range(O):
+            e = np.exp(out[n, k] + by[k] - m)
+            out[n, k] = e
+            s += e
+        for k in range(O):
+            out[n, k] /= s
+
+
+@njit(**_opts)
+def linear_out(h, U, by, out):
+    """``out = h @ U + by``."""
+    np.dot(h, U, out)
+    for n in range(out.shape[0]):
+        for k in range(out.shape[1]):
+            out[n, k] += by[k]
