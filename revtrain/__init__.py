@@ -9,6 +9,7 @@ from .errors import FixedPointError, ReversalError
 from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_float
 from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
+from .models import RecurrentModel, BPTTStats, RNN
 
 __version__ = "0.1.0"
 
@@ -16,4 +17,5 @@ __all__ = [
     "FixedPointError", "ReversalError",
     "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
     "InfoBuffer", "exact_mul", "exact_div",
+    "RecurrentModel", "BPTTStats", "RNN",
 ]

@@ -1,0 +1,3 @@
+"""Recurrent models: standard (stored or checkpointed BPTT) and reversible."""
+from .base import RecurrentModel, BPTTStats
+from .rnn import RNN
