@@ -1,0 +1,255 @@
+"""Memory and time of standard, checkpointed and reversible BPTT across sequence lengths.
+
+Each configuration (a model and a BPTT mode) runs one ``loss_and_grad`` call
+on random token sequences (time-major ``(T, B)`` ids, per-step labels) and is
+measured three ways:
+
+* ``stored_bytes``: the library's own accounting of what the backward pass
+  keeps (states and gates, checkpoints, or the kept state plus the
+  information buffer);
+* ``tracemalloc peak``: the largest amount of memory allocated through
+  Python's allocators (NumPy arrays included) during the call, minus what
+  was allocated before it;
+* optionally ``RSS peak``: memory-profiler's ``memory_usage`` peak of the
+  process during the call, minus the resident size just before it (run each
+  configuration in a fresh process with ``isolate=True`` for clean figures);
+
+and the wall time of the call (after one warm-up call that compiles).
+
+Run it as ``revtrain profile`` or ``python -m revtrain.profile``.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from typing import NamedTuple
+
+import numpy as np
+
+#: (label, class name, bptt mode) in the order they are reported.
+CONFIGS = (
+    ("RNN standard", "RNN", "standard"),
+    ("RNN checkpoint", "RNN", "checkpoint"),
+    ("LSTM standard", "LSTM", "standard"),
+    ("LSTM checkpoint", "LSTM", "checkpoint"),
+    ("GRU standard", "GRU", "standard"),
+    ("GRU checkpoint", "GRU", "checkpoint"),
+    ("MomentumRNN reversible", "MomentumRNN", "reversible"),
+    ("RevLSTM reversible", "RevLSTM", "reversible"),
+    ("RevGRU reversible", "RevGRU", "reversible"),
+)
+
+
+class ProfileRow(NamedTuple):
+    label: str
+    T: int
+    batch: int
+    hidden: int
+    stored_bytes: int
+    buffer_bytes: int
+    info_bits: float
+    tracemalloc_peak: int
+    rss_peak: float          # bytes, NaN when not measured
+    seconds: float
+    loss: float
+
+
+def available_configs(names=None):
+    """The configurations whose model classes exist in this install (optionally filtered by label or class)."""
+    import revtrain as rt
+    out = []
+    for label, cls, mode in CONFIGS:
+        if not hasattr(rt, cls):
+            continue
+        if names and not any(n.lower() in (label.lower(), cls.lower()) for n in names):
+            continue
+        out.append((label, cls, mode))
+    return out
+
+
+def _problem(T, B, vocab, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab, size=(T, B))
+    y = rng.integers(0, vocab, size=(T, B))
+    return x, y
+
+
+def measure_one(cls_name, mode, T, batch=32, hidden=256, vocab=64, seed=0, rss=False):
+    """Measure one configuration in this process; returns a dict of :class:`ProfileRow` fields."""
+    import revtrain as rt
+    model = getattr(rt, cls_name)(vocab, hidden, vocab)
+    theta = model.init_params(seed=seed)
+    x, y = _problem(T, batch, vocab, seed)
+    xw, yw = _problem(min(T, 8), batch, vocab, seed + 1)
+    model.loss_and_grad(theta, xw, yw, bptt=mode)            # compile / load the cache
+
+    def call():
+        return model.loss_and_grad(theta, x, y, bptt=mode, return_stats=True)
+
+    rss_peak = float("nan")
+    if rss:
+        from memory_profiler import memory_usage
+        base = memory_usage(-1, interval=0.01, timeout=0.05, max_usage=True)
+        peak = memory_usage((call, (), {}), interval=0.005, max_usage=True)
+        rss_peak = max(0.0, (peak - base) * 2**20)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    loss, _, stats = call()
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] - before
+    tracemalloc.stop()
+    # time again without tracemalloc's overhead; keep the faster
+    t0 = time.perf_counter()
+    call()
+    seconds = min(seconds, time.perf_counter() - t0)
+    return dict(T=T, batch=batch, hidden=hidden, stored_bytes=int(stats.stored_bytes),
+                buffer_bytes=int(stats.buffer_bytes), info_bits=float(stats.info_bits),
+                tracemalloc_peak=int(peak), rss_peak=rss_peak, seconds=seconds, loss=loss)
+
+
+def _measure_isolated(cls_name, mode, T, batch, hidden, vocab, seed, rss):
+    cmd = [sys.executable, "-m", "revtrain.profile", "--one", cls_name, mode, str(T),
+           "--batch", str(batch), "--hidden", str(hidden), "--vocab", str(vocab),
+           "--seed", str(seed)] + (["--rss"] if rss else [])
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"profiling {cls_name} {mode} T={T} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def profile_bptt(lengths=(100, 300, 1000), batch=32, hidden=256, vocab=64, names=None,
+                 seed=0, rss=False, isolate=False, max_seconds=None, progress=True):
+    """Measure every available configuration at every sequence length.
+
+    Parameters
+    ----------
+    lengths : sequence of int
+        Sequence lengths ``T``.
+    batch, hidden, vocab : int
+        ``B``, ``H`` and the vocabulary (token inputs, per-step softmax targets).
+    names : sequence of str, optional
+        Restrict to these labels or class names (e.g. ``["LSTM", "RevLSTM"]``).
+    rss : bool
+        Also measure the RSS peak with memory-profiler.
+    isolate : bool
+        Run each measurement in a fresh Python process.
+    max_seconds : float, optional
+        Skip longer lengths of a configuration once one call took longer than this.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    rows : list of ProfileRow
+    """
+    from tqdm.auto import tqdm
+    configs = available_configs(names)
+    jobs = [(c, T) for c in configs for T in sorted(lengths)]
+    rows, slow = [], set()
+    for (label, cls, mode), T in tqdm(jobs, disable=not progress, desc="profile", leave=False):
+        if label in slow:
+            continue
+        if isolate:
+            r = _measure_isolated(cls, mode, T, batch, hidden, vocab, seed, rss)
+        else:
+            r = measure_one(cls, mode, T, batch, hidden, vocab, seed, rss)
+        rows.append(ProfileRow(label=label, **r))
+        if max_seconds is not None and r["seconds"] > max_seconds:
+            slow.add(label)
+    return rows
+
+
+def _mib(b):
+    return f"{b / 2**20:.2f}" if np.isfinite(b) else "-"
+
+
+def format_table(rows):
+    """A markdown table of the rows, with memory relative to standard BPTT of the same cell family."""
+    std = {}
+    for r in rows:
+        if r.label.endswith("standard"):
+            std[(r.label.split()[0], r.T)] = r
+    lines = ["| model | T | stored MiB | tracemalloc peak MiB | RSS peak MiB | time s | "
+             "stored vs LSTM standard | held bits / info bits |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ref = std.get(("LSTM", r.T))
+        ratio = f"1/{ref.stored_bytes / r.stored_bytes:.0f}" if ref and r.stored_bytes else "-"
+        held = f"{8 * r.buffer_bytes / r.info_bits:.4f}" if r.info_bits > 0 else "-"
+        lines.append(f"| {r.label} | {r.T} | {_mib(r.stored_bytes)} | {_mib(r.tracemalloc_peak)} | "
+                     f"{_mib(r.rss_peak)} | {r.seconds:.3f} | {ratio} | {held} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path, key="stored_bytes", title=None):
+    """Log-log plot of a memory figure against T, one line per configuration; writes ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in dict.fromkeys(r.label for r in rows):
+        rs = [r for r in rows if r.label == label]
+        ax.loglog([r.T for r in rs], [getattr(r, key) / 2**20 for r in rs], "o-", label=label)
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel(f"{key.replace('_', ' ')} (MiB)")
+    ax.set_title(title or f"memory for BPTT ({key.replace('_', ' ')})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_profile(lengths=(100, 300, 1000), batch=32, hidden=256, vocab=64, names=None,
+                out_dir="profiling/results", rss=False, isolate=False, max_seconds=None,
+                progress=True, stream=sys.stdout):
+    """Profile, print the markdown table, write ``bptt_memory.md`` and PNG plots to ``out_dir``.
+
+    Returns the rows.
+    """
+    rows = profile_bptt(lengths, batch, hidden, vocab, names, rss=rss, isolate=isolate,
+                        max_seconds=max_seconds, progress=progress)
+    table = format_table(rows)
+    head = (f"BPTT memory and time: B={batch}, H={hidden}, token input and per-step softmax "
+            f"over a vocabulary of {vocab}; one loss_and_grad call each.")
+    print(head + "\n\n" + table, file=stream)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "bptt_memory.md"), "w") as f:
+            f.write(head + "\n\n" + table + "\n")
+        plot(rows, os.path.join(out_dir, "bptt_stored_bytes.png"), "stored_bytes")
+        plot(rows, os.path.join(out_dir, "bptt_tracemalloc_peak.png"), "tracemalloc_peak")
+        print(f"\nwrote {out_dir}/bptt_memory.md and PNG plots", file=stream)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m revtrain.profile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", nargs=3, metavar=("CLASS", "MODE", "T"),
+                   help="measure one configuration and print JSON (used for isolated runs)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[100, 300, 1000])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--rss", action="store_true")
+    p.add_argument("--isolate", action="store_true")
+    p.add_argument("--out", default="profiling/results")
+    a = p.parse_args(argv)
+    if a.one:
+        cls, mode, T = a.one
+        r = measure_one(cls, mode, int(T), a.batch, a.hidden, a.vocab, a.seed, a.rss)
+        print(json.dumps(r))
+        return 0
+    run_profile(a.lengths, a.batch, a.hidden, a.vocab, a.models, a.out, a.rss, a.isolate)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
