@@ -10,6 +10,8 @@ from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_flo
 from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
 from .models import RecurrentModel, BPTTStats, RNN
+from .optim import ExactSGD, ExactSGDState, Adam, AdamState
+from .hypergrad import hypergradient, HyperGradient, HyperStats
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,6 @@ __all__ = [
     "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
     "InfoBuffer", "exact_mul", "exact_div",
     "RecurrentModel", "BPTTStats", "RNN",
+    "ExactSGD", "ExactSGDState", "Adam", "AdamState",
+    "hypergradient", "HyperGradient", "HyperStats",
 ]
