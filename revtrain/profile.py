@@ -1,7 +1,8 @@
 """Memory and time of standard, checkpointed and reversible BPTT across sequence lengths.
 
 Each configuration (a model and a BPTT mode) runs one ``loss_and_grad`` call
-on random token sequences (time-major ``(T, B)`` ids, per-step labels) and is
+on random token sequences (time-major ``(T, B)`` ids, per-step labels; grid
+models get an ``n x n`` grid with ``n = round(sqrt(T))``, so ``T`` counts cells) and is
 measured three ways:
 
 * ``stored_bytes``: the library's own accounting of what the backward pass
@@ -40,6 +41,8 @@ CONFIGS = (
     ("MomentumRNN reversible", "MomentumRNN", "reversible"),
     ("RevLSTM reversible", "RevLSTM", "reversible"),
     ("RevGRU reversible", "RevGRU", "reversible"),
+    ("MDRNN standard", "MDRNN", "standard"),
+    ("RevMDRNN reversible", "RevMDRNN", "reversible"),
 )
 
 
@@ -70,10 +73,12 @@ def available_configs(names=None):
     return out
 
 
-def _problem(T, B, vocab, seed):
+def _problem(T, B, vocab, seed, grid=False):
+    """Random token ids and per-step labels: ``(T, B)``, or ``(n, n, B)`` with ``n = round(sqrt(T))``."""
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, vocab, size=(T, B))
-    y = rng.integers(0, vocab, size=(T, B))
+    lead = (max(1, int(round(np.sqrt(T)))),) * 2 if grid else (T,)
+    x = rng.integers(0, vocab, size=lead + (B,))
+    y = rng.integers(0, vocab, size=lead + (B,))
     return x, y
 
 
@@ -82,8 +87,10 @@ def measure_one(cls_name, mode, T, batch=32, hidden=256, vocab=64, seed=0, rss=F
     import revtrain as rt
     model = getattr(rt, cls_name)(vocab, hidden, vocab)
     theta = model.init_params(seed=seed)
-    x, y = _problem(T, batch, vocab, seed)
-    xw, yw = _problem(min(T, 8), batch, vocab, seed + 1)
+    grid = model.n_lead == 2
+    x, y = _problem(T, batch, vocab, seed, grid)
+    xw, yw = _problem(min(T, 9), batch, vocab, seed + 1, grid)
+    T = int(np.prod(x.shape[:-1]))          # cells of a grid
     model.loss_and_grad(theta, xw, yw, bptt=mode)            # compile / load the cache
 
     def call():
