@@ -9,6 +9,7 @@ from .errors import FixedPointError, ReversalError
 from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_float
 from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
+from ._threads import set_blas_threads, get_blas_threads
 from .models import RecurrentModel, BPTTStats, RNN
 from .optim import ExactSGD, ExactSGDState, Adam, AdamState
 from .hypergrad import hypergradient, HyperGradient, HyperStats
@@ -19,6 +20,7 @@ __all__ = [
     "FixedPointError", "ReversalError",
     "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
     "InfoBuffer", "exact_mul", "exact_div",
+    "set_blas_threads", "get_blas_threads",
     "RecurrentModel", "BPTTStats", "RNN",
     "ExactSGD", "ExactSGDState", "Adam", "AdamState",
     "hypergradient", "HyperGradient", "HyperStats",

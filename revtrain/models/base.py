@@ -23,6 +23,7 @@ import numpy as np
 
 from ..batch import check_batch, check_x
 from ..params import ParamLayout
+from .._threads import blas_threads
 from .._kernels.head import softmax_probs, linear_out
 
 #: Step of the complex-step Hessian-vector product.
@@ -180,7 +181,8 @@ class RecurrentModel:
         mode = self._mode(bptt)
         k = self._segment(checkpoint_every, batch.lead[0])
         state0 = self._check_state(initial_state, batch.B)
-        loss, grad, info = self._run(theta, batch, mode, k, True, state0)
+        with blas_threads():
+            loss, grad, info = self._run(theta, batch, mode, k, True, state0)
         loss = float(np.real(loss))
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss}: the forward pass overflowed "
@@ -198,7 +200,8 @@ class RecurrentModel:
         theta = self.layout.check(theta)
         batch = self._batch(x, y)
         state0 = self._check_state(initial_state, batch.B)
-        loss, _, _ = self._run(theta, batch, self.bptt_modes[0], 1, False, state0)
+        with blas_threads():
+            loss, _, _ = self._run(theta, batch, self.bptt_modes[0], 1, False, state0)
         return float(np.real(loss))
 
     def hvp(self, theta, x, y, v, initial_state=None):
@@ -217,7 +220,8 @@ class RecurrentModel:
         batch = self._batch(x, y)
         state0 = self._check_state(initial_state, batch.B)
         thc = theta + 1j * COMPLEX_STEP * v
-        _, g, _ = self._run(thc, batch, "standard", 1, True, state0)
+        with blas_threads():
+            _, g, _ = self._run(thc, batch, "standard", 1, True, state0)
         return np.ascontiguousarray(g.imag / COMPLEX_STEP)
 
     def grad_and_hvp(self, theta, x, y, v, initial_state=None):
@@ -227,7 +231,8 @@ class RecurrentModel:
         batch = self._batch(x, y)
         state0 = self._check_state(initial_state, batch.B)
         thc = theta + 1j * COMPLEX_STEP * v
-        loss, g, _ = self._run(thc, batch, "standard", 1, True, state0)
+        with blas_threads():
+            loss, g, _ = self._run(thc, batch, "standard", 1, True, state0)
         return float(loss.real), np.ascontiguousarray(g.real), \
             np.ascontiguousarray(g.imag / COMPLEX_STEP)
 
@@ -242,7 +247,8 @@ class RecurrentModel:
         theta = self.layout.check(theta)
         xx, tokens, lead, B = check_x(x, self.n_in, self.n_lead)
         state0 = self._check_state(initial_state, B)
-        hs, _ = self._hidden(theta, xx, tokens, state0)
+        with blas_threads():
+            hs, _ = self._hidden(theta, xx, tokens, state0)
         p = self.layout.views(theta)
         h2 = np.ascontiguousarray(hs.reshape(-1, self.n_hidden))
         out = np.empty((h2.shape[0], self.n_out))
@@ -254,7 +260,8 @@ class RecurrentModel:
         theta = self.layout.check(theta)
         xx, tokens, lead, B = check_x(x, self.n_in, self.n_lead)
         state0 = self._check_state(initial_state, B)
-        return self._hidden(theta, xx, tokens, state0)[1]
+        with blas_threads():
+            return self._hidden(theta, xx, tokens, state0)[1]
 
     # ------------------------------------------------------------------ hooks
     def _run(self, theta, batch, mode, k, want_grad, state0):

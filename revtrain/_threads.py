@@ -1,0 +1,53 @@
+"""How many threads BLAS may use inside revtrain's kernels.
+
+The recurrent kernels make one small matrix product per time step
+(e.g. ``(32, 256) x (256, 1024)``). Multi-threaded OpenBLAS gains little on
+such products and, on a loaded machine or when NumPy's and SciPy's OpenBLAS
+thread pools alternate (Numba calls SciPy's BLAS, NumPy its own), its
+spinning threads fight for the cores: measured here on 2 busy cores, one
+``32x256x256`` product took 15.6 ms with 2 threads and 0.13 ms with 1. So
+by default every model call runs with BLAS limited to one thread (restored
+afterwards, via threadpoolctl); :func:`set_blas_threads` changes that.
+Results do not depend on the setting for the exactness guarantees: a
+forward pass and the backward pass that undoes it run under the same limit.
+"""
+from contextlib import contextmanager
+
+_state = {"threads": 1, "controller": None}
+
+
+def set_blas_threads(n):
+    """Threads BLAS may use during revtrain calls: a positive int, or None to leave BLAS alone.
+
+    Returns the previous setting.
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    old = _state["threads"]
+    _state["threads"] = n
+    return old
+
+
+def get_blas_threads():
+    """The current setting of :func:`set_blas_threads`."""
+    return _state["threads"]
+
+
+def _controller():
+    c = _state["controller"]
+    if c is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba calls: load it first)
+        from threadpoolctl import ThreadpoolController
+        c = _state["controller"] = ThreadpoolController()
+    return c
+
+
+@contextmanager
+def blas_threads():
+    """Context in which BLAS uses :func:`get_blas_threads` threads."""
+    n = _state["threads"]
+    if n is None:
+        yield
+        return
+    with _controller().limit(limits=n, user_api="blas"):
+        yield
