@@ -100,6 +100,17 @@ def _i64_as_f64(typingctx, n):
 
 
 @intrinsic
+def _where(typingctx, c, a, b):
+    """``a if c else b`` as one LLVM ``select`` (no branch, so numba-level inlining stays simple)."""
+    if not (c == types.boolean and a == types.float64 and b == types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(args[0], args[1], args[2])
+    return types.float64(types.boolean, types.float64, types.float64), codegen
+
+
+@intrinsic
 def _fma(typingctx, a, b, c):
     """``a*b + c`` with one rounding (llvm.fma: the FMA instruction where the CPU has one)."""
     if not (a == types.float64 and b == types.float64 and c == types.float64):
@@ -158,8 +169,8 @@ def _expm1_poly(r):
 @njit(**_fast)
 def exp_fast(x):
     """exp(x) for float64, vectorisable (see the module docstring)."""
-    x = x if x < 710.0 else 710.0
-    x = x if x > -746.0 else -746.0
+    x = _where(x < 710.0, x, 710.0)
+    x = _where(x > -746.0, x, -746.0)
     t = x * _LOG2E + _SHIFT
     kf = t - _SHIFT
     r = (x - kf * _LN2_HI) - kf * _LN2_LO
@@ -173,8 +184,8 @@ def exp_fast(x):
 @njit(**_fast)
 def tanh_fast(x):
     """tanh(x) for float64, vectorisable (see the module docstring)."""
-    a = x if x >= 0.0 else -x
-    a = a if a < 40.0 else 40.0
+    a = _where(x >= 0.0, x, -x)
+    a = _where(a < 40.0, a, 40.0)
     y = -2.0 * a                       # in [-80, 0]
     t = y * _LOG2E + _SHIFT
     kf = t - _SHIFT
@@ -183,16 +194,16 @@ def tanh_fast(x):
     s = _pow2(t)
     u = s * em + (s - 1.0)             # expm1(y), in (-1, 0]
     th = -u / (2.0 + u)
-    return th if x >= 0.0 else -th
+    return _where(x >= 0.0, th, -th)
 
 
 @njit(**_fast)
 def sigmoid_fast(x):
     """1 / (1 + exp(-x)) for float64, vectorisable (see the module docstring)."""
-    a = x if x >= 0.0 else -x
+    a = _where(x >= 0.0, x, -x)
     e = exp_fast(-a)
     s = 1.0 / (1.0 + e)
-    return s if x >= 0.0 else e * s
+    return _where(x >= 0.0, s, e * s)
 
 
 @njit(**_fast)
