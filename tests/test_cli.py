@@ -1,0 +1,143 @@
+"""The revtrain command: --help, usage errors (exit code 2, one line), a tiny train and sample."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import revtrain.trainer as trainer_mod
+from revtrain.cli import build_parser, main
+
+COMMANDS = ("train", "sample", "profile", "hypertune")
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "data.txt"
+    p.write_text("a small text for a small model. " * 30 + "the end.\n", encoding="utf-8")
+    return p
+
+
+def test_help_of_every_command(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and all(c in out for c in COMMANDS)
+    for c in COMMANDS:
+        code, out, err = run([c, "--help"], capsys)
+        assert code == 0 and out.startswith(f"usage: revtrain {c}") and err == ""
+
+
+def test_help_through_the_installed_module():
+    r = subprocess.run([sys.executable, "-m", "revtrain.cli", "train", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--bptt" in r.stdout and "--seq-len" in r.stdout
+
+
+@pytest.mark.parametrize("argv, needle", [
+    ([], "required: COMMAND"),
+    (["nosuch"], "invalid choice"),
+    (["train", "--steps", "-3"], "--steps: must be a positive int, got '-3'"),
+    (["train", "--steps", "x"], "--steps: must be a positive int"),
+    (["train", "--hidden", "0"], "--hidden: must be a positive int"),
+    (["train", "--lr", "nan"], "--lr: must be a positive number"),
+    (["train", "--model", "transformer"], "invalid choice: 'transformer'"),
+    (["train", "--bptt", "magic"], "invalid choice: 'magic'"),
+    (["train", "--model", "rnn", "--bptt", "reversible"], "not supported by RNN"),
+    (["train", "--data", "/no/such/file.txt"], "does not exist"),
+    (["train", "--model", "rnn", "--out", "/no/such/dir/m.npz"], "--out: folder"),
+    (["sample"], "required: --model-file"),
+    (["sample", "--model-file", "/no/such.npz"], "does not exist"),
+    (["sample", "--model-file", "x", "--temperature", "0"], "--temperature"),
+    (["profile", "--lengths"], "expected at least one argument"),
+    (["hypertune", "--momentum", "1.5"], "--momentum: must be a number in (0, 1)"),
+])
+def test_usage_errors_exit_2_with_one_line(argv, needle, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert needle in err
+    assert err.count("\n") == 1 and err.startswith("revtrain")
+
+
+def test_bad_data_files(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "bin.txt").write_bytes(b"\x00\xff\xfe" * 10)
+    for name, needle in (("empty.txt", "is empty"), ("bin.txt", "not valid UTF-8")):
+        code, _, err = run(["train", "--model", "rnn", "--data", str(tmp_path / name)], capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_missing_model_class_is_reported(monkeypatch, capsys):
+    real = trainer_mod.find_class
+    monkeypatch.setattr(trainer_mod, "find_class",
+                        lambda name: None if name == "RevLSTM" else real(name))
+    code, _, err = run(["train", "--quiet"], capsys)
+    assert code == 1 and "RevLSTM is not available" in err
+
+
+def test_tiny_train_then_sample(tmp_path, text_file, capsys):
+    out_file = tmp_path / "m.npz"
+    def argv(out):
+        return ["train", "--model", "rnn", "--hidden", "8", "--steps", "4", "--seq-len", "10",
+                "--batch-size", "2", "--data", str(text_file), "--lr", "0.01", "--quiet",
+                "--out", str(out)]
+    code, out, err = run(argv(out_file), capsys)
+    assert code == 0, err
+    for needle in ("summary (RNN, hidden 8, standard BPTT, 4 steps, seed 0)",
+                   "validation", "bits/char", "memory for BPTT", "saved to"):
+        assert needle in out
+    tr = trainer_mod.Trainer.load(out_file)
+    assert tr.steps_done == 4 and tr.bptt == "standard"
+    # same seed, same bits
+    code, out2, _ = run(argv(tmp_path / "m2.npz"), capsys)
+    assert code == 0
+    assert np.array_equal(trainer_mod.Trainer.load(tmp_path / "m2.npz").theta, tr.theta)
+
+    code, out, err = run(["sample", "--model-file", str(out_file), "--length", "30",
+                          "--prime", "the ", "--seed", "1"], capsys)
+    assert code == 0 and out.startswith("the ") and len(out) >= 34
+    code, out_again, _ = run(["sample", "--model-file", str(out_file), "--length", "30",
+                              "--prime", "the ", "--seed", "1"], capsys)
+    assert out_again == out
+    code, _, err = run(["sample", "--model-file", str(out_file), "--prime", "QQ"], capsys)
+    assert code == 2 and "not in the model's vocabulary" in err
+
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(out_file.read_bytes()[:100])
+    code, _, err = run(["sample", "--model-file", str(broken)], capsys)
+    assert code == 1 and "corrupt or truncated" in err and err.count("\n") == 1
+
+
+def test_checkpoint_mode_reports_standard_memory(tmp_path, text_file, capsys):
+    code, out, err = run(["train", "--model", "rnn", "--hidden", "8", "--steps", "2",
+                          "--seq-len", "16", "--batch-size", "2", "--bptt", "checkpoint",
+                          "--data", str(text_file), "--out", "", "--quiet"], capsys)
+    assert code == 0, err
+    assert "standard BPTT     would hold" in out and "saved to" not in out
+
+
+def test_parser_defaults_match_the_documented_target():
+    a = build_parser().parse_args(["train"])
+    assert a.model == "revlstm" and a.bptt is None and a.data is None
+
+
+def test_tiny_hypertune_and_profile(tmp_path, text_file, capsys):
+    sched = tmp_path / "lr.txt"
+    code, out, err = run(["hypertune", "--iters", "3", "--meta-iters", "1", "--hidden", "3",
+                          "--seq-len", "4", "--batch-size", "2", "--data", str(text_file),
+                          "--out", str(sched)], capsys)
+    assert code == 0, err
+    assert "meta-iteration   1: validation loss" in out and "best validation loss" in out
+    assert np.loadtxt(sched).shape == (3,)
+    code, out, err = run(["profile", "--lengths", "4", "--batch-size", "2", "--hidden", "3",
+                          "--vocab", "5", "--models", "RNN", "--out", str(tmp_path / "p"),
+                          "--quiet"], capsys)
+    assert code == 0, err
+    assert "| RNN standard | 4 |" in out and (tmp_path / "p" / "bptt_memory.md").exists()
