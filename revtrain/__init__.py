@@ -11,6 +11,8 @@ from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
 from ._threads import set_blas_threads, get_blas_threads
 from .models import RecurrentModel, BPTTStats, RNN
+from .models import GRU, MDRNN
+from .models import LSTM
 from .optim import ExactSGD, ExactSGDState, Adam, AdamState
 from .hypergrad import hypergradient, HyperGradient, HyperStats
 
@@ -22,6 +24,8 @@ __all__ = [
     "InfoBuffer", "exact_mul", "exact_div",
     "set_blas_threads", "get_blas_threads",
     "RecurrentModel", "BPTTStats", "RNN",
+    "GRU", "MDRNN",
+    "LSTM",
     "ExactSGD", "ExactSGDState", "Adam", "AdamState",
     "hypergradient", "HyperGradient", "HyperStats",
 ]

@@ -1,3 +1,6 @@
 """Recurrent models: standard (stored or checkpointed BPTT) and reversible."""
 from .base import RecurrentModel, BPTTStats
 from .rnn import RNN
+from .gru import GRU
+from .mdrnn import MDRNN
+from .lstm import LSTM
