@@ -4,3 +4,4 @@ from .rnn import RNN
 from .gru import GRU
 from .mdrnn import MDRNN
 from .lstm import LSTM
+from .momentum_rnn import MomentumRNN

@@ -1,0 +1,73 @@
+"""MomentumRNN cell kernels (generic over float64 and complex128).
+
+Step (row-vector convention, ``A = h_{t-1} @ W``, ``P = x_t @ V``)::
+
+    g_t     = tanh(A[:, :H] + P[:, :H] + b)
+    gamma_t = floor + (1 - floor) * sigmoid(A[:, H:] + P[:, H:] + b_g)   (learned gate)
+              or a constant in [floor, 1]
+    v_t     = gamma_t * v_{t-1} + (1 - gamma_t) * g_t
+    h_t     = h_{t-1} + v_t
+
+In fixed point the multiply by ``gamma_t`` is exact (quantised to ``n / 2**m``,
+see :mod:`revtrain._kernels.quantize`) and ``(1 - n/2**m) * g_t`` is rounded
+and added; the float kernels here serve the fixed-point gates (forward and
+reverse call the same kernel, so the increments are bit-identical) and the
+straight-through recompute and backward pass.
+"""
+from numba import njit
+
+from .mathfn import tanh_, sigmoid_
+
+_opts = dict(cache=True, error_model="numpy")
+
+
+@njit(**_opts)
+def momentum_gates(A, P, b, bg, floor, gamma, learned, g, gam, sig):
+    """Candidate and momentum gate of one step.
+
+    A, P : (B, G) with ``G = 2H`` (learned gate) or ``H``.  b, bg : (H,).
+    floor : float, the gate floor ``2**-k``.  gamma : float, the constant gate (if not learned).
+    g, gam, sig : (B, H) outputs: ``tanh`` candidate, gate, and the gate's sigmoid.
+    """
+    B, H = g.shape
+    for i in range(B):
+        for j in range(H):
+            g[i, j] = tanh_(A[i, j] + P[i, j] + b[j])
+            if learned:
+                s = sigmoid_(A[i, H + j] + P[i, H + j] + bg[j])
+                sig[i, j] = s
+                gam[i, j] = floor + (1.0 - floor) * s
+            else:
+                gam[i, j] = gamma
+
+
+@njit(**_opts)
+def momentum_snap(h_prev, v_prev, g, gam, h_new, v_new):
+    """Give ``h_new``, ``v_new`` (complex, real part = fixed-point values) the imaginary part of the float update."""
+    B, H = g.shape
+    for i in range(B):
+        for j in range(H):
+            vf = gam[i, j] * v_prev[i, j] + (1.0 - gam[i, j]) * g[i, j]
+            v_new[i, j] = complex(v_new[i, j].real, vf.imag)
+            h_new[i, j] = complex(h_new[i, j].real, (h_prev[i, j] + vf).imag)
+
+
+@njit(**_opts)
+def momentum_back(g, gam, sig, v_prev, floor, learned, dh, dv, dA):
+    """Backpropagate through the elementwise part of one step.
+
+    On entry ``dh``, ``dv`` (B, H) are dL/dh_t, dL/dv_t. On exit ``dv`` is
+    dL/dv_{t-1}; ``dh`` is unchanged (the caller adds ``dA @ W.T`` to make it
+    dL/dh_{t-1}). ``dA`` (B, G) receives dL/d(pre-activations).
+    """
+    B, H = g.shape
+    for i in range(B):
+        for j in range(H):
+            dvt = dv[i, j] + dh[i, j]
+            gm = gam[i, j]
+            gg = g[i, j]
+            dv[i, j] = dvt * gm
+            dA[i, j] = dvt * (1.0 - gm) * (1.0 - gg * gg)
+            if learned:
+                s = sig[i, j]
+                dA[i, H + j] = dvt * (v_prev[i, j] - gg) * ((1.0 - floor) * s * (1.0 - s))

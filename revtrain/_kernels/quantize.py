@@ -1,0 +1,168 @@
+"""Fixed-point updates of reversible cells: quantised gates, exact forget-multiply and add.
+
+Every reversible cell (MomentumRNN, RevGRU, RevLSTM) updates a part ``q`` of
+its fixed-point state (int64, ``F`` fraction bits) as
+
+    q <- q * n / D + inc          (elementwise)
+
+with ``D = 2**m`` (``m`` = gate bits), ``n = round(gate * D)`` a forget-type
+gate floored at ``n >= D * 2**-k`` (``k`` = max forget bits) and
+``inc = round(value * 2**F)`` the added term. The multiply is exact
+(:func:`revtrain._kernels.exact.mul_ratio_elem`: the digits it destroys go to
+the rANS stream of the row), the add is an integer add, so
+
+    q <- (q - inc) * D / n        (elements in reverse order)
+
+undoes it bit for bit, given the same ``n`` and ``inc`` (recomputed from the
+recovered other parts of the state by the same kernels). Each multiply adds
+``log2(D / n) <= k`` bits to the row's information count.
+
+Rows of ``q`` are streams (one per batch row). The loops here push and pop per
+element, so they are compiled with ``buffer_kernel`` (no Numba runtime) and
+return an error code instead of raising: ``-1`` = fine, otherwise the flat
+index of the first element that left the allowed range ``|q| < LIMIT``
+(forward) or whose undo would overflow int64 (reverse).
+"""
+import numpy as np
+from numba import njit, int64
+
+from .exact import mul_ratio_elem, overflows
+from .rans import buffer_kernel
+
+#: Largest magnitude a fixed-point state element may reach (exclusive).
+LIMIT = 1 << 62
+
+_opts = dict(cache=True, error_model="numpy")
+_inline = dict(cache=True, inline="always", error_model="numpy")
+
+
+@njit(**_inline)
+def quant_gate(gate, D, nmin):
+    """``n = clip(rint(gate * D), nmin, D)``: a gate in (0, 1] as the ratio ``n / D``.
+
+    A NaN gate maps to ``D`` (callers check the state range separately).
+    """
+    x = np.rint(gate * D)
+    if not x >= nmin:          # also catches NaN
+        return int64(nmin) if x < nmin else int64(D)
+    if x > D:
+        return int64(D)
+    return int64(x)
+
+
+@njit(**_inline)
+def fixed_inc(value, scale):
+    """``rint(value * scale)`` as int64 for a value with ``|value| <= 1`` (``scale = 2**F``)."""
+    return int64(np.rint(value * scale))
+
+
+def log2_table(D):
+    """``log2(n)`` for ``n = 0 .. D`` (entry 0 unused), float64 ``(D + 1,)``."""
+    t = np.zeros(D + 1)
+    t[1:] = np.log2(np.arange(1, D + 1, dtype=np.float64))
+    return t
+
+
+@buffer_kernel
+def forget_add(q, n, inc, D, states, counts, words, info, log2tab):
+    """In place ``q[s, j] = q[s, j] * n[s, j] / D + inc[s, j]`` exactly.
+
+    Parameters
+    ----------
+    q : int64 (S, K)      state part; row ``s`` uses stream ``s``.
+    n : int64 (S, K)      ratios, ``1 <= n <= D``.
+    inc : int64 (S, K)    fixed-point increments.
+    D : int               denominator ``2**m <= 2**16``.
+    states, counts, words : the InfoBuffer arrays (room reserved by the caller).
+    info : float64 (S,)   information count per stream; ``log2(D / n)`` added per element.
+    log2tab : float64 (D + 1,)  ``log2`` table.
+
+    Returns
+    -------
+    code : int  -1, or the flat index of the first result with ``|q| >= LIMIT``.
+    """
+    S, K = q.shape
+    ld = log2tab[D]
+    for j in range(K):
+        for s in range(S):
+            nn = n[s, j]
+            v = mul_ratio_elem(q[s, j], nn, D, states, counts, words, s) + inc[s, j]
+            if v >= LIMIT or v <= -LIMIT:
+                return s * K + j
+            q[s, j] = v
+            info[s] += ld - log2tab[nn]
+    return -1
+
+
+@buffer_kernel
+def forget_add_undo(q, n, inc, D, states, counts, words, info, log2tab):
+    """Undo :func:`forget_add`: ``q[s, j] = (q[s, j] - inc[s, j]) * D / n[s, j]``, ``j`` descending.
+
+    Returns -1, or the flat index of the first element whose value is out of
+    range (a corrupted state or buffer; nothing sensible can be recovered).
+    """
+    S, K = q.shape
+    ld = log2tab[D]
+    for jj in range(K):
+        j = K - 1 - jj
+        for s in range(S):
+            v = q[s, j]
+            if v >= LIMIT or v <= -LIMIT:
+                return s * K + j
+            v = v - inc[s, j]
+            nn = n[s, j]
+            if overflows(v, D, nn):
+                return s * K + j
+            q[s, j] = mul_ratio_elem(v, D, nn, states, counts, words, s)
+            info[s] -= ld - log2tab[nn]
+    return -1
+
+
+@njit(**_opts)
+def add_checked(q, v, sign):
+    """In place ``q += sign * v`` (sign = +1 or -1); returns -1 or the first flat index leaving ``|q| < LIMIT``.
+
+    Both operands are expected within ``+-LIMIT`` so the int64 sum cannot wrap;
+    an operand outside that range is reported too.
+    """
+    S, K = q.shape
+    for s in range(S):
+        for j in range(K):
+            a = q[s, j]
+            b = v[s, j]
+            if a >= LIMIT or a <= -LIMIT or b >= LIMIT or b <= -LIMIT:
+                return s * K + j
+            r = a + b if sign > 0 else a - b
+            if r >= LIMIT or r <= -LIMIT:
+                return s * K + j
+            q[s, j] = r
+    return -1
+
+
+@njit(**_opts)
+def quantise_forget_add(gate, value, D, nmin, scale, n, inc):
+    """Ratios and increments of ``q <- q * gate + value``: ``n = quant(gate)``, ``inc = rint(value * 2**F)``.
+
+    gate, value : float64 (B, K).  n, inc : int64 (B, K) outputs.
+    """
+    B, K = gate.shape
+    for i in range(B):
+        for j in range(K):
+            n[i, j] = quant_gate(gate[i, j], D, nmin)
+            inc[i, j] = fixed_inc(value[i, j], scale)
+
+
+@njit(**_opts)
+def quantise_convex(gate, target, D, nmin, scale, n, inc):
+    """Ratios and increments of ``q <- gate*q + (1-gate)*target`` with the quantised gate.
+
+    ``n = quant(gate)``, ``inc = rint((1 - n/D) * target * 2**F)``.
+    gate, target : float64 (B, K).  n, inc : int64 (B, K) outputs.
+    """
+    B, K = gate.shape
+    invD = 1.0 / D
+    for i in range(B):
+        for j in range(K):
+            nn = quant_gate(gate[i, j], D, nmin)
+            n[i, j] = nn
+            inc[i, j] = fixed_inc((1.0 - nn * invD) * target[i, j], scale)

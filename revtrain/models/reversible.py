@@ -1,0 +1,356 @@
+"""Reversible BPTT driver shared by the reversible cells (MomentumRNN, RevGRU, RevLSTM).
+
+A reversible cell holds its recurrent state in fixed point (int64 with ``F``
+fraction bits) and updates each part of it as ``q <- q * n/D + inc``: an
+exact multiply by a quantised forget-type gate (the digits it destroys go to
+an :class:`~revtrain.buffer.InfoBuffer`, one rANS stream per batch row) and an
+integer add (see :mod:`revtrain._kernels.quantize`). The gates and increments
+are computed in float64 from the *other* parts of the state, so a step can be
+undone bit for bit once those parts are recovered.
+
+BPTT modes
+----------
+``"reversible"`` (default)
+    The forward pass keeps only the final fixed-point state and the buffer.
+    The backward pass undoes step ``t`` exactly to get the state before it,
+    recomputes step ``t`` in float from that state, runs the output layer on
+    step ``t`` and backpropagates through the step. At the end the recovered
+    initial state must equal the true one and the buffer must be empty,
+    otherwise :class:`~revtrain.ReversalError` is raised (no gradient).
+    Memory: ``O(B * state_size)`` plus the buffer (about the information the
+    forward pass destroyed, ``<= T * B * forget_units * max_forget_bits`` bits).
+``"standard"``
+    The same fixed-point forward pass, storing every state ``(T+1, B,
+    state_size)`` int64; the backward pass reads them instead of undoing
+    steps. Both modes run the same float recompute and backward code, so
+    their losses and gradients are identical. With complex ``theta`` (the
+    complex-step :meth:`hvp`) the fixed-point trajectory is that of
+    ``Re(theta)`` and the imaginary parts follow the float (straight-through)
+    recurrence, giving the Hessian-vector product of the straight-through
+    model at that trajectory.
+
+Gradients treat quantisation as the identity (straight-through): the float
+step ``s_t = f(s_{t-1}, x_t)`` is differentiated at the fixed-point states.
+"""
+import numpy as np
+
+from .base import RecurrentModel
+from ..buffer import InfoBuffer
+from ..errors import FixedPointError, ReversalError
+from ..fixed_point import to_fixed
+from .._kernels.head import softmax_xent_head, mse_head
+from .._kernels.inputs import scatter_add_rows
+from .._kernels.quantize import LIMIT, forget_add, forget_add_undo, add_checked, log2_table
+
+#: Default fraction bits of the fixed-point state: resolution 2**-32, range +-2**30.
+REV_FRAC_BITS = 32
+#: Default bits of the quantised gates (``n / 2**gate_bits``).
+GATE_BITS = 12
+#: Default bound on the bits one forget-type multiply may destroy per unit and step.
+MAX_FORGET_BITS = 3
+
+
+def _int_in(v, lo, hi, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+class ReversibleModel(RecurrentModel):
+    """Base class of the reversible cells: fixed-point state, exact reversal, reversible BPTT.
+
+    Parameters
+    ----------
+    n_in, n_hidden, n_out, loss
+        As for :class:`~revtrain.models.base.RecurrentModel`.
+    frac_bits : int in [8, 52]
+        Fraction bits ``F`` of the fixed-point state (default 32). State
+        values must stay below ``2**(62 - F)`` in magnitude, otherwise
+        :class:`~revtrain.FixedPointError` is raised.
+    max_forget_bits : int in [1, gate_bits]
+        ``k``: forget-type gates are floored at ``2**-k``, so no unit loses
+        more than ``k`` bits per multiply (default 3).
+    gate_bits : int in [max_forget_bits, 16]
+        ``m``: gates are quantised to ``n / 2**m`` (default 12).
+
+    Subclass hooks
+    --------------
+    ``_parts()`` list of ``(name, width)``: the state layout (columns in order).
+    ``_head_parts`` tuple of part names whose concatenation is the hidden state ``h`` (B, H).
+    ``_n_proj`` columns ``G`` of the input weights ``V`` (n_in, G).
+    ``_fixed_step(p, P, q, buf, t)`` / ``_fixed_unstep(p, P, q, buf, t)``: one
+    fixed-point step on the dict ``q`` of int64 ``(B, width)`` parts, forward
+    and exactly backward, given the projection ``P = x_t V`` (B, G).
+    ``_cache(B, dtype)`` workspace of one float step.
+    ``_float_step(p, P, s_prev, s_new, cache)``: recompute step ``t`` in float
+    (or complex) from ``s_prev``; ``s_new`` holds the fixed-point result and,
+    for complex dtypes, gets the imaginary part of the float update.
+    ``_float_back(p, g, s_prev, s_new, cache, ds, dP)``: backpropagate through
+    the step; ``ds`` (dict) holds dL/ds_t on entry and dL/ds_{t-1} on exit;
+    writes ``dP`` = dL/dP (B, G); adds parameter gradients to the views ``g``
+    (the input weights ``V`` are handled by the driver).
+    """
+
+    bptt_modes = ("reversible", "standard")
+    #: Exact multiplies per row and step, divided by n_hidden (set by subclasses).
+    forget_per_unit = 1
+
+    def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
+                 max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
+        self.frac_bits = _int_in(frac_bits, 8, 52, "frac_bits")
+        self.gate_bits = _int_in(gate_bits, 1, 16, "gate_bits")
+        self.max_forget_bits = _int_in(max_forget_bits, 1, self.gate_bits, "max_forget_bits")
+        self.D = 1 << self.gate_bits
+        self.nmin = self.D >> self.max_forget_bits
+        self.floor = 2.0 ** -self.max_forget_bits
+        self.scale = 2.0 ** self.frac_bits
+        self.inv_scale = 2.0 ** -self.frac_bits
+        self._log2 = log2_table(self.D)
+        super().__init__(n_in, n_hidden, n_out, loss)
+        self._layout_parts = list(self._parts())
+        # words one forget_add pass over K elements can emit per stream
+        self._words_per_elem = self.gate_bits / 32.0
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden}, "
+                f"n_out={self.n_out}, loss={self.loss_kind!r}, frac_bits={self.frac_bits}, "
+                f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits})")
+
+    @property
+    def state_size(self):
+        return sum(w for _, w in self._parts())
+
+    @property
+    def forget_units(self):
+        """Exact forget-type multiplies per batch row and step (bound: ``info_bits <= T*B*forget_units*k``)."""
+        return self.forget_per_unit * self.n_hidden
+
+    # ------------------------------------------------------------ state I/O
+    def _pack(self, parts, out=None):
+        if out is None:
+            return np.concatenate([parts[nm] for nm, _ in self._layout_parts], axis=1)
+        c = 0
+        for nm, w in self._layout_parts:
+            out[:, c:c + w] = parts[nm]
+            c += w
+        return out
+
+    def _unpack(self, arr):
+        out, c = {}, 0
+        for nm, w in self._layout_parts:
+            out[nm] = np.ascontiguousarray(arr[:, c:c + w])
+            c += w
+        return out
+
+    def _to_float(self, q, dtype=np.float64):
+        return {k: (v * self.inv_scale).astype(dtype, copy=False) for k, v in q.items()}
+
+    def _initial_fixed(self, state0, B):
+        if state0 is None:
+            return {nm: np.zeros((B, w), dtype=np.int64) for nm, w in self._layout_parts}
+        bound = 2.0 ** (62 - self.frac_bits)
+        big = np.abs(state0) >= bound
+        if big.any():
+            i = np.argwhere(big)[0]
+            raise FixedPointError(
+                f"initial_state value {float(state0[tuple(i)])!r} at index {tuple(int(v) for v in i)}"
+                f" does not fit the fixed-point state (|x| must be < 2**(62 - frac_bits) = "
+                f"{bound:g} with frac_bits={self.frac_bits})")
+        return self._unpack(to_fixed(state0, self.frac_bits))
+
+    def _h(self, s):
+        if len(self._head_parts) == 1:
+            return s[self._head_parts[0]]
+        return np.concatenate([s[nm] for nm in self._head_parts], axis=1)
+
+    def _add_dh(self, ds, dH):
+        c = 0
+        for nm in self._head_parts:
+            w = ds[nm].shape[1]
+            ds[nm] += dH[:, c:c + w]
+            c += w
+
+    # ----------------------------------------------------- exact primitives
+    def _forget(self, q, n, inc, buf, t, what):
+        """``q <- q*n/D + inc`` exactly (forward), FixedPointError if the state leaves the range."""
+        buf.reserve(int(q.shape[1] * self._words_per_elem) + 3)
+        code = forget_add(q, n, inc, self.D, buf.states, buf.counts, buf.words, buf.info,
+                          self._log2)
+        if code >= 0:
+            self._overflow(what, t, code, q.shape)
+
+    def _unforget(self, q, n, inc, buf, t, what):
+        """Undo :meth:`_forget` exactly; ReversalError on an impossible value."""
+        buf.reserve(int(q.shape[1] * self._words_per_elem) + 3)
+        code = forget_add_undo(q, n, inc, self.D, buf.states, buf.counts, buf.words, buf.info,
+                               self._log2)
+        if code >= 0:
+            self._corrupt(what, t, code, q.shape)
+
+    def _add(self, q, v, sign, t, what, reverse=False):
+        code = add_checked(q, v, sign)
+        if code >= 0:
+            (self._corrupt if reverse else self._overflow)(what, t, code, q.shape)
+
+    def _overflow(self, what, t, code, shape):
+        b, j = divmod(int(code), shape[1])
+        raise FixedPointError(
+            f"{type(self).__name__}: state part {what!r} overflowed the fixed-point range at "
+            f"step {t}, batch row {b}, unit {j} (|value| must stay < 2**(62 - frac_bits) = "
+            f"{2.0 ** (62 - self.frac_bits):g} with frac_bits={self.frac_bits}); use fewer "
+            f"frac_bits or shorter sequences")
+
+    def _corrupt(self, what, t, code, shape):
+        b, j = divmod(int(code), shape[1])
+        raise ReversalError(
+            f"{type(self).__name__}: undoing step {t} produced an impossible value in state "
+            f"part {what!r} (batch row {b}, unit {j}): the information buffer or the kept "
+            f"final state is corrupted; no gradient is returned")
+
+    # --------------------------------------------------------------- inputs
+    def _project(self, p, x, tokens, t, out):
+        """``out = x_t @ V`` (B, G), one product or gather per step (same call forward and back)."""
+        V = p["V"]
+        if tokens:
+            np.take(V, x[t], axis=0, out=out)
+        else:
+            xt = x[t] if V.dtype == x.dtype else x[t].astype(V.dtype)
+            np.dot(xt, V, out=out)
+        return out
+
+    def _project_grad(self, g, x, tokens, t, dP):
+        if tokens:
+            scatter_add_rows(x[t:t + 1], dP[None], g["V"])
+        else:
+            xt = x[t] if g["V"].dtype == x.dtype else x[t].astype(g["V"].dtype)
+            g["V"] += np.dot(xt.T, dP)
+
+    def _step_loss(self, p, g, batch, t, h, dH):
+        """Loss of step ``t`` on hidden rows ``h`` (B, H); fills ``dH``; 0 (and dH = 0) if no target."""
+        T, B = batch.lead[0], batch.B
+        if batch.per_step:
+            rows = slice(t * B, (t + 1) * B)
+        elif t == T - 1:
+            rows = slice(0, B)
+        else:
+            dH[...] = 0
+            return 0.0
+        work = np.empty((B, self.n_out), dtype=h.dtype)
+        h = np.ascontiguousarray(h)
+        if self.loss_kind == "softmax":
+            return softmax_xent_head(h, p["U"], p["b_y"], batch.labels[rows], batch.scale,
+                                     work, dH, g["U"], g["b_y"])
+        return mse_head(h, p["U"], p["b_y"], batch.target[rows], batch.scale, work, dH,
+                        g["U"], g["b_y"])
+
+    # ----------------------------------------------------------------- runs
+    def _run(self, theta, batch, mode, k, want_grad, state0):
+        cplx = np.iscomplexobj(theta)
+        if cplx and mode != "standard":
+            raise ValueError(f"complex parameters (complex-step hvp) need bptt='standard', "
+                             f"got {mode!r}")
+        th_real = np.ascontiguousarray(theta.real) if cplx else theta
+        pr = self.layout.views(th_real)
+        x, tokens = batch.x, batch.tokens
+        T, B, H = batch.lead[0], batch.B, self.n_hidden
+        G = self._n_proj
+        q0 = self._initial_fixed(state0, B)
+        q = {nm: a.copy() for nm, a in q0.items()}
+        buf = InfoBuffer(B, capacity=16)
+        P = np.empty((B, G))
+
+        if not want_grad:
+            gdummy = self.layout.views(np.zeros(self.size))
+            dH = np.empty((B, H))
+            loss = 0.0
+            for t in range(T):
+                self._fixed_step(pr, self._project(pr, x, tokens, t, P), q, buf, t)
+                loss += self._step_loss(pr, gdummy, batch, t, self._h(self._to_float(q)), dH)
+            return loss, None, {"stored_bytes": 0,
+                                "final_state": self._pack(self._to_float(q))}
+
+        store = None
+        if mode == "standard":
+            store = np.empty((T + 1, B, self.state_size), dtype=np.int64)
+            self._pack(q, store[0])
+        for t in range(T):
+            self._fixed_step(pr, self._project(pr, x, tokens, t, P), q, buf, t)
+            if store is not None:
+                self._pack(q, store[t + 1])
+        info_bits = buf.info_bits
+        final_state = self._pack(self._to_float(q))
+        kept = 2 * B * self.state_size * 8
+        if mode == "standard":
+            stored, buffer_bytes = store.nbytes, 0
+            buf = None
+        else:
+            buffer_bytes = buf.nbytes
+            stored = buffer_bytes + kept
+
+        dtype = theta.dtype
+        p = self.layout.views(theta)
+        cstore = None
+        if cplx:
+            # imaginary parts: the float (straight-through) recurrence along the fixed trajectory
+            cstore = np.empty((T + 1, B, self.state_size), dtype=np.complex128)
+            cstore[0] = store[0] * self.inv_scale
+            Pc = np.empty((B, G), dtype=dtype)
+            cache = self._cache(B, dtype)
+            for t in range(T):
+                s_prev = self._unpack(cstore[t])
+                s_new = self._unpack((store[t + 1] * self.inv_scale).astype(dtype))
+                self._float_step(p, self._project(p, x, tokens, t, Pc), s_prev, s_new, cache)
+                self._pack(s_new, cstore[t + 1])
+            stored += cstore.nbytes
+
+        grad = np.zeros_like(theta)
+        g = self.layout.views(grad)
+        cache = self._cache(B, dtype)
+        Pd = np.empty((B, G), dtype=dtype)
+        dP = np.empty((B, G), dtype=dtype)
+        dH = np.empty((B, H), dtype=dtype)
+        ds = {nm: np.zeros((B, w), dtype=dtype) for nm, w in self._layout_parts}
+        if cplx:
+            s_new = self._unpack(cstore[T])
+        else:
+            s_new = self._to_float(q)
+        loss = 0.0
+        for t in range(T - 1, -1, -1):
+            if mode == "reversible":
+                self._project(pr, x, tokens, t, P)
+                self._fixed_unstep(pr, P, q, buf, t)
+                s_prev = self._to_float(q)
+                Pt = P
+            else:
+                s_prev = self._unpack(cstore[t]) if cplx else self._to_float(self._unpack(store[t]))
+                Pt = self._project(p, x, tokens, t, Pd)
+            self._float_step(p, Pt, s_prev, s_new, cache)
+            loss = loss + self._step_loss(p, g, batch, t, self._h(s_new), dH)
+            self._add_dh(ds, dH)
+            self._float_back(p, g, s_prev, s_new, cache, ds, dP)
+            self._project_grad(g, x, tokens, t, dP)
+            s_new = s_prev
+        if mode == "reversible":
+            same = all(np.array_equal(q[nm], q0[nm]) for nm in q0)
+            if not (same and buf.is_empty()):
+                what = [] if same else ["the recovered initial state differs from the true one"]
+                if not buf.is_empty():
+                    what.append(f"the information buffer is not empty "
+                                f"({int(buf.counts.sum())} words left)")
+                raise ReversalError(f"{type(self).__name__}: reversible BPTT failed: "
+                                    + " and ".join(what) + " (corrupted buffer or kept state); "
+                                    "no gradient is returned")
+        return loss, grad, {"stored_bytes": stored, "buffer_bytes": buffer_bytes,
+                            "info_bits": info_bits, "final_state": final_state}
+
+    def _hidden(self, theta, x, tokens, state0):
+        T, B = x.shape[0], x.shape[1]
+        p = self.layout.views(theta)
+        q = self._initial_fixed(state0, B)
+        buf = InfoBuffer(B, capacity=16)
+        P = np.empty((B, self._n_proj))
+        hs = np.empty((T, B, self.n_hidden))
+        for t in range(T):
+            self._fixed_step(p, self._project(p, x, tokens, t, P), q, buf, t)
+            hs[t] = self._h(self._to_float(q))
+        return hs, self._pack(self._to_float(q))
