@@ -20,7 +20,7 @@ from .buffer import InfoBuffer
 from .errors import FixedPointError
 from .fixed_point import DEFAULT_FRAC_BITS, from_fixed, to_fixed, _check_frac_bits
 from ._kernels.sgd import (MOMENTUM_BITS, MOMENTUM_DEN, sgd_step, sgd_unstep_velocity,
-                           sgd_unstep_weights)
+                           sgd_unstep_weights, wide_freqs)
 
 #: Largest number of buffer streams chosen automatically.
 MAX_AUTO_STREAMS = 8
@@ -150,12 +150,14 @@ class ExactSGD:
         Fraction bits ``Fw`` of the weights (default 32: resolution 2.3e-10,
         range +-2.1e9).
     velocity_frac_bits : int, optional
-        Fraction bits ``Fv`` of the velocity. Default ``min(frac_bits + 8, 62)``:
-        the velocity is an average of gradients, usually well below the weights
-        in size, and its increments ``(1 - gamma) * g`` are smaller still; 8 more
-        bits keep their relative resolution comparable to that of the weights,
-        while the range (+-2**(63 - Fv), 8.4e6 by default) still holds any sane
-        gradient. Values that do not fit raise :class:`~revtrain.FixedPointError`.
+        Fraction bits ``Fv`` of the velocity. Default ``min(frac_bits + 16, 62)``
+        (48): the exact multiply by ``n / 2**16`` replaces the low 16 bits of
+        ``v`` with a digit from the buffer, an error of up to ``n < 2**16``
+        units in the last place of ``v``; 16 more fraction bits than the
+        weights keep that error below the weights' resolution for learning
+        rates up to 1. The range of ``v`` is then ``+-2**(63 - Fv)`` (+-32768),
+        ample for a running average of gradients; values that do not fit raise
+        :class:`~revtrain.FixedPointError`.
     n_streams : int, optional
         Independent streams of the information buffer; stream ``s`` holds the
         digits of a contiguous chunk of parameters. Default: one stream per
@@ -184,7 +186,7 @@ class ExactSGD:
         self._wd = wd_arr.reshape(-1)          # (1,) or (G,)
         self.frac_bits = _check_frac_bits(frac_bits)
         if velocity_frac_bits is None:
-            velocity_frac_bits = min(self.frac_bits + 8, 62)
+            velocity_frac_bits = min(self.frac_bits + 16, 62)
         self.velocity_frac_bits = _check_frac_bits(velocity_frac_bits)
         if n_streams is not None and (isinstance(n_streams, bool) or
                                       not isinstance(n_streams, (int, np.integer))
@@ -352,7 +354,8 @@ class ExactSGD:
         n, lr, gam, wd = self._row(t)
         cv = (1.0 - gam) * 2.0 ** self.velocity_frac_bits
         cw = lr * 2.0 ** (self.frac_bits - self.velocity_frac_bits)
-        return n, cv, cw, wd
+        wq, we = wide_freqs(n)
+        return n, wq, we, cv, cw, wd
 
     def _raise(self, code, idx, where, t):
         if code == 1:
@@ -381,13 +384,13 @@ class ExactSGD:
         t = state.t
         g = self._check_grad(grad, P, "grad")
         gidx = self.group_index(P)
-        n, cv, cw, wd = self._coeffs(t)
+        n, wq, we, cv, cw, wd = self._coeffs(t)
         buf = state.buffer
         S, chunk = buf.n_streams, -(-P // buf.n_streams)
         buf.reserve(chunk // 2 + 3)
         w_out = np.empty_like(state.w)
         v_out = np.empty_like(state.v)
-        code, idx = sgd_step(state.w, state.v, g, gidx, n, cv, cw, wd,
+        code, idx = sgd_step(state.w, state.v, g, gidx, n, wq, we, cv, cw, wd,
                              2.0 ** -self.frac_bits, chunk, buf.states, buf.counts, buf.words,
                              w_out, v_out)
         if code:
@@ -419,7 +422,7 @@ class ExactSGD:
         if t < 0:
             raise ValueError("unstep: the state is at iteration 0, there is nothing to undo")
         gidx = self.group_index(P)
-        n, cv, cw, wd = self._coeffs(t)
+        n, wq, we, cv, cw, wd = self._coeffs(t)
         w_prev = np.empty_like(state.w)
         code, idx = sgd_unstep_weights(state.w, state.v, gidx, cw, w_prev)
         if code:
@@ -430,7 +433,7 @@ class ExactSGD:
         S, chunk = buf.n_streams, -(-P // buf.n_streams)
         buf.reserve(chunk + 3)
         v_prev = np.empty_like(state.v)
-        code, idx = sgd_unstep_velocity(w_prev, state.v, g, gidx, n, cv, wd,
+        code, idx = sgd_unstep_velocity(w_prev, state.v, g, gidx, n, wq, we, cv, wd,
                                         2.0 ** -self.frac_bits, chunk,
                                         buf.states, buf.counts, buf.words, v_prev)
         if code:
