@@ -13,7 +13,7 @@ from ._threads import set_blas_threads, get_blas_threads
 from .models import RecurrentModel, BPTTStats, RNN
 from .models import GRU, MDRNN
 from .models import LSTM
-from .models import MomentumRNN
+from .models import MomentumRNN, RevGRU, RevLSTM
 from .optim import ExactSGD, ExactSGDState, Adam, AdamState
 from .hypergrad import hypergradient, HyperGradient, HyperStats
 
@@ -27,7 +27,7 @@ __all__ = [
     "RecurrentModel", "BPTTStats", "RNN",
     "GRU", "MDRNN",
     "LSTM",
-    "MomentumRNN",
+    "MomentumRNN", "RevGRU", "RevLSTM",
     "ExactSGD", "ExactSGDState", "Adam", "AdamState",
     "hypergradient", "HyperGradient", "HyperStats",
 ]

@@ -78,7 +78,7 @@ def _float_unstep(m, p, s, P):
     Hh = m.n_hidden // 2
     for k, (mine, other) in [(1, ("2", "1")), (0, ("1", "2"))]:
         o = s["h" + other]
-        if RevLSTM is not None and isinstance(m, RevLSTM):
+        if isinstance(m, RevLSTM):
             A = o @ p["W" + mine] + P[:, 5 * Hh * k:5 * Hh * (k + 1)] \
                 + p["b"][5 * Hh * k:5 * Hh * (k + 1)]
             i = _sig(A[:, :Hh])

@@ -22,23 +22,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import revtrain as rt
-from revtrain.models.momentum_rnn import MomentumRNN
-
-try:
-    from revtrain.models.revlstm import RevLSTM
-except ImportError:          # pragma: no cover - while being written
-    RevLSTM = None
-try:
-    from revtrain.models.revgru import RevGRU
-except ImportError:          # pragma: no cover
-    RevGRU = None
+from revtrain import MomentumRNN, RevGRU, RevLSTM
 
 CELLS = {"momentum": lambda *a, **k: MomentumRNN(*a, **k),
-         "momentum_const": lambda *a, **k: MomentumRNN(*a, gamma=0.6, **k)}
-if RevLSTM is not None:
-    CELLS["revlstm"] = lambda *a, **k: RevLSTM(*a, **k)
-if RevGRU is not None:
-    CELLS["revgru"] = lambda *a, **k: RevGRU(*a, **k)
+         "momentum_const": lambda *a, **k: MomentumRNN(*a, gamma=0.6, **k),
+         "revlstm": lambda *a, **k: RevLSTM(*a, **k),
+         "revgru": lambda *a, **k: RevGRU(*a, **k)}
 
 
 def _sig(a):
@@ -73,7 +62,7 @@ def ref_step(m, p, s, P, delta=None, target=None):
         put("h", s["h"] + v)
         return new, raw
     Hh = m.n_hidden // 2
-    if RevLSTM is not None and isinstance(m, RevLSTM):
+    if isinstance(m, RevLSTM):
         cur = dict(s)
         for k, (mine, other) in enumerate([("1", "2"), ("2", "1")]):
             o = cur["h" + other]
@@ -338,6 +327,5 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="bptt"):
         m.loss_and_grad(m.init_params(), x, y, bptt="checkpoint")
     for cls in (RevGRU, RevLSTM):
-        if cls is not None:
-            with pytest.raises(ValueError, match="even"):
-                cls(2, 3, 2)
+        with pytest.raises(ValueError, match="even"):
+            cls(2, 3, 2)

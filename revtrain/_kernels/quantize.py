@@ -24,7 +24,8 @@ index of the first element that left the allowed range ``|q| < LIMIT``
 (forward) or whose undo would overflow int64 (reverse).
 """
 import numpy as np
-from numba import njit, int64
+from numba import njit, int64, types
+from numba.extending import overload
 
 from .exact import mul_ratio_elem, overflows
 from .rans import buffer_kernel
@@ -166,3 +167,19 @@ def quantise_convex(gate, target, D, nmin, scale, n, inc):
             nn = quant_gate(gate[i, j], D, nmin)
             n[i, j] = nn
             inc[i, j] = fixed_inc((1.0 - nn * invD) * target[i, j], scale)
+
+
+def snap_(fixed, value):
+    """Straight-through state value: ``fixed`` for floats; ``Re(fixed) + i Im(value)`` for complex.
+
+    The fixed-point trajectory gives the real part; the imaginary part (the
+    complex-step tangent) follows the float update ``value``.
+    """
+    raise NotImplementedError
+
+
+@overload(snap_, inline="always")
+def _snap_impl(fixed, value):
+    if isinstance(value, types.Complex):
+        return lambda fixed, value: complex(fixed.real, value.imag)
+    return lambda fixed, value: fixed

@@ -5,3 +5,5 @@ from .gru import GRU
 from .mdrnn import MDRNN
 from .lstm import LSTM
 from .momentum_rnn import MomentumRNN
+from .revgru import RevGRU
+from .revlstm import RevLSTM

@@ -1,0 +1,134 @@
+"""RevGRU: the reversible GRU of MacKay, Vicol, Ba & Grosse (2018) in exact fixed point."""
+import numpy as np
+
+from ..params import ParamSpec
+from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
+from .._kernels.revgru import revgru_gates1, revgru_gates2, revgru_cell, revgru_back1, revgru_back2
+from .._kernels.quantize import quantise_convex
+
+_HALVES = ((0, "1", "2"), (1, "2", "1"))     # (index, updated half, other half)
+
+
+class RevGRU(ReversibleModel):
+    """Reversible GRU (MacKay et al. 2018), exactly reversible in fixed point.
+
+    The hidden state ``h = [h1 | h2]`` is split in halves of ``H/2`` units,
+    updated in turn, each from the input and the *other* half::
+
+        z1 = 2**-k + (1 - 2**-k) sigmoid(x_t V_z1 + h2 W_z1 + b_z1)
+        r1 = sigmoid(x_t V_r1 + h2 W_r1 + b_r1)
+        g1 = tanh(x_t V_g1 + (r1 * h2) Wg1 + b_g1)
+        h1 = z1 * h1 + (1 - z1) * g1
+        then h2 likewise from the new h1;   yhat_t = softmax(h_t U + b_y)
+
+    The multiply by the update gate ``z`` (quantised to ``n / 2**gate_bits``,
+    at least ``2**-max_forget_bits``) is exact with its lost digits in the
+    information buffer; ``(1 - z) g`` is rounded to fixed point and added.
+    Reversal undoes h2 (gates from h1), then h1 (gates from the recovered h2).
+
+    State: ``[h1, h2]`` (``state_size = H``); ``n_hidden`` must be even.
+    Parameters (views of ``theta``): ``V`` (n_in, 3H) with columns
+    ``[half 1: z r g | half 2: z r g]``, ``W1``, ``W2`` (H/2, H) (columns
+    ``[z | r]``), ``Wg1``, ``Wg2`` (H/2, H/2), ``b`` (3H,) laid out like ``V``'s
+    columns, ``U`` (H, n_out), ``b_y`` (n_out,). See
+    :class:`~revtrain.models.reversible.ReversibleModel` for ``frac_bits``,
+    ``max_forget_bits``, ``gate_bits`` and the BPTT modes.
+    """
+
+    forget_per_unit = 1
+    _head_parts = ("h1", "h2")
+
+    def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
+                 max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
+        if isinstance(n_hidden, (int, np.integer)) and not isinstance(n_hidden, bool) \
+                and n_hidden % 2:
+            raise ValueError(f"n_hidden must be even for RevGRU (two halves), got {n_hidden}")
+        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
+
+    def _parts(self):
+        Hh = self.n_hidden // 2
+        return [("h1", Hh), ("h2", Hh)]
+
+    @property
+    def _n_proj(self):
+        return 3 * self.n_hidden
+
+    def _specs(self):
+        D, H, O = self.n_in, self.n_hidden, self.n_out
+        Hh = H // 2
+        return [ParamSpec("V", (D, 3 * H), "uniform", "input"),
+                ParamSpec("W1", (Hh, 2 * Hh), "uniform", "recurrent"),
+                ParamSpec("Wg1", (Hh, Hh), "uniform", "recurrent"),
+                ParamSpec("W2", (Hh, 2 * Hh), "uniform", "recurrent"),
+                ParamSpec("Wg2", (Hh, Hh), "uniform", "recurrent"),
+                ParamSpec("b", (3 * H,), "zeros", "bias"),
+                ParamSpec("U", (H, O), "uniform", "output"),
+                ParamSpec("b_y", (O,), "zeros", "output")]
+
+    def _cache(self, B, dtype):
+        Hh = self.n_hidden // 2
+        c = {}
+        for k in "12":
+            c["A" + k] = np.empty((B, 2 * Hh), dtype=dtype)
+            c["G" + k] = np.empty((B, Hh), dtype=dtype)
+            for nm in ("z", "sz", "r", "ro", "g"):
+                c[nm + k] = np.empty((B, Hh), dtype=dtype)
+        return c
+
+    def _gates(self, p, P, k, mine, o, c):
+        Hh = self.n_hidden // 2
+        cols = slice(3 * Hh * k, 3 * Hh * (k + 1))
+        Pk, bk = P[:, cols], p["b"][cols]
+        np.dot(o, p["W" + mine], out=c["A" + mine])
+        revgru_gates1(c["A" + mine], Pk, bk, self.floor, o, c["z" + mine], c["sz" + mine],
+                      c["r" + mine], c["ro" + mine])
+        np.dot(c["ro" + mine], p["Wg" + mine], out=c["G" + mine])
+        revgru_gates2(c["G" + mine], Pk, bk, c["g" + mine])
+
+    def _quant(self, c, mine):
+        B, Hh = c["z" + mine].shape
+        n = np.empty((B, Hh), dtype=np.int64)
+        inc = np.empty((B, Hh), dtype=np.int64)
+        quantise_convex(c["z" + mine], c["g" + mine], self.D, self.nmin, self.scale, n, inc)
+        return n, inc
+
+    def _fixed_step(self, p, P, q, buf, t):
+        c = self._cache(P.shape[0], np.float64)
+        for k, mine, other in _HALVES:
+            self._gates(p, P, k, mine, q["h" + other] * self.inv_scale, c)
+            n, inc = self._quant(c, mine)
+            self._forget(q["h" + mine], n, inc, buf, t, "h" + mine)
+
+    def _fixed_unstep(self, p, P, q, buf, t):
+        c = self._cache(P.shape[0], np.float64)
+        for k, mine, other in reversed(_HALVES):
+            self._gates(p, P, k, mine, q["h" + other] * self.inv_scale, c)
+            n, inc = self._quant(c, mine)
+            self._unforget(q["h" + mine], n, inc, buf, t, "h" + mine)
+
+    def _float_step(self, p, P, s_prev, s_new, cache):
+        for k, mine, other in _HALVES:
+            o = s_prev["h2"] if k == 0 else s_new["h1"]
+            self._gates(p, P, k, mine, o, cache)
+            if np.iscomplexobj(o):
+                revgru_cell(s_prev["h" + mine], cache["z" + mine], cache["g" + mine],
+                            s_new["h" + mine])
+
+    def _float_back(self, p, g, s_prev, s_new, cache, ds, dP):
+        Hh = self.n_hidden // 2
+        c = cache
+        do = np.empty_like(ds["h1"])
+        for k, mine, other in reversed(_HALVES):
+            o = s_prev["h2"] if k == 0 else s_new["h1"]
+            dA = dP[:, 3 * Hh * k:3 * Hh * (k + 1)]
+            revgru_back1(c["z" + mine], c["sz" + mine], c["g" + mine], s_prev["h" + mine],
+                         self.floor, ds["h" + mine], dA)
+            dAg = dA[:, 2 * Hh:]
+            g["Wg" + mine] += np.dot(c["ro" + mine].T, dAg)
+            dRO = np.dot(dAg, p["Wg" + mine].T)
+            revgru_back2(dRO, c["r" + mine], o, dA, do)
+            dAzr = dA[:, :2 * Hh]
+            g["W" + mine] += np.dot(o.T, dAzr)
+            do += np.dot(dAzr, p["W" + mine].T)
+            ds["h" + other] += do
+        g["b"] += dP.sum(axis=0)
