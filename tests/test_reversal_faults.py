@@ -11,10 +11,10 @@ def _run_with_fault(m, theta, x, y, fault):
     orig = m._fixed_unstep
     T = x.shape[0]
 
-    def unstep(p, P, q, buf, t):
+    def unstep(p, P, q, buf, t, cache):
         if t == T - 1:
             fault(q, buf)
-        orig(p, P, q, buf, t)
+        orig(p, P, q, buf, t, cache)
 
     m._fixed_unstep = unstep
     try:

@@ -170,8 +170,8 @@ def test_reversible_equals_standard(cell, variant):
     assert np.array_equal(sr.final_state, ss.final_state)
     assert abs(m.loss(theta, x, y, initial_state=s0) - lr) <= 1e-12 * abs(lr)
     assert np.abs(gr).max() > 0
-    # accounting: reversible keeps the buffer + two states; standard keeps T+1 states
-    assert sr.stored_bytes == sr.buffer_bytes + 2 * B * m.state_size * 8
+    # accounting: reversible keeps the buffer + the running state; standard keeps T+1 states
+    assert sr.stored_bytes == sr.buffer_bytes + B * m.state_size * 8
     assert ss.stored_bytes == (T + 1) * B * m.state_size * 8
     assert sr.info_bits == ss.info_bits > 0
 

@@ -81,9 +81,10 @@ class MomentumRNN(ReversibleModel):
         momentum_gates(c["A"], P, p["b"], bg, self.floor,
                        0.0 if self.learned else self.gamma, self.learned, c["g"], c["gam"], c["sig"])
 
-    def _increments(self, p, P, q):
+    def _increments(self, p, P, q, c=None):
         B, H = q["h"].shape
-        c = self._cache(B, np.float64)
+        if c is None:
+            c = self._cache(B, np.float64)
         self._gates(p, P, q["h"] * self.inv_scale, c)
         n = np.empty((B, H), dtype=np.int64)
         inc = np.empty((B, H), dtype=np.int64)
@@ -95,13 +96,14 @@ class MomentumRNN(ReversibleModel):
         self._forget(q["v"], n, inc, buf, t, "v")
         self._add(q["h"], q["v"], 1, t, "h")
 
-    def _fixed_unstep(self, p, P, q, buf, t):
+    def _fixed_unstep(self, p, P, q, buf, t, cache):
         self._add(q["h"], q["v"], -1, t, "h", reverse=True)
-        n, inc = self._increments(p, P, q)
+        n, inc = self._increments(p, P, q, cache)
         self._unforget(q["v"], n, inc, buf, t, "v")
 
-    def _float_step(self, p, P, s_prev, s_new, cache):
-        self._gates(p, P, s_prev["h"], cache)
+    def _float_step(self, p, P, s_prev, s_new, cache, have_gates=False):
+        if not have_gates:
+            self._gates(p, P, s_prev["h"], cache)
         if np.iscomplexobj(s_new["h"]):
             momentum_snap(s_prev["h"], s_prev["v"], cache["g"], cache["gam"], s_new["h"],
                           s_new["v"])

@@ -78,12 +78,14 @@ class ReversibleModel(RecurrentModel):
     ``_parts()`` list of ``(name, width)``: the state layout (columns in order).
     ``_head_parts`` tuple of part names whose concatenation is the hidden state ``h`` (B, H).
     ``_n_proj`` columns ``G`` of the input weights ``V`` (n_in, G).
-    ``_fixed_step(p, P, q, buf, t)`` / ``_fixed_unstep(p, P, q, buf, t)``: one
-    fixed-point step on the dict ``q`` of int64 ``(B, width)`` parts, forward
-    and exactly backward, given the projection ``P = x_t V`` (B, G).
+    ``_fixed_step(p, P, q, buf, t)`` / ``_fixed_unstep(p, P, q, buf, t, cache)``:
+    one fixed-point step on the dict ``q`` of int64 ``(B, width)`` parts,
+    forward and exactly backward, given the projection ``P = x_t V`` (B, G);
+    the undo leaves the step's float64 gates in ``cache``.
     ``_cache(B, dtype)`` workspace of one float step.
-    ``_float_step(p, P, s_prev, s_new, cache)``: recompute step ``t`` in float
-    (or complex) from ``s_prev``; ``s_new`` holds the fixed-point result and,
+    ``_float_step(p, P, s_prev, s_new, cache, have_gates=False)``: recompute
+    step ``t`` in float (or complex) from ``s_prev`` (the gates are already in
+    ``cache`` when ``have_gates``); ``s_new`` holds the fixed-point result and,
     for complex dtypes, gets the imaginary part of the float update.
     ``_float_back(p, g, s_prev, s_new, cache, ds, dP)``: backpropagate through
     the step; ``ds`` (dict) holds dL/ds_t on entry and dL/ds_{t-1} on exit;
@@ -279,7 +281,7 @@ class ReversibleModel(RecurrentModel):
                 self._pack(q, store[t + 1])
         info_bits = buf.info_bits
         final_state = self._pack(self._to_float(q))
-        kept = 2 * B * self.state_size * 8
+        kept = B * self.state_size * 8          # the running state (reversed in place)
         if mode == "standard":
             stored, buffer_bytes = store.nbytes, 0
             buf = None
@@ -317,14 +319,15 @@ class ReversibleModel(RecurrentModel):
         loss = 0.0
         for t in range(T - 1, -1, -1):
             if mode == "reversible":
+                # undoing the step computes its gates from the recovered state: the
+                # same float64 values the recompute would give, so they are kept
                 self._project(pr, x, tokens, t, P)
-                self._fixed_unstep(pr, P, q, buf, t)
+                self._fixed_unstep(pr, P, q, buf, t, cache)
                 s_prev = self._to_float(q)
-                Pt = P
+                self._float_step(p, P, s_prev, s_new, cache, have_gates=True)
             else:
                 s_prev = self._unpack(cstore[t]) if cplx else self._to_float(self._unpack(store[t]))
-                Pt = self._project(p, x, tokens, t, Pd)
-            self._float_step(p, Pt, s_prev, s_new, cache)
+                self._float_step(p, self._project(p, x, tokens, t, Pd), s_prev, s_new, cache)
             loss = loss + self._step_loss(p, g, batch, t, self._h(s_new), dH)
             self._add_dh(ds, dH)
             self._float_back(p, g, s_prev, s_new, cache, ds, dP)

@@ -104,8 +104,8 @@ class RevLSTM(ReversibleModel):
             n, inc = self._quant(c, mine, q["c" + mine], "h")
             self._forget(q["h" + mine], n, inc, buf, t, "h" + mine)
 
-    def _fixed_unstep(self, p, P, q, buf, t):
-        c = self._cache(P.shape[0], np.float64)
+    def _fixed_unstep(self, p, P, q, buf, t, cache):
+        c = cache
         for k, mine, other in reversed(_HALVES):
             self._gates(p, P, k, mine, q["h" + other] * self.inv_scale, c)
             n, inc = self._quant(c, mine, q["c" + mine], "h")
@@ -113,10 +113,11 @@ class RevLSTM(ReversibleModel):
             n, inc = self._quant(c, mine, q["c" + mine], "c")
             self._unforget(q["c" + mine], n, inc, buf, t, "c" + mine)
 
-    def _float_step(self, p, P, s_prev, s_new, cache):
+    def _float_step(self, p, P, s_prev, s_new, cache, have_gates=False):
         for k, mine, other in _HALVES:
             o = s_prev["h2"] if k == 0 else s_new["h1"]
-            self._gates(p, P, k, mine, o, cache)
+            if not have_gates:
+                self._gates(p, P, k, mine, o, cache)
             revlstm_cell(s_prev["c" + mine], s_prev["h" + mine], cache["i" + mine],
                          cache["f" + mine], cache["o" + mine], cache["p" + mine],
                          cache["g" + mine], s_new["c" + mine], s_new["h" + mine],
