@@ -122,11 +122,12 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         (w_t, v_t) = unstep(...)            exact: w_t, then g_t at w_t, then v_t
         d gamma_t  = dv . (v_t + g_t)
         d lambda  -= (1 - gamma_t) * w_t . dv
-        dw        -= (1 - gamma_t) * (H_t dv + lambda * dv)
+        dw        -= (H_t + lambda) ((1 - gamma_t) * dv)
         dv        *= gamma_t
 
-    with ``H_t dv`` the exact (complex-step) Hessian-vector product of the
-    training loss at ``w_t`` (``model.hvp``). Then ``dtheta0 = dw`` and
+    with ``H_t u`` the exact (complex-step) Hessian-vector product of the
+    training loss at ``w_t`` (``model.hvp``), applied to ``u = (1 - gamma_t) * dv``
+    (elementwise: with per-group momenta the order matters). Then ``dtheta0 = dw`` and
     ``d init_scale_g = dw . direction_g``. The fixed-point roundings are
     treated as the identity (each is at most half a unit in the last place).
     Memory: the buffer (about ``log2(1/gamma)`` bits per parameter and
@@ -237,9 +238,12 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         tmp = np.zeros(G)
         group_dot(w_t, dv, gidx, tmp)
         d_wd -= (1.0 - gam) * tmp
-        if np.any(dv):
-            hv = model.hvp(w_t, seen["x"], seen["y"], dv)
-            dw -= c * (hv + wd_e * dv)
+        cdv = c * dv                       # (1 - gamma) dv, elementwise
+        if np.any(cdv):
+            # d g / d w = H + diag(lambda), so dw -= (H + diag(lambda)) diag(1 - gamma) dv:
+            # the Hessian acts on (1 - gamma) * dv (not the other way round when gamma
+            # differs between groups)
+            dw -= model.hvp(w_t, seen["x"], seen["y"], cdv) + wd_e * cdv
         dv *= gam[gidx]
     t2 = time.perf_counter()
     if check_reversal:

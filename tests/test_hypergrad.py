@@ -1,0 +1,233 @@
+"""Hypergradients by exact reversal of SGD with momentum.
+
+Checked against central finite differences of the whole (fixed-point) training
+run, against a reverse-mode reference that stores the trajectory, and for
+exact recovery of the initial weights.
+"""
+import numpy as np
+import pytest
+
+import revtrain as rt
+from revtrain.optim import quantise_momentum
+
+N_ITERS = 10
+# fine radix for the finite-difference checks: the roundings of the exact
+# training run (2**-48 on w, up to 2**-44 on v from the exact multiply) stay far
+# below the finite-difference steps
+FINE = dict(frac_bits=48, velocity_frac_bits=60)
+MODELS = [rt.RNN] + ([rt.LSTM] if hasattr(rt, "LSTM") else [])
+
+
+def _problem(model_cls, seed=0, n_in=4, n_hidden=5, n_out=4, T=6, B=3, n_batches=N_ITERS):
+    model = model_cls(n_in, n_hidden, n_out)
+    rng = np.random.default_rng(seed)
+    data = [(rng.integers(0, n_in, (T, B)), rng.integers(0, n_out, (T, B)))
+            for _ in range(n_batches)]
+    val = (rng.integers(0, n_in, (T, 2 * B)), rng.integers(0, n_out, (T, 2 * B)))
+    return model, data, val, model.init_params(seed=seed + 1)
+
+
+def _schedules(seed, n_groups=None):
+    rng = np.random.default_rng(seed)
+    shape = (N_ITERS,) if n_groups is None else (N_ITERS, n_groups)
+    return rng.uniform(0.2, 0.6, shape), rng.uniform(0.6, 0.95, shape)
+
+
+def _val_after_training(model, opt, theta0, data, val):
+    """The function being differentiated: train N_ITERS exact steps, validation loss."""
+    state = opt.init(theta0)
+    for t in range(N_ITERS):
+        _, g = model.loss_and_grad(opt.params(state), *data[t])
+        state = opt.step(state, g)
+    return model.loss(opt.params(state), *val)
+
+
+def _central(f, h):
+    return (f(h) - f(-h)) / (2 * h)
+
+
+def _assert_rel(a, b, rtol):
+    assert abs(a - b) <= rtol * abs(b), (a, b, abs(a - b) / abs(b))
+
+
+@pytest.mark.parametrize("model_cls", MODELS)
+def test_hypergradients_match_finite_differences_of_the_training_run(model_cls):
+    model, data, val, theta0 = _problem(model_cls)
+    lr, mom = _schedules(1)
+    wd = 0.02
+    hg = rt.hypergradient(model, rt.ExactSGD(lr, mom, wd, **FINE), theta0,
+                          lambda t: data[t], val, N_ITERS)
+    assert hg.lr.shape == lr.shape and hg.momentum.shape == mom.shape
+    assert hg.weight_decay.shape == () and hg.theta0.shape == theta0.shape
+    assert hg.val_loss == _val_after_training(model, rt.ExactSGD(lr, mom, wd, **FINE),
+                                              theta0, data, val)
+    gam = quantise_momentum(mom) / 2**16
+
+    def f(lr=lr, gam=gam, wd=wd, theta0=theta0):
+        return _val_after_training(model, rt.ExactSGD(lr, gam, wd, **FINE), theta0, data, val)
+
+    for t in (0, N_ITERS // 2, N_ITERS - 1):
+        e = np.zeros(N_ITERS)
+        e[t] = 1.0
+        _assert_rel(hg.lr[t], _central(lambda h: f(lr=lr + h * e), 1e-4), 1e-5)
+        # momentum is held as n / 2**16: step n by four
+        _assert_rel(hg.momentum[t], _central(lambda h: f(gam=gam + h * e), 2.0**-14), 1e-5)
+    _assert_rel(float(hg.weight_decay), _central(lambda h: f(wd=wd + h), 1e-4), 1e-5)
+    d = np.random.default_rng(2).standard_normal(theta0.shape)
+    _assert_rel(hg.theta0 @ d, _central(lambda h: f(theta0=theta0 + h * d), 1e-6), 1e-5)
+    directions = model.layout.init_scale_direction(theta0)
+    assert hg.groups == model.layout.groups and hg.init_scale.shape == (len(hg.groups),)
+    for k, group in enumerate(hg.groups):
+        dirn = directions[group]
+        if not dirn.any():
+            assert hg.init_scale[k] == 0.0
+            continue
+        fd = _central(lambda h: f(theta0=theta0 + np.expm1(h) * dirn), 1e-5)
+        _assert_rel(hg.init_scale[k], fd, 1e-5)
+
+
+def test_per_group_hypergradients_match_finite_differences():
+    model, data, val, theta0 = _problem(rt.RNN, seed=3)
+    G = len(model.layout.groups)
+    lr, mom = _schedules(4, n_groups=G)
+    wd = np.linspace(0.005, 0.03, G)
+    hg = rt.hypergradient(model, rt.ExactSGD(lr, mom, wd, **FINE), theta0,
+                          lambda t: data[t], val, N_ITERS)
+    assert hg.lr.shape == (N_ITERS, G) and hg.momentum.shape == (N_ITERS, G)
+    assert hg.weight_decay.shape == (G,)
+    gam = quantise_momentum(mom) / 2**16
+
+    def f(lr=lr, gam=gam, wd=wd):
+        return _val_after_training(model, rt.ExactSGD(lr, gam, wd, groups=model, **FINE),
+                                   theta0, data, val)
+
+    for t, j in ((1, 0), (4, 1), (9, G - 1)):
+        e = np.zeros((N_ITERS, G))
+        e[t, j] = 1.0
+        _assert_rel(hg.lr[t, j], _central(lambda h: f(lr=lr + h * e), 1e-4), 1e-5)
+        _assert_rel(hg.momentum[t, j], _central(lambda h: f(gam=gam + h * e), 2.0**-14), 1e-5)
+    for j in range(G):
+        e = np.zeros(G)
+        e[j] = 1.0
+        _assert_rel(hg.weight_decay[j], _central(lambda h: f(wd=wd + h * e), 1e-4), 1e-5)
+    # summing the per-group gradients gives those of shared hyperparameters
+    shared = rt.hypergradient(model, rt.ExactSGD(0.3, 0.9, 0.01, **FINE), theta0,
+                              lambda t: data[t], val, N_ITERS)
+    per = rt.hypergradient(model, rt.ExactSGD(np.full((N_ITERS, G), 0.3),
+                                              np.full((N_ITERS, G), 0.9),
+                                              np.full(G, 0.01), **FINE),
+                           theta0, lambda t: data[t], val, N_ITERS)
+    np.testing.assert_allclose(shared.lr, per.lr.sum(), rtol=1e-12)
+    np.testing.assert_allclose(shared.momentum, per.momentum.sum(), rtol=1e-12)
+    np.testing.assert_allclose(shared.weight_decay, per.weight_decay.sum(), rtol=1e-12)
+
+
+def _reference_storing_trajectory(model, opt, theta0, data, val, n_iters):
+    """Plain reverse-mode differentiation of the training run over *stored* w_t, v_t."""
+    state = opt.init(theta0)
+    ws, vs, gs = [], [opt.velocity(state)], []
+    for t in range(n_iters):
+        w = opt.params(state)
+        _, g = model.loss_and_grad(w, *data[t])
+        ws.append(w)
+        gs.append(g)
+        state = opt.step(state, g)
+        vs.append(opt.velocity(state))
+    _, dw = model.loss_and_grad(opt.params(state), *val)
+    masks = model.layout.group_masks()
+    names = model.layout.groups
+    G = len(names)
+    d_lr, d_mom, d_wd = np.zeros((n_iters, G)), np.zeros((n_iters, G)), np.zeros(G)
+    dv = np.zeros_like(dw)
+    for t in range(n_iters - 1, -1, -1):
+        lr_g, gam_g, wd_g = opt.hyperparameters(t)
+        lr, gam, wd = (sum(a[j] * masks[g] for j, g in enumerate(names))
+                       for a in (lr_g, gam_g, wd_g))
+        for j, g in enumerate(names):
+            d_lr[t, j] = np.sum(dw[masks[g]] * vs[t + 1][masks[g]])
+        dv = dv + lr * dw
+        gt = gs[t] + wd * ws[t]
+        for j, g in enumerate(names):
+            m = masks[g]
+            d_mom[t, j] = np.sum(dv[m] * (vs[t][m] + gt[m]))
+            d_wd[j] -= np.sum((1 - gam[m]) * ws[t][m] * dv[m])
+        u = (1 - gam) * dv
+        dw = dw - model.hvp(ws[t], *data[t], u) - wd * u
+        dv = gam * dv
+    return d_lr, d_mom, d_wd, dw
+
+
+@pytest.mark.parametrize("model_cls", MODELS)
+def test_hypergradient_equals_reverse_mode_over_stored_trajectory(model_cls):
+    model, data, val, theta0 = _problem(model_cls, seed=5)
+    G = len(model.layout.groups)
+    lr, mom = _schedules(6, n_groups=G)
+    wd = np.linspace(0.01, 0.02, G)
+    opt = rt.ExactSGD(lr, mom, wd, groups=model)     # default radix
+    hg = rt.hypergradient(model, opt, theta0, lambda t: data[t], val, N_ITERS)
+    d_lr, d_mom, d_wd, d_theta0 = _reference_storing_trajectory(model, opt, theta0, data,
+                                                                val, N_ITERS)
+    for got, want in ((hg.lr, d_lr), (hg.momentum, d_mom), (hg.weight_decay, d_wd),
+                      (hg.theta0, d_theta0)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    directions = model.layout.init_scale_direction(theta0)
+    np.testing.assert_allclose(hg.init_scale, [d_theta0 @ directions[g] for g in hg.groups],
+                               rtol=1e-10, atol=1e-14)
+
+
+def test_exact_recovery_over_1000_iterations_and_memory():
+    model, data, val, theta0 = _problem(rt.RNN, seed=7)
+    n = 1000
+    opt = rt.ExactSGD(0.3, 0.9, 1e-3)
+    # hypergradient raises ReversalError unless the recovered w_0 == to_fixed(theta0)
+    hg = rt.hypergradient(model, opt, theta0, lambda t: data[t % len(data)], val, n)
+    assert hg.train_loss[-1] < hg.train_loss[0]
+    s = hg.stats
+    assert s.n_iters == n and s.n_params == model.size
+    assert s.trajectory_bytes == 8 * model.size * n
+    bound = model.size * n * np.log2(2**16 / quantise_momentum(0.9))
+    assert s.info_bits == pytest.approx(bound, rel=1e-9)
+    assert abs(8 * s.buffer_bytes - bound) <= 0.02 * bound
+    assert s.trajectory_bytes / s.buffer_bytes >= 300
+    # the same by hand: step n times, undo n times, compare bits
+    state = opt.init(theta0)
+    w0 = state.w.copy()
+    grad = lambda theta, t: model.loss_and_grad(theta, *data[t % len(data)])[1]  # noqa: E731
+    for t in range(n):
+        state = opt.step(state, grad(opt.params(state), t))
+    assert np.array_equal(opt.params(state), hg.final_theta)
+    for _ in range(n):
+        state = opt.unstep(state, grad)
+    assert state.t == 0 and np.array_equal(state.w, w0) and not state.v.any()
+    assert state.buffer.is_empty()
+
+
+def test_non_deterministic_batches_raise_reversal_error():
+    model, data, val, theta0 = _problem(rt.RNN, seed=8)
+    calls = {}
+
+    def flaky(t):
+        calls[t] = calls.get(t, 0) + 1
+        return data[t] if calls[t] == 1 or t != 3 else data[4]
+
+    with pytest.raises(rt.ReversalError, match="w_0"):
+        rt.hypergradient(model, rt.ExactSGD(0.3, 0.9), theta0, flaky, val, N_ITERS)
+
+
+def test_bad_arguments_raise_clear_errors():
+    model, data, val, theta0 = _problem(rt.RNN, seed=9)
+    batch = lambda t: data[t]  # noqa: E731
+    with pytest.raises(ValueError, match="shorter than n_iters=10"):
+        rt.hypergradient(model, rt.ExactSGD(np.full(5, 0.1), 0.9), theta0, batch, val, 10)
+    with pytest.raises(ValueError, match="n_iters must be a positive int"):
+        rt.hypergradient(model, rt.ExactSGD(0.1, 0.9), theta0, batch, val, 0)
+    with pytest.raises(ValueError, match="val_data must be a pair"):
+        rt.hypergradient(model, rt.ExactSGD(0.1, 0.9), theta0, batch, val[0], 3)
+    with pytest.raises(ValueError, match=r"train_batch\(0\) must be a pair"):
+        rt.hypergradient(model, rt.ExactSGD(0.1, 0.9), theta0, lambda t: data[t][0], val, 3)
+    with pytest.raises(TypeError, match="ExactSGD"):
+        rt.hypergradient(model, rt.Adam(0.1), theta0, batch, val, 3)
+    with pytest.raises(ValueError, match="theta0 must have shape"):
+        rt.hypergradient(model, rt.ExactSGD(0.1, 0.9), theta0[:-1], batch, val, 3)
+    with pytest.raises(ValueError, match="groups"):
+        rt.hypergradient(model, rt.ExactSGD(np.ones((10, 7)), 0.9), theta0, batch, val, 3)
