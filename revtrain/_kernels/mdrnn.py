@@ -10,7 +10,10 @@ States outside the grid are zero. Two orders of evaluation:
   ``(i-1, j)`` and the west neighbours ``(i, j-1)`` of a diagonal's cells are
   each one contiguous run of the previous diagonal, and each diagonal costs
   one ``(m B, H) x (H, H)`` product per direction (``m`` cells), with no
-  gathering.
+  gathering; the backward pass adds one ``(H, m B) x (m B, H)`` product per
+  direction for the weight gradients. The sweeps take a range of diagonals
+  so that checkpointed BPTT can recompute a segment from the states of the
+  diagonal before it.
 * **raster**: cell by cell in row-major order, two ``(B, H) x (H, H)``
   products per cell (the reference order, for tests and benchmarks).
 
