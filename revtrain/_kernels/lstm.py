@@ -41,6 +41,8 @@ def lstm_forward(G, W_h, b, hs, cs, tc, Z):
     k, B, G4 = G.shape
     H = G4 // 4
     H3 = 3 * H
+    # Loops index views from 0 (j >= 0 is then known to LLVM, which vectorises
+    # them; an offset index like a[H3 + j] would need a wraparound check).
     for t in range(k):
         np.dot(hs[t], W_h, Z)
         for r in range(B):
@@ -48,18 +50,20 @@ def lstm_forward(G, W_h, b, hs, cs, tc, Z):
             z = Z[r]
             for j in range(H3):
                 a[j] = sigmoid_(a[j] + z[j] + b[j])
-            for j in range(H3, G4):
-                a[j] = tanh_(a[j] + z[j] + b[j])
+            ag, zg, bg = a[H3:], z[H3:], b[H3:]
+            for j in range(H):
+                ag[j] = tanh_(ag[j] + zg[j] + bg[j])
+            af, ai, ao = a[:H], a[H:2 * H], a[2 * H:H3]
             cp = cs[t, r]
             cn = cs[t + 1, r]
             hn = hs[t + 1, r]
             tt = tc[t, r]
             for j in range(H):
-                c = a[j] * cp[j] + a[H + j] * a[H3 + j]
-                cn[j] = c
-                th = tanh_(c)
-                tt[j] = th
-                hn[j] = a[2 * H + j] * th
+                cn[j] = af[j] * cp[j] + ai[j] * ag[j]
+            for j in range(H):
+                tt[j] = tanh_(cn[j])
+            for j in range(H):
+                hn[j] = ao[j] * tt[j]
 
 
 @njit(**_opts)
@@ -90,22 +94,23 @@ def lstm_backward(G, cs, tc, dH, W_h, dh, dc):
     for t in range(k - 1, -1, -1):
         for r in range(B):
             a = G[t, r]
+            af, ai, ao, ag = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
             cp = cs[t, r]
             tt = tc[t, r]
             dHt = dH[t, r]
             dhr = dh[r]
             dcr = dc[r]
             for j in range(H):
-                f = a[j]
-                i = a[H + j]
-                o = a[2 * H + j]
-                g = a[3 * H + j]
+                f = af[j]
+                i = ai[j]
+                o = ao[j]
+                g = ag[j]
                 th = tt[j]
                 dht = dhr[j] + dHt[j]
                 dct = dcr[j] + dht * o * (1.0 - th * th)
-                a[j] = dct * cp[j] * f * (1.0 - f)
-                a[H + j] = dct * g * i * (1.0 - i)
-                a[2 * H + j] = dht * th * o * (1.0 - o)
-                a[3 * H + j] = dct * i * (1.0 - g * g)
+                af[j] = dct * cp[j] * f * (1.0 - f)
+                ai[j] = dct * g * i * (1.0 - i)
+                ao[j] = dht * th * o * (1.0 - o)
+                ag[j] = dct * i * (1.0 - g * g)
                 dcr[j] = dct * f
         np.dot(G[t], WT, dh)
