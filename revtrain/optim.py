@@ -211,6 +211,7 @@ class ExactSGD:
         self._hyper_groups = gs.pop() if gs else 1
         self.groups = groups
         self._gidx = None
+        self._stream_counts = {}
         if groups is not None:
             self._gidx = self._group_index(groups)
 
@@ -241,6 +242,7 @@ class ExactSGD:
         new.__dict__.update(self.__dict__)
         new.groups = groups
         new._gidx = new._group_index(groups)
+        new._stream_counts = {}
         return new
 
     @property
@@ -331,11 +333,13 @@ class ExactSGD:
 
     def _stream_info(self, P, S, chunk, gidx, n):
         """Bits per stream that one step pushes: sum over its elements of log2(2**16 / n_j)."""
-        bits = MOMENTUM_BITS - np.log2(n.astype(np.float64))
-        per = bits[gidx]
-        pad = np.zeros(S * chunk)
-        pad[:P] = per
-        return pad.reshape(S, chunk).sum(axis=1)
+        key = (P, S)
+        counts = self._stream_counts.get(key)
+        if counts is None:       # (S, G): parameters of each group in each stream's chunk
+            counts = np.zeros((S, self.n_groups))
+            np.add.at(counts, (np.arange(P) // chunk, gidx), 1.0)
+            self._stream_counts = {key: counts}
+        return counts @ (MOMENTUM_BITS - np.log2(n.astype(np.float64)))
 
     def _check_state(self, state):
         if not isinstance(state, ExactSGDState):

@@ -1,0 +1,116 @@
+"""Memory and time of hypergradients by exact reversal, against storing the trajectory.
+
+For each number of training iterations, runs ``rt.hypergradient`` on a
+character-level RNN (built-in corpus, fixed random windows) with exact SGD at
+a constant momentum, and prints a markdown table:
+
+* buffer bytes: what the reverse pass keeps (the information buffer, at its
+  peak after the forward pass), against the information bound
+  ``P * n_iters * log2(1 / gamma)`` bits;
+* trajectory bytes: storing ``w_t`` in float64 for every iteration
+  (``8 * P * n_iters``), what reverse mode without reversal needs;
+* the time of the forward pass (training) and of the reverse pass (undoing
+  each step, recomputing its gradient, one exact Hessian-vector product).
+
+Targets (issue 5): at 1000 iterations and momentum 0.9, memory >= 300x
+smaller than the trajectory; reverse <= 4x forward time.
+
+Usage: python profiling/bench_hypergrad.py [--iters 100 1000 10000] [--hidden 64] ...
+"""
+import argparse
+import time
+
+import numpy as np
+
+import revtrain as rt
+from revtrain.data import char_corpus
+from revtrain.optim import quantise_momentum
+
+
+def make_batches(ids, n_batches, seq_len, batch, seed):
+    """``n_batches`` fixed batches of random windows: x (T, B) and next-char targets."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(ids) - seq_len - 1, size=(n_batches, batch))
+    idx = starts[:, None, :] + np.arange(seq_len)[None, :, None]          # (n, T, B)
+    return ids[idx], ids[idx + 1]
+
+
+def human(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iters", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=0.5)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--max-chars", type=int, default=100_000)
+    args = ap.parse_args(argv)
+
+    corpus = char_corpus(max_chars=args.max_chars)
+    V = corpus.vocab.size
+    model = rt.RNN(V, args.hidden, V)
+    xs, ys = make_batches(corpus.train, 64, args.seq_len, args.batch, seed=0)
+    xv, yv = make_batches(corpus.val, 1, args.seq_len, 4 * args.batch, seed=1)
+    val = (xv[0], yv[0])
+    theta0 = model.init_params(seed=0)
+    gamma = quantise_momentum(args.momentum) / 2**16
+
+    # warm up (compilation), then measure
+    rt.hypergradient(model, rt.ExactSGD(args.lr, args.momentum), theta0,
+                     lambda t: (xs[t % 64], ys[t % 64]), val, 2)
+    print(f"RNN(n_in={V}, n_hidden={args.hidden}, n_out={V}): P = {model.size} parameters; "
+          f"batches of T={args.seq_len} x B={args.batch} characters; lr={args.lr}, "
+          f"momentum={args.momentum} (held as {gamma * 2**16:.0f}/2**16)\n")
+    print("| iterations | buffer bytes | bound bytes | buffer / bound | trajectory bytes "
+          "| trajectory / buffer | forward s | reverse s | reverse / forward | val loss |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in args.iters:
+        opt = rt.ExactSGD(args.lr, args.momentum)
+        hg = rt.hypergradient(model, opt, theta0, lambda t: (xs[t % 64], ys[t % 64]), val, n)
+        s = hg.stats
+        bound = model.size * n * np.log2(1.0 / gamma) / 8.0
+        print(f"| {n} | {s.buffer_bytes} ({human(s.buffer_bytes)}) | {bound:.0f} "
+              f"| {s.buffer_bytes / bound:.4f} | {s.trajectory_bytes} "
+              f"({human(s.trajectory_bytes)}) | {s.trajectory_bytes / s.buffer_bytes:.0f}x "
+              f"| {s.forward_seconds:.2f} | {s.reverse_seconds:.2f} "
+              f"| {s.reverse_seconds / s.forward_seconds:.2f}x | {hg.val_loss:.4f} |")
+
+    # where the reverse time goes: one training gradient, one hvp, one step / unstep
+    x, y = xs[0], ys[0]
+    opt = rt.ExactSGD(args.lr, args.momentum)
+    state = opt.init(theta0)
+    g = model.loss_and_grad(theta0, x, y)[1]
+
+    def best(fn, reps=20):
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    t_grad = best(lambda: model.loss_and_grad(theta0, x, y))
+    t_hvp = best(lambda: model.hvp(theta0, x, y, g))
+    st = [state]
+
+    def step_unstep():
+        s1 = opt.step(st[0], g)
+        st[0] = opt.unstep(s1, lambda th, t: g)
+
+    t_pair = best(step_unstep)
+    print(f"\nper iteration (best of 20): gradient {t_grad * 1e3:.3f} ms, exact hvp "
+          f"{t_hvp * 1e3:.3f} ms ({t_hvp / t_grad:.2f}x the gradient), ExactSGD step + "
+          f"unstep {t_pair * 1e3:.3f} ms ({t_pair / model.size * 1e9:.1f} ns per parameter)")
+    print("reverse pass per iteration = gradient (to recover v exactly) + hvp + unstep; "
+          "forward = gradient + step")
+
+
+if __name__ == "__main__":
+    main()
