@@ -14,6 +14,7 @@ from .models import RecurrentModel, BPTTStats, RNN
 from .models import GRU, MDRNN
 from .models import LSTM
 from .models import MomentumRNN, RevGRU, RevLSTM
+from .models import RevMDRNN
 from .optim import ExactSGD, ExactSGDState, Adam, AdamState
 from .hypergrad import hypergradient, HyperGradient, HyperStats
 
@@ -28,6 +29,7 @@ __all__ = [
     "GRU", "MDRNN",
     "LSTM",
     "MomentumRNN", "RevGRU", "RevLSTM",
+    "RevMDRNN",
     "ExactSGD", "ExactSGDState", "Adam", "AdamState",
     "hypergradient", "HyperGradient", "HyperStats",
 ]

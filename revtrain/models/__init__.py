@@ -7,3 +7,4 @@ from .lstm import LSTM
 from .momentum_rnn import MomentumRNN
 from .revgru import RevGRU
 from .revlstm import RevLSTM
+from .revmdrnn import RevMDRNN
