@@ -151,12 +151,14 @@ class RevMDRNN(ReversibleModel):
     def _work(self, m_max, B, dtype):
         """Workspace of one diagonal of at most ``m_max`` cells."""
         H, G, R = self.n_hidden, self._n_proj, m_max * B
+        dA = np.empty((R, G), dtype=dtype)
+        # "T" (west product, used inside _gates) shares memory with "dA" (used after it)
         return {"A": np.empty((R, G), dtype=dtype), "P": np.empty((R, G), dtype=dtype),
-                "T": np.empty((R, G), dtype=dtype), "g": np.empty((R, H), dtype=dtype),
+                "T": dA, "dA": dA, "g": np.empty((R, H), dtype=dtype),
                 "gam": np.empty((R, H), dtype=dtype), "sig": np.empty((R, H), dtype=dtype),
                 "n": np.empty((R, H), dtype=np.int64), "inc": np.empty((R, H), dtype=np.int64),
-                "dA": np.empty((R, G), dtype=dtype), "dH": np.empty((R, H), dtype=dtype),
-                "hn": np.empty((R, H), dtype=dtype), "vp": np.empty((R, H), dtype=dtype)}
+                "dH": np.empty((R, H), dtype=dtype), "hn": np.empty((R, H), dtype=dtype),
+                "vp": np.empty((R, H), dtype=dtype)}
 
     def _inputs(self, x, tokens, d, cs):
         """Inputs of the cells ``(d - c, c)``: ids (m, B) or floats (m, B, n_in)."""
