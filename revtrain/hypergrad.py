@@ -167,6 +167,8 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         (``train_batch`` or the gradient not deterministic, or state corrupted).
     ValueError
         For bad arguments (schedules shorter than ``n_iters``, shapes, ...).
+    FloatingPointError
+        If the training loss or the reverse accumulation overflows (chaotic training).
     """
     if not isinstance(opt, ExactSGD):
         raise TypeError(f"opt must be an ExactSGD, got {type(opt).__name__}")
@@ -238,6 +240,11 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         tmp = np.zeros(G)
         group_dot(w_t, dv, gidx, tmp)
         d_wd -= (1.0 - gam) * tmp
+        if not (np.isfinite(dv).all() and np.isfinite(dw).all()):
+            raise FloatingPointError(
+                f"the hypergradient overflowed going back through iteration {t}: the "
+                "training run is chaotic (learning rate or momentum too large for it); "
+                "its hypergradients do not exist in any useful sense")
         cdv = c * dv                       # (1 - gamma) dv, elementwise
         if np.any(cdv):
             # d g / d w = H + diag(lambda), so dw -= (H + diag(lambda)) diag(1 - gamma) dv:
