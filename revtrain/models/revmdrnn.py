@@ -152,10 +152,11 @@ class RevMDRNN(ReversibleModel):
         """Workspace of one diagonal of at most ``m_max`` cells."""
         H, G, R = self.n_hidden, self._n_proj, m_max * B
         dA = np.empty((R, G), dtype=dtype)
-        # "T" (west product, used inside _gates) shares memory with "dA" (used after it)
-        return {"A": np.empty((R, G), dtype=dtype), "P": np.empty((R, G), dtype=dtype),
-                "T": dA, "dA": dA, "g": np.empty((R, H), dtype=dtype),
-                "gam": np.empty((R, H), dtype=dtype), "sig": np.empty((R, H), dtype=dtype),
+        # "T" (the west product) and "P" (the input projection), used one after the
+        # other inside _gates, share memory with "dA" (written after the gates are used)
+        return {"A": np.empty((R, G), dtype=dtype), "T": dA, "P": dA, "dA": dA,
+                "g": np.empty((R, H), dtype=dtype), "gam": np.empty((R, H), dtype=dtype),
+                "sig": np.empty((R if self.learned else 1, H), dtype=dtype),
                 "n": np.empty((R, H), dtype=np.int64), "inc": np.empty((R, H), dtype=np.int64),
                 "dH": np.empty((R, H), dtype=dtype), "hn": np.empty((R, H), dtype=dtype),
                 "vp": np.empty((R, H), dtype=dtype)}
@@ -174,7 +175,7 @@ class RevMDRNN(ReversibleModel):
         bit-identical. Fills ``w["A"], w["P"], w["g"], w["gam"], w["sig"]``.
         """
         mB = (c1 - c0 + 1) * B
-        A, P = w["A"][:mB], w["P"][:mB]
+        A = w["A"][:mB]
         np.dot(fr[c0 * B:(c1 + 1) * B], p["W_n"], out=A)
         cw = max(c0, 1)
         if c1 >= cw:
@@ -182,6 +183,7 @@ class RevMDRNN(ReversibleModel):
             T = w["T"][:nw]
             np.dot(fr[(cw - 1) * B:c1 * B], p["W_w"], out=T)
             A[(cw - c0) * B:] += T
+        P = w["P"][:mB]                 # same memory as T (no longer needed)
         V = p["V"]
         if tokens:
             np.take(V, xd.reshape(-1), axis=0, out=P)
@@ -189,8 +191,9 @@ class RevMDRNN(ReversibleModel):
             xs = xd.reshape(mB, -1)
             np.dot(xs if xs.dtype == V.dtype else xs.astype(V.dtype), V, out=P)
         bg = p["b_g"] if self.learned else self._bg_dummy.astype(A.dtype)
+        sig = w["sig"][:mB] if self.learned else w["sig"]
         momentum_gates(A, P, p["b"], bg, self.floor, 0.0 if self.learned else self.gamma,
-                       self.learned, w["g"][:mB], w["gam"][:mB], w["sig"][:mB])
+                       self.learned, w["g"][:mB], w["gam"][:mB], sig)
 
     def _cell_of(self, code, d, c0, B):
         r, j = divmod(int(code), self.n_hidden)
@@ -288,17 +291,21 @@ class RevMDRNN(ReversibleModel):
         mB = (c1 - c0 + 1) * B
         sl = slice(c0 * B, (c1 + 1) * B)
         dA = w["dA"][:mB]
-        momentum_back(w["g"][:mB], w["gam"][:mB], w["sig"][:mB], w["vp"][:mB], self.floor,
+        sig = w["sig"][:mB] if self.learned else w["sig"]
+        momentum_back(w["g"][:mB], w["gam"][:mB], sig, w["vp"][:mB], self.floor,
                       self.learned, ds_h[sl], ds_v[sl], dA)
+        tmp = w["hn"]                   # free once the diagonal's loss is computed
         g["W_n"] += np.dot(fr[sl].T, dA)
-        north = np.dot(dA, p["W_n"].T)
+        np.dot(dA, p["W_n"].T, out=tmp[:mB])
+        ds_h[sl] += tmp[:mB]
         cw = max(c0, 1)
         if c1 >= cw:
             wsl = slice((cw - 1) * B, c1 * B)
             dAw = dA[(cw - c0) * B:]
             g["W_w"] += np.dot(fr[wsl].T, dAw)
-            ds_h[wsl] += np.dot(dAw, p["W_w"].T)
-        ds_h[sl] += north
+            nw = dAw.shape[0]
+            np.dot(dAw, p["W_w"].T, out=tmp[:nw])
+            ds_h[wsl] += tmp[:nw]
         g["b"] += dA[:, :H].sum(axis=0)
         if self.learned:
             g["b_g"] += dA[:, H:].sum(axis=0)
