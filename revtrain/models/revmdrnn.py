@@ -83,7 +83,11 @@ class RevMDRNN(ReversibleModel):
     straight-through (the float cell differentiated at the fixed-point
     states). There is no initial state; :meth:`final_state` returns the last
     cell's ``[h, v]`` (B, 2H). Information destroyed: at most
-    ``rows * cols * B * H * max_forget_bits`` bits.
+    ``rows * cols * B * H * max_forget_bits`` bits. As in :class:`MDRNN`,
+    cell ``(i, j)`` sees every cell ``(i', j')`` with ``i' <= i, j' <= j``
+    (the west input comes from the current row). Work arrays (not counted in
+    ``stored_bytes``) hold one diagonal: ``O(min(rows, cols) * B * G)``
+    floats, besides the float copy of the frontier and its gradient.
     """
 
     n_lead = 2
