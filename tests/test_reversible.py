@@ -329,3 +329,18 @@ def test_bad_arguments():
     for cls in (RevGRU, RevLSTM):
         with pytest.raises(ValueError, match="even"):
             cls(2, 3, 2)
+
+
+def test_huge_logits_give_the_finite_loss():
+    """Logit gaps beyond exp's range (a MomentumRNN's h integrates) still give the exact loss."""
+    T, B, D, O = 5, 2, 3, 4
+    m = MomentumRNN(D, 4, O)
+    theta = m.init_params(seed=1)
+    m.params(theta)["U"][...] *= 1e4
+    x, y = data(2, T, B, D, O)
+    loss, grad = m.loss_and_grad(theta, x, y)
+    traj = fixed_trajectory(m, theta, x, None)
+    ref = sum(ref_head(m, m.params(theta), m._h(traj[t + 1]), y[t]) for t in range(T)) / y.size
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    assert ref > 1e3 and abs(loss - ref) <= 1e-12 * ref
+    assert m.loss(theta, x, y) == pytest.approx(loss, rel=1e-12)

@@ -30,14 +30,17 @@ def momentum_gates(A, P, b, bg, floor, gamma, learned, g, gam, sig):
     g, gam, sig : (B, H) outputs: ``tanh`` candidate, gate, and the gate's sigmoid.
     """
     B, H = g.shape
+    c1 = 1.0 - floor
     for i in range(B):
         for j in range(H):
             g[i, j] = tanh_(A[i, j] + P[i, j] + b[j])
-            if learned:
+        if learned:
+            for j in range(H):
                 s = sigmoid_(A[i, H + j] + P[i, H + j] + bg[j])
                 sig[i, j] = s
-                gam[i, j] = floor + (1.0 - floor) * s
-            else:
+                gam[i, j] = floor + c1 * s
+        else:
+            for j in range(H):
                 gam[i, j] = gamma
 
 

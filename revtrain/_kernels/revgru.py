@@ -21,29 +21,32 @@ _opts = dict(cache=True, error_model="numpy")
 
 
 @njit(**_opts)
-def revgru_gates1(A1, P, b, floor, o, z, sz, r, ro):
-    """Update and reset gates: ``A1`` = o @ W_k (B, 2Hh), ``P`` (B, 3Hh), ``b`` (3Hh,), ``o`` (B, Hh).
+def revgru_gates1(A1, P, b, off, floor, o, z, sz, r, ro):
+    """Update and reset gates: ``A1`` = o @ W_k (B, 2Hh), ``o`` (B, Hh); the half's
+    projections and biases are columns ``off .. off + 3Hh`` of ``P`` (B, 3H), ``b`` (3H,).
 
     Outputs (B, Hh): ``z`` (floored), ``sz`` (its sigmoid), ``r``, ``ro = r * o``.
     """
     B, Hh = z.shape
+    c1 = 1.0 - floor
     for i in range(B):
         for j in range(Hh):
-            s = sigmoid_(A1[i, j] + P[i, j] + b[j])
+            s = sigmoid_(A1[i, j] + P[i, off + j] + b[off + j])
             sz[i, j] = s
-            z[i, j] = floor + (1.0 - floor) * s
-            rr = sigmoid_(A1[i, Hh + j] + P[i, Hh + j] + b[Hh + j])
+            z[i, j] = floor + c1 * s
+        for j in range(Hh):
+            rr = sigmoid_(A1[i, Hh + j] + P[i, off + Hh + j] + b[off + Hh + j])
             r[i, j] = rr
             ro[i, j] = rr * o[i, j]
 
 
 @njit(**_opts)
-def revgru_gates2(A2, P, b, g):
-    """Candidate ``g = tanh(A2 + P[:, 2Hh:] + b[2Hh:])`` with ``A2 = (r*o) @ Wg_k`` (B, Hh)."""
+def revgru_gates2(A2, P, b, off, g):
+    """Candidate ``g = tanh(A2 + P[:, off+2Hh:off+3Hh] + b[...])`` with ``A2 = (r*o) @ Wg_k`` (B, Hh)."""
     B, Hh = g.shape
     for i in range(B):
         for j in range(Hh):
-            g[i, j] = tanh_(A2[i, j] + P[i, 2 * Hh + j] + b[2 * Hh + j])
+            g[i, j] = tanh_(A2[i, j] + P[i, off + 2 * Hh + j] + b[off + 2 * Hh + j])
 
 
 @njit(**_opts)
@@ -56,8 +59,9 @@ def revgru_cell(h_prev, z, g, h_new):
 
 
 @njit(**_opts)
-def revgru_back1(z, sz, g, h_old, floor, dh, dA):
-    """Through ``h <- z h + (1-z) g``: ``dh`` (B, Hh) dL/dh after -> before; fills dA_z, dA_g of ``dA`` (B, 3Hh)."""
+def revgru_back1(z, sz, g, h_old, floor, dh, dP, off):
+    """Through ``h <- z h + (1-z) g``: ``dh`` (B, Hh) dL/dh after -> before; writes dA_z and
+    dA_g of the half (columns ``off`` and ``off + 2Hh`` onwards of ``dP`` (B, 3H))."""
     B, Hh = z.shape
     c1 = 1.0 - floor
     for i in range(B):
@@ -67,16 +71,17 @@ def revgru_back1(z, sz, g, h_old, floor, dh, dA):
             gg = g[i, j]
             s = sz[i, j]
             dh[i, j] = d * zz
-            dA[i, j] = d * (h_old[i, j] - gg) * (c1 * s * (1.0 - s))
-            dA[i, 2 * Hh + j] = d * (1.0 - zz) * (1.0 - gg * gg)
+            dP[i, off + j] = d * (h_old[i, j] - gg) * (c1 * s * (1.0 - s))
+            dP[i, off + 2 * Hh + j] = d * (1.0 - zz) * (1.0 - gg * gg)
 
 
 @njit(**_opts)
-def revgru_back2(dRO, r, o, dA, do):
-    """Through ``ro = r * o``: given dL/dro (B, Hh), fill dA_r of ``dA`` and write ``do`` = dL/do (direct part)."""
+def revgru_back2(dRO, r, o, dP, off, do):
+    """Through ``ro = r * o``: given dL/dro (B, Hh), write dA_r (columns ``off + Hh`` onwards
+    of ``dP``) and ``do`` = dL/do (the direct part)."""
     B, Hh = r.shape
     for i in range(B):
         for j in range(Hh):
             rr = r[i, j]
-            dA[i, Hh + j] = dRO[i, j] * o[i, j] * rr * (1.0 - rr)
+            dP[i, off + Hh + j] = dRO[i, j] * o[i, j] * rr * (1.0 - rr)
             do[i, j] = dRO[i, j] * rr

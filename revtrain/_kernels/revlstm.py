@@ -13,8 +13,6 @@ In fixed point both multiplies (by ``f`` and ``p``, quantised) are exact and
 the added terms are rounded; ``tanh(c_k)`` is taken of the updated fixed-point
 ``c_k``, so undoing the ``h`` update needs only the new ``c_k`` and ``o``.
 """
-import math
-
 from numba import njit
 
 from .mathfn import tanh_, sigmoid_
@@ -24,24 +22,30 @@ _opts = dict(cache=True, error_model="numpy")
 
 
 @njit(**_opts)
-def revlstm_gates(A, P, b, floor, gi, gf, sf, go, gp, sp, gg):
-    """Gates of one half: ``A`` = o @ W_k (B, 5Hh), ``P`` (B, 5Hh) projections, ``b`` (5Hh,).
+def revlstm_gates(A, P, b, off, floor, gi, gf, sf, go, gp, sp, gg):
+    """Gates of one half: ``A`` = o @ W_k (B, 5Hh); the half's projections and biases
+    are columns ``off .. off + 5Hh`` of ``P`` (B, 5H) and ``b`` (5H,).
 
     Outputs (B, Hh): ``gi``, ``gf`` (floored), ``sf`` (its sigmoid), ``go``, ``gp`` (floored),
     ``sp`` (its sigmoid), ``gg`` (tanh candidate).
     """
     B, Hh = gi.shape
+    c1 = 1.0 - floor
     for r in range(B):
         for j in range(Hh):
-            gi[r, j] = sigmoid_(A[r, j] + P[r, j] + b[j])
-            s = sigmoid_(A[r, Hh + j] + P[r, Hh + j] + b[Hh + j])
+            gi[r, j] = sigmoid_(A[r, j] + P[r, off + j] + b[off + j])
+        for j in range(Hh):
+            s = sigmoid_(A[r, Hh + j] + P[r, off + Hh + j] + b[off + Hh + j])
             sf[r, j] = s
-            gf[r, j] = floor + (1.0 - floor) * s
-            go[r, j] = sigmoid_(A[r, 2 * Hh + j] + P[r, 2 * Hh + j] + b[2 * Hh + j])
-            s = sigmoid_(A[r, 3 * Hh + j] + P[r, 3 * Hh + j] + b[3 * Hh + j])
+            gf[r, j] = floor + c1 * s
+        for j in range(Hh):
+            go[r, j] = sigmoid_(A[r, 2 * Hh + j] + P[r, off + 2 * Hh + j] + b[off + 2 * Hh + j])
+        for j in range(Hh):
+            s = sigmoid_(A[r, 3 * Hh + j] + P[r, off + 3 * Hh + j] + b[off + 3 * Hh + j])
             sp[r, j] = s
-            gp[r, j] = floor + (1.0 - floor) * s
-            gg[r, j] = tanh_(A[r, 4 * Hh + j] + P[r, 4 * Hh + j] + b[4 * Hh + j])
+            gp[r, j] = floor + c1 * s
+        for j in range(Hh):
+            gg[r, j] = tanh_(A[r, 4 * Hh + j] + P[r, off + 4 * Hh + j] + b[off + 4 * Hh + j])
 
 
 @njit(**_opts)
@@ -61,7 +65,7 @@ def revlstm_quant_h(cq, inv_scale, go, gp, D, nmin, scale, n, inc):
     for r in range(B):
         for j in range(Hh):
             n[r, j] = quant_gate(gp[r, j], D, nmin)
-            inc[r, j] = fixed_inc(go[r, j] * math.tanh(float(cq[r, j]) * inv_scale), scale)
+            inc[r, j] = fixed_inc(go[r, j] * tanh_(float(cq[r, j]) * inv_scale), scale)
 
 
 @njit(**_opts)
@@ -83,12 +87,13 @@ def revlstm_cell(c_prev, h_prev, gi, gf, go, gp, gg, c_new, h_new, tc):
 
 
 @njit(**_opts)
-def revlstm_back(gi, gf, sf, go, gp, sp, gg, tc, c_old, h_old, floor, dh, dc, dA):
+def revlstm_back(gi, gf, sf, go, gp, sp, gg, tc, c_old, h_old, floor, dh, dc, dP, off):
     """Backpropagate through the elementwise part of one half.
 
     On entry ``dh``, ``dc`` (B, Hh) are dL/dh_k, dL/dc_k after the update; on
     exit before it (the caller adds ``dA @ W_k.T`` to the other half's
-    gradient). ``dA`` (B, 5Hh) receives dL/dA.
+    gradient). ``dA`` = dL/dA (B, 5Hh) is written to columns ``off .. off + 5Hh``
+    of ``dP`` (B, 5H).
     """
     B, Hh = gi.shape
     c1 = 1.0 - floor
@@ -103,9 +108,9 @@ def revlstm_back(gi, gf, sf, go, gp, sp, gg, tc, c_old, h_old, floor, dh, dc, dA
             g = gg[r, j]
             o = go[r, j]
             s = sf[r, j]
-            dA[r, j] = dct * g * i * (1.0 - i)
-            dA[r, Hh + j] = dct * c_old[r, j] * (c1 * s * (1.0 - s))
-            dA[r, 2 * Hh + j] = dhn * t * o * (1.0 - o)
+            dP[r, off + j] = dct * g * i * (1.0 - i)
+            dP[r, off + Hh + j] = dct * c_old[r, j] * (c1 * s * (1.0 - s))
+            dP[r, off + 2 * Hh + j] = dhn * t * o * (1.0 - o)
             s = sp[r, j]
-            dA[r, 3 * Hh + j] = dhn * h_old[r, j] * (c1 * s * (1.0 - s))
-            dA[r, 4 * Hh + j] = dct * i * (1.0 - g * g)
+            dP[r, off + 3 * Hh + j] = dhn * h_old[r, j] * (c1 * s * (1.0 - s))
+            dP[r, off + 4 * Hh + j] = dct * i * (1.0 - g * g)

@@ -56,6 +56,14 @@ def _int_in(v, lo, hi, name):
     return int(v)
 
 
+def _xent_value(h, U, by, labels, scale):
+    """``scale * sum_n [logsumexp(z_n) - z_n[labels[n]]]`` with ``z = h @ U + by`` (stable)."""
+    z = np.dot(h, U) + by
+    m = z.real.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+    return scale * (lse - z[np.arange(z.shape[0]), labels]).sum()
+
+
 class ReversibleModel(RecurrentModel):
     """Base class of the reversible cells: fixed-point state, exact reversal, reversible BPTT.
 
@@ -240,8 +248,14 @@ class ReversibleModel(RecurrentModel):
         work = np.empty((B, self.n_out), dtype=h.dtype)
         h = np.ascontiguousarray(h)
         if self.loss_kind == "softmax":
-            return softmax_xent_head(h, p["U"], p["b_y"], batch.labels[rows], batch.scale,
+            loss = softmax_xent_head(h, p["U"], p["b_y"], batch.labels[rows], batch.scale,
                                      work, dH, g["U"], g["b_y"])
+            if not np.isfinite(loss):
+                # the head takes log(exp(z_label - max z)), which underflows for logit
+                # gaps > ~745 (e.g. a MomentumRNN's integrating h on long sequences); its
+                # gradient is fine, so only the value is recomputed, as a log-sum-exp
+                loss = _xent_value(h, p["U"], p["b_y"], batch.labels[rows], batch.scale)
+            return loss
         return mse_head(h, p["U"], p["b_y"], batch.target[rows], batch.scale, work, dH,
                         g["U"], g["b_y"])
 

@@ -77,13 +77,12 @@ class RevGRU(ReversibleModel):
 
     def _gates(self, p, P, k, mine, o, c):
         Hh = self.n_hidden // 2
-        cols = slice(3 * Hh * k, 3 * Hh * (k + 1))
-        Pk, bk = P[:, cols], p["b"][cols]
+        off = 3 * Hh * k
         np.dot(o, p["W" + mine], out=c["A" + mine])
-        revgru_gates1(c["A" + mine], Pk, bk, self.floor, o, c["z" + mine], c["sz" + mine],
-                      c["r" + mine], c["ro" + mine])
+        revgru_gates1(c["A" + mine], P, p["b"], off, self.floor, o, c["z" + mine],
+                      c["sz" + mine], c["r" + mine], c["ro" + mine])
         np.dot(c["ro" + mine], p["Wg" + mine], out=c["G" + mine])
-        revgru_gates2(c["G" + mine], Pk, bk, c["g" + mine])
+        revgru_gates2(c["G" + mine], P, p["b"], off, c["g" + mine])
 
     def _quant(self, c, mine):
         B, Hh = c["z" + mine].shape
@@ -121,13 +120,14 @@ class RevGRU(ReversibleModel):
         do = np.empty_like(ds["h1"])
         for k, mine, other in reversed(_HALVES):
             o = s_prev["h2"] if k == 0 else s_new["h1"]
-            dA = dP[:, 3 * Hh * k:3 * Hh * (k + 1)]
+            off = 3 * Hh * k
+            dA = dP[:, off:off + 3 * Hh]
             revgru_back1(c["z" + mine], c["sz" + mine], c["g" + mine], s_prev["h" + mine],
-                         self.floor, ds["h" + mine], dA)
+                         self.floor, ds["h" + mine], dP, off)
             dAg = dA[:, 2 * Hh:]
             g["Wg" + mine] += np.dot(c["ro" + mine].T, dAg)
             dRO = np.dot(dAg, p["Wg" + mine].T)
-            revgru_back2(dRO, c["r" + mine], o, dA, do)
+            revgru_back2(dRO, c["r" + mine], o, dP, off, do)
             dAzr = dA[:, :2 * Hh]
             g["W" + mine] += np.dot(o.T, dAzr)
             do += np.dot(dAzr, p["W" + mine].T)

@@ -79,7 +79,7 @@ class RevLSTM(ReversibleModel):
         cols = slice(5 * Hh * k, 5 * Hh * (k + 1))
         A = c["A" + mine]
         np.dot(o, p["W" + mine], out=A)
-        revlstm_gates(A, P[:, cols], p["b"][cols], self.floor, c["i" + mine], c["f" + mine],
+        revlstm_gates(A, P, p["b"], cols.start, self.floor, c["i" + mine], c["f" + mine],
                       c["sf" + mine], c["o" + mine], c["p" + mine], c["sp" + mine],
                       c["g" + mine])
 
@@ -133,7 +133,7 @@ class RevLSTM(ReversibleModel):
             revlstm_back(c["i" + mine], c["f" + mine], c["sf" + mine], c["o" + mine],
                          c["p" + mine], c["sp" + mine], c["g" + mine], c["tc" + mine],
                          s_prev["c" + mine], s_prev["h" + mine], self.floor,
-                         ds["h" + mine], ds["c" + mine], dA)
+                         ds["h" + mine], ds["c" + mine], dP, cols.start)
             g["W" + mine] += np.dot(o.T, dA)
             ds["h" + other] += np.dot(dA, p["W" + mine].T)
         g["b"] += dP.sum(axis=0)
