@@ -10,7 +10,9 @@ float inputs; the median of ``--repeats`` runs after a warm-up call) for
   last cell);
 * optionally PyTorch CPU (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` + ``nn.Linear``
   + cross-entropy, float64 and float32, ``torch.set_num_threads(2)``) in a
-  separate process, when torch is importable (never a dependency);
+  separate worker process, asked case by case right after the same revtrain
+  case (so both see similar machine load), when torch is importable (never a
+  dependency of revtrain);
 
 and the memory of standard vs checkpointed BPTT at T=1000: ``stats.stored_bytes``
 (what the backward pass keeps) and the tracemalloc peak of one call (NumPy
@@ -21,7 +23,7 @@ machine may be shared: the script prints the load average before and after;
 compare columns measured in the same run. Prints markdown tables.
 
 Usage: python profiling/bench_kernels.py [--quick] [--repeats 5] [--blas-threads 1]
-       [--no-torch] [--models LSTM,GRU,RNN,MDRNN]
+       [--no-torch] [--torch-threads 2] [--models LSTM,GRU,RNN,MDRNN]
 """
 import argparse
 import json
@@ -67,7 +69,7 @@ def _fmt_mb(b):
 
 
 # ---------------------------------------------------------------------- revtrain
-def bench_sequence(rt, name, repeats):
+def bench_sequence(rt, name, repeats, torch_col=None, torch_dtypes=()):
     cls = getattr(rt, name, None)
     if cls is None:
         return []
@@ -81,7 +83,11 @@ def bench_sequence(rt, name, repeats):
         t_ck = None
         if T >= 1000:
             t_ck = _median_time(lambda: model.loss_and_grad(theta, x, y, bptt="checkpoint"), reps)
-        rows.append(dict(model=name, B=B, n_in=n_in, H=H, T=T, standard=t_std, checkpoint=t_ck))
+        row = dict(model=name, B=B, n_in=n_in, H=H, T=T, standard=t_std, checkpoint=t_ck)
+        for dt in torch_dtypes:
+            row["torch_" + dt] = None if torch_col is None else \
+                torch_col.time(name, B, n_in, H, T, dt, reps)
+        rows.append(row)
     return rows
 
 
@@ -130,13 +136,14 @@ def bench_mdrnn(rt, repeats):
 
 
 # ---------------------------------------------------------------------- PyTorch (subprocess)
-def torch_worker(spec):
-    """Run in a separate process: time PyTorch fwd+bwd for each config; print JSON."""
+def torch_worker(threads):
+    """Separate process: read one JSON case per line on stdin, time PyTorch fwd+bwd, reply."""
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     cells = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
-    res = []
-    for name, B, n_in, H, T, dtype_name, repeats in spec:
+    print(json.dumps({"ready": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        name, B, n_in, H, T, dtype_name, repeats = json.loads(line)
         dtype = getattr(torch, dtype_name)
         torch.manual_seed(0)
         rnn = cells[name](n_in, H).to(dtype)
@@ -152,34 +159,45 @@ def torch_worker(spec):
             loss = torch.nn.functional.cross_entropy(lin(out).reshape(T * B, N_OUT), y)
             loss.backward()
 
-        res.append([name, B, n_in, H, T, dtype_name, _median_time(step, repeats)])
-    print(json.dumps(res))
+        print(json.dumps({"time": _median_time(step, repeats)}), flush=True)
 
 
-def bench_torch(models, repeats, dtypes=("float64", "float32"), timeout=900):
-    spec = []
-    for name in models:
-        if name not in ("LSTM", "GRU", "RNN"):
-            continue
-        for (B, n_in, H, T) in SEQ_CONFIGS:
-            reps = max(1, repeats // 2) if T * B * H > 4e6 else repeats
-            for dt in dtypes:
-                spec.append([name, B, n_in, H, T, dt, reps])
-    if not spec:
-        return {}
-    try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker",
-                               json.dumps(spec)], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"(PyTorch worker timed out after {timeout} s; no PyTorch column)")
-        return {}
-    if proc.returncode != 0:
-        print("(PyTorch worker failed; no PyTorch column)\n" + proc.stderr[-2000:])
-        return {}
-    out = {}
-    for name, B, n_in, H, T, dt, t in json.loads(proc.stdout.strip().splitlines()[-1]):
-        out[(name, B, n_in, H, T, dt)] = t
-    return out
+class TorchColumn:
+    """A PyTorch worker process, asked case by case (interleaved with the revtrain runs,
+    so both see similar machine load). Disabled (returns None) if it cannot start."""
+
+    def __init__(self, threads=2):
+        self.proc = None
+        try:
+            self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__),
+                                          "--torch-worker", "--torch-threads", str(threads)],
+                                         stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
+            self.version = json.loads(self.proc.stdout.readline())["ready"]
+        except Exception as e:             # noqa: BLE001 (optional column)
+            print(f"(PyTorch worker did not start: {e!r}; no PyTorch column)")
+            self.close()
+
+    def time(self, name, B, n_in, H, T, dtype, repeats):
+        if self.proc is None:
+            return None
+        try:
+            self.proc.stdin.write(json.dumps([name, B, n_in, H, T, dtype, repeats]) + "\n")
+            self.proc.stdin.flush()
+            return json.loads(self.proc.stdout.readline())["time"]
+        except Exception as e:             # noqa: BLE001
+            print(f"(PyTorch worker failed: {e!r}; no further PyTorch figures)")
+            self.close()
+            return None
+
+    def close(self):
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except Exception:              # noqa: BLE001
+                self.proc.kill()
+            self.proc = None
 
 
 def torch_available():
@@ -198,10 +216,12 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     ap.add_argument("--models", default="LSTM,GRU,RNN,MDRNN",
                     help="comma-separated subset of LSTM,GRU,RNN,MDRNN")
-    ap.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--torch-threads", type=int, default=2,
+                    help="torch.set_num_threads in the PyTorch process (default 2)")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.torch_worker is not None:
-        torch_worker(json.loads(args.torch_worker))
+    if args.torch_worker:
+        torch_worker(args.torch_threads)
         return
     import revtrain as rt
     if args.blas_threads is not None and hasattr(rt, "set_blas_threads"):
@@ -212,23 +232,30 @@ def main(argv=None):
     print(f"load average before: {os.getloadavg()}; cpus: {os.cpu_count()}; "
           f"revtrain BLAS threads: {threads}; repeats: {repeats} (median)")
 
-    seq = [r for m in models if m in ("LSTM", "GRU", "RNN") 
-           for r in bench_sequence(rt, m, repeats)]
     skipped = [m for m in models if m in ("LSTM", "GRU", "RNN", "MDRNN") and getattr(rt, m, None) is None]
-    torch_t = {}
-    if not args.no_torch and torch_available():
-        torch_t = bench_torch([m for m in models if getattr(rt, m, None) is not None], repeats,
-                              dtypes=("float64",) if args.quick else ("float64", "float32"))
-    elif not args.no_torch:
-        print("(torch not importable: no PyTorch column)")
+    torch_col = None
+    dtypes = ("float64",) if args.quick else ("float64", "float32")
+    if not args.no_torch:
+        if torch_available():
+            torch_col = TorchColumn(args.torch_threads)
+            if torch_col.proc is not None:
+                print(f"PyTorch {torch_col.version}, torch.set_num_threads({args.torch_threads}), "
+                      "separate process")
+        else:
+            print("(torch not importable: no PyTorch column)")
+    try:
+        seq = [r for m in models if m in ("LSTM", "GRU", "RNN")
+               for r in bench_sequence(rt, m, repeats, torch_col, dtypes)]
+    finally:
+        if torch_col is not None:
+            torch_col.close()
 
     print("\n## Forward + backward, softmax cross-entropy at every step, float64 (ms, median)\n")
     print("| model | B | n_in | H | T | revtrain standard | revtrain checkpoint | "
           "torch f64 | torch f32 | torch f64 / revtrain |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in seq:
-        key = (r["model"], r["B"], r["n_in"], r["H"], r["T"])
-        t64, t32 = torch_t.get(key + ("float64",)), torch_t.get(key + ("float32",))
+        t64, t32 = r.get("torch_float64"), r.get("torch_float32")
         ratio = "—" if t64 is None else f"{t64 / r['standard']:.2f}x"
         print(f"| {r['model']} | {r['B']} | {r['n_in']} | {r['H']} | {r['T']} | "
               f"{_fmt_ms(r['standard'])} | {_fmt_ms(r['checkpoint'])} | {_fmt_ms(t64)} | "
