@@ -387,6 +387,22 @@ def test_float_arithmetic_does_not_reconstruct():
     assert np.isfinite(grad).all()
 
 
+def test_huge_logit_gaps_give_a_finite_loss():
+    """h integrates v down a column; logit gaps beyond exp's range still give the true loss."""
+    m = RevMDRNN(2, 2, 3, frac_bits=40)
+    theta = m.init_params(seed=0)
+    p = m.params(theta)
+    p["U"][...] = [[400.0, -400.0, 0.0], [400.0, -400.0, 0.0]]
+    p["b"][...] = 5.0
+    x, y = grid_data(1, 6, 2, 1, 2, 3)
+    lval, grad = m.loss_and_grad(theta, x, y)
+    ls, gs = m.loss_and_grad(theta, x, y, bptt="standard")
+    h, _ = fixed_trajectory(m, theta, x)
+    assert np.isfinite(lval) and lval == ls and np.array_equal(grad, gs)
+    assert abs(lval - ref_loss(m, theta, h, y)) <= 1e-9 * lval
+    assert np.isfinite(grad).all()
+
+
 # ------------------------------------------------------------------ errors
 def test_overflow_raises_fixed_point_error():
     """h = h_north + v grows along a column; past 2**(62 - frac_bits) FixedPointError, never wraps."""

@@ -4,7 +4,8 @@ import numpy as np
 from ..params import ParamSpec
 from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError
-from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
+from .reversible import (ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS,
+                         _xent_value)
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import scatter_add_rows
 from .._kernels.momentum_rnn import momentum_gates, momentum_snap, momentum_back
@@ -280,8 +281,13 @@ class RevMDRNN(ReversibleModel):
             return 0.0
         work = np.empty((h.shape[0], self.n_out), dtype=h.dtype)
         if self.loss_kind == "softmax":
-            return softmax_xent_head(h, p["U"], p["b_y"], tg, batch.scale, work, dH,
+            loss = softmax_xent_head(h, p["U"], p["b_y"], tg, batch.scale, work, dH,
                                      g["U"], g["b_y"])
+            if not np.isfinite(loss):
+                # logit gaps beyond exp's range (h integrates v down a column): the
+                # head's gradient is fine, its value is recomputed as a log-sum-exp
+                loss = _xent_value(h, p["U"], p["b_y"], tg, batch.scale)
+            return loss
         return mse_head(h, p["U"], p["b_y"], tg, batch.scale, work, dH, g["U"], g["b_y"])
 
     def _float_back(self, p, g, xd, tokens, fr, c0, c1, B, w, ds_h, ds_v):
