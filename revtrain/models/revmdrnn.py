@@ -7,7 +7,7 @@ from ..errors import FixedPointError, ReversalError
 from .reversible import (ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS,
                          _xent_value)
 from .._kernels.head import softmax_xent_head, mse_head
-from .._kernels.inputs import scatter_add_rows
+from .._kernels.inputs import gather_rows, scatter_add_rows
 from .._kernels.momentum_rnn import momentum_gates, momentum_snap, momentum_back
 from .._kernels.quantize import quantise_convex, add_checked
 from .._kernels.revmdrnn import (diag_forget_add, diag_forget_add_undo, store_cells,
@@ -191,7 +191,7 @@ class RevMDRNN(ReversibleModel):
         P = w["P"][:mB]                 # same memory as T (no longer needed)
         V = p["V"]
         if tokens:
-            np.take(V, xd.reshape(-1), axis=0, out=P)
+            gather_rows(xd, V, P.reshape(xd.shape + (-1,)))
         else:
             xs = xd.reshape(mB, -1)
             np.dot(xs if xs.dtype == V.dtype else xs.astype(V.dtype), V, out=P)
