@@ -212,6 +212,7 @@ class ExactSGD:
         self.groups = groups
         self._gidx = None
         self._stream_counts = {}
+        self._tab = None
         if groups is not None:
             self._gidx = self._group_index(groups)
 
@@ -243,6 +244,7 @@ class ExactSGD:
         new.groups = groups
         new._gidx = new._group_index(groups)
         new._stream_counts = {}
+        new._tab = None
         return new
 
     @property
@@ -277,21 +279,38 @@ class ExactSGD:
         n, lr, gam, wd = self._row(t)
         return lr.copy(), gam.copy(), wd.copy()
 
-    def _row(self, t):
+    def _tables(self):
+        """Per-iteration tables ``(L, G)`` of everything a step needs (built once per G)."""
+        G = self.n_groups
+        tab = self._tab
+        if tab is None or tab["G"] != G:
+            L = max(self._lr.shape[0], self._gam.shape[0])
+
+            def full(a):
+                return np.ascontiguousarray(np.broadcast_to(a, (L, G)))
+
+            lr, gam, n = full(self._lr), full(self._gam), full(self._n)
+            wq, we = wide_freqs(n)
+            tab = dict(G=G, lr=lr, gam=gam, n=n, wq=wq, we=we,
+                       wd=np.ascontiguousarray(np.broadcast_to(self._wd, (G,))),
+                       cv=(1.0 - gam) * 2.0 ** self.velocity_frac_bits,
+                       cw=lr * 2.0 ** (self.frac_bits - self.velocity_frac_bits),
+                       bits=MOMENTUM_BITS - np.log2(n.astype(np.float64)))
+            self._tab = tab
+        return tab
+
+    def _index(self, t):
         if t < 0:
             raise ValueError(f"iteration must be >= 0, got {t}")
         if self.n_iters is not None and t >= self.n_iters:
             raise ValueError(f"iteration {t} is beyond the lr/momentum schedules "
                              f"({self.n_iters} iterations)")
-        G = self.n_groups
-        r = 0 if self.n_iters is None else t
-        lr = np.broadcast_to(self._lr[r if self._lr.shape[0] > 1 else 0], (G,))
-        i = r if self._gam.shape[0] > 1 else 0
-        gam = np.broadcast_to(self._gam[i], (G,))
-        n = np.broadcast_to(self._n[i], (G,))
-        wd = np.broadcast_to(self._wd, (G,))
-        return (np.ascontiguousarray(n), np.ascontiguousarray(lr), np.ascontiguousarray(gam),
-                np.ascontiguousarray(wd))
+        return 0 if self.n_iters is None else t
+
+    def _row(self, t):
+        r = self._index(t)
+        tab = self._tables()
+        return tab["n"][r], tab["lr"][r], tab["gam"][r], tab["wd"]
 
     # ----------------------------------------------------------------- state
     def _streams(self, P):
@@ -331,15 +350,16 @@ class ExactSGD:
         """The velocity as float64 ``(P,)``."""
         return from_fixed(state.v, self.velocity_frac_bits)
 
-    def _stream_info(self, P, S, chunk, gidx, n):
-        """Bits per stream that one step pushes: sum over its elements of log2(2**16 / n_j)."""
+    def _stream_info(self, P, S, chunk, gidx, bits):
+        """Bits per stream that one step pushes: sum over its elements of log2(2**16 / n_j)
+        (``bits[j] = log2(2**16 / n_j)`` per group)."""
         key = (P, S)
         counts = self._stream_counts.get(key)
         if counts is None:       # (S, G): parameters of each group in each stream's chunk
             counts = np.zeros((S, self.n_groups))
             np.add.at(counts, (np.arange(P) // chunk, gidx), 1.0)
             self._stream_counts = {key: counts}
-        return counts @ (MOMENTUM_BITS - np.log2(n.astype(np.float64)))
+        return counts @ bits
 
     def _check_state(self, state):
         if not isinstance(state, ExactSGDState):
@@ -355,11 +375,10 @@ class ExactSGD:
         return np.ascontiguousarray(g, dtype=np.float64)
 
     def _coeffs(self, t):
-        n, lr, gam, wd = self._row(t)
-        cv = (1.0 - gam) * 2.0 ** self.velocity_frac_bits
-        cw = lr * 2.0 ** (self.frac_bits - self.velocity_frac_bits)
-        wq, we = wide_freqs(n)
-        return n, wq, we, cv, cw, wd
+        r = self._index(t)
+        tab = self._tables()
+        return (tab["n"][r], tab["wq"][r], tab["we"][r], tab["cv"][r], tab["cw"][r], tab["wd"],
+                tab["bits"][r])
 
     def _raise(self, code, idx, where, t):
         if code == 1:
@@ -388,7 +407,7 @@ class ExactSGD:
         t = state.t
         g = self._check_grad(grad, P, "grad")
         gidx = self.group_index(P)
-        n, wq, we, cv, cw, wd = self._coeffs(t)
+        n, wq, we, cv, cw, wd, bits = self._coeffs(t)
         buf = state.buffer
         S, chunk = buf.n_streams, -(-P // buf.n_streams)
         buf.reserve(chunk // 2 + 3)
@@ -399,7 +418,7 @@ class ExactSGD:
                              w_out, v_out)
         if code:
             self._raise(code, idx, "step", t)
-        buf.info += self._stream_info(P, S, chunk, gidx, n)
+        buf.info += self._stream_info(P, S, chunk, gidx, bits)
         return ExactSGDState(w_out, v_out, buf, t + 1)
 
     def unstep(self, state, grad_fn):
@@ -426,7 +445,7 @@ class ExactSGD:
         if t < 0:
             raise ValueError("unstep: the state is at iteration 0, there is nothing to undo")
         gidx = self.group_index(P)
-        n, wq, we, cv, cw, wd = self._coeffs(t)
+        n, wq, we, cv, cw, wd, bits = self._coeffs(t)
         w_prev = np.empty_like(state.w)
         code, idx = sgd_unstep_weights(state.w, state.v, gidx, cw, w_prev)
         if code:
@@ -442,7 +461,7 @@ class ExactSGD:
                                         buf.states, buf.counts, buf.words, v_prev)
         if code:
             self._raise(code, idx, "unstep", t)
-        buf.info -= self._stream_info(P, S, chunk, gidx, n)
+        buf.info -= self._stream_info(P, S, chunk, gidx, bits)
         return ExactSGDState(w_prev, v_prev, buf, t)
 
     def __repr__(self):

@@ -1,6 +1,7 @@
 """ExactSGD (exact, reversible SGD with momentum) and the float Adam."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import revtrain as rt
 from revtrain.optim import ExactSGD, Adam, quantise_momentum
@@ -43,6 +44,28 @@ def test_unstep_inverts_step_bit_for_bit_on_random_states(seed, n_streams):
     state = opt.unstep(state, lambda theta, tt: grads[tt])
     assert state.buffer.is_empty()
     assert state.buffer.info_bits == pytest.approx(0.0, abs=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(P=st.integers(1, 40), n_streams=st.integers(1, 9), seed=st.integers(0, 2**32 - 1),
+       n=st.lists(st.sampled_from([1, 2, 3, 4096, 32768, 32769, 58982, 65534, 65535]),
+                  min_size=3, max_size=3),
+       vbits=st.integers(0, 61))
+def test_unstep_inverts_step_at_extreme_momenta(P, n_streams, seed, n, vbits):
+    rng = np.random.default_rng(seed)
+    mom = np.array(n) / 2**16                       # includes 2**-16 and 1 - 2**-16
+    opt = ExactSGD(rng.uniform(0, 1, 3), mom, groups=rng.integers(0, 1, P), n_streams=n_streams)
+    state = opt.init(rng.standard_normal(P))
+    lim = 2**vbits
+    state = state._replace(v=rng.integers(-lim, lim, size=P, endpoint=True))
+    grads = [rng.standard_normal(P) for _ in range(3)]
+    w0, v0 = state.w.copy(), state.v.copy()
+    for g in grads:
+        state = opt.step(state, g)
+    for _ in grads:
+        state = opt.unstep(state, lambda theta, t: grads[t])
+    assert np.array_equal(state.w, w0) and np.array_equal(state.v, v0)
+    assert state.buffer.is_empty()
 
 
 def test_step_increments_are_to_fixed_of_the_float_updates():

@@ -186,7 +186,8 @@ def sgd_step(w, v, g, gidx, n, wq, we, cv, cw, wd, inv_w, chunk,
         if not np.isfinite(gt):
             return 1, i
         inc = abs(cv[j] * gt)
-        vb = abs(float(v[i])) + inc + 65536.0
+        # |v * n / 2**16| <= |v| * n / 2**16 + n, then the increment
+        vb = abs(float(v[i])) * (float(n[j]) / MOMENTUM_DEN) + inc + 65536.0
         if inc >= SAFE_LIMIT or vb >= SAFE_LIMIT:
             return 2, i
         if abs(float(w[i])) + abs(cw[j]) * vb + 1.0 >= SAFE_LIMIT:
@@ -238,10 +239,11 @@ def sgd_unstep_velocity(w, v, g, gidx, n, wq, we, cv, wd, inv_w, chunk,
         gt = g[i] + wd[j] * (float(w[i]) * inv_w)
         if not np.isfinite(gt):
             return 1, i
-        inc = abs(cv[j] * gt)
-        vb = abs(float(v[i])) + inc + 1.0
-        if inc >= SAFE_LIMIT or vb >= SAFE_LIMIT or \
-                vb * (MOMENTUM_DEN / float(n[j])) + 65536.0 >= SAFE_LIMIT:
+        inc = cv[j] * gt
+        if abs(inc) >= SAFE_LIMIT or abs(float(v[i])) >= SAFE_LIMIT:
+            return 2, i
+        q = v[i] + int64(np.rint(inc))         # both below 2**62: no overflow
+        if abs(float(q)) * (MOMENTUM_DEN / float(n[j])) + 65536.0 >= SAFE_LIMIT:
             return 2, i
     for kk in range(chunk):
         k = chunk - 1 - kk
