@@ -18,8 +18,18 @@ MODELS = {  # command-line name -> class name (looked up in revtrain at call tim
 REVERSIBLE = ("momentum-rnn", "revgru", "revlstm")
 BPTT_MODES = ("standard", "checkpoint", "reversible")
 
+#: Default Adam learning rate per model. The reversible cells whose state is
+#: not bounded by construction (RevLSTM's h = p*h + o*tanh(c), MomentumRNN's
+#: h = h + v) diverge at larger rates when the state is carried between windows.
+DEFAULT_LR = {"rnn": 0.01, "lstm": 0.02, "gru": 0.02, "momentum-rnn": 0.001,
+              "revgru": 0.01, "revlstm": 0.001}
+
+#: Exact SGD (v = 0.9 v - 0.1 g, w += lr v, gradients clipped to norm 1) moves a weight far
+#: less per unit of lr than Adam does: its default rate is this factor times Adam's (rough).
+SGD_LR_FACTOR = 300.0
+
 TRAIN_DEFAULTS = dict(model="revlstm", hidden=128, seq_len=64, batch_size=32, steps=300,
-                      lr=3e-3, seed=0, out="revtrain_model.npz", val_chars=20000,
+                      lr=None, seed=0, out="revtrain_model.npz", val_chars=20000,
                       grad_clip=1.0)
 
 
@@ -133,17 +143,25 @@ def cmd_train(a):
         raise UsageError(f"--out: folder {out_dir!r} does not exist")
 
     V = corpus.vocab.size
-    model = cls(V, a.hidden, V)
-    opt = _optimizer(a.optimizer, a.lr)
+    try:
+        model = cls(V, a.hidden, V)
+    except ValueError as e:
+        raise UsageError(f"--hidden {a.hidden}: {e}") from None
+    if a.lr is not None:
+        lr = a.lr
+    else:
+        lr = DEFAULT_LR.get(a.model, 0.01) * (1.0 if a.optimizer == "adam" else SGD_LR_FACTOR)
+    opt = _optimizer(a.optimizer, lr)
     trainer = Trainer(model, opt, bptt=bptt, seed=a.seed)
     src = "built-in corpus (pydoc_data.topics)" if a.data is None else a.data
     _say(a.quiet, f"training {cls_name}(hidden={a.hidden}) with {bptt} BPTT on {src}: "
          f"{len(corpus.train)} train / {len(corpus.val)} validation chars, vocabulary {V}; "
-         f"{a.steps} steps of {a.seq_len} x {a.batch_size}")
+         f"{a.steps} steps of {a.seq_len} x {a.batch_size}, {a.optimizer} lr {lr}"
+         + (", state reset every window" if a.reset_state else ""))
     t0 = time.perf_counter()
     hist = trainer.fit(corpus, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
                        quiet=a.quiet, val_tokens=a.val_chars or None, grad_clip=a.grad_clip,
-                       eval_every=max(1, a.steps // 5))
+                       eval_every=max(1, a.steps // 5), carry_state=not a.reset_state)
     total = time.perf_counter() - t0
 
     # what standard BPTT would hold for one window of the same size
@@ -306,11 +324,15 @@ def build_parser():
     t.add_argument("--steps", type=_pos_int, default=d["steps"],
                    help="optimiser steps (default: %(default)s)")
     t.add_argument("--lr", type=_pos_float, default=d["lr"],
-                   help="learning rate (default: %(default)s)")
+                   help="learning rate (default: per model, " + ", ".join(
+                       f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                    help="Adam or exact SGD with momentum 0.9 (default: %(default)s)")
     t.add_argument("--grad-clip", type=_pos_float, default=d["grad_clip"],
                    help="clip the gradient to this global norm (default: %(default)s)")
+    t.add_argument("--reset-state", action="store_true",
+                   help="start every window from a zero state instead of carrying the "
+                   "previous window's final state")
     t.add_argument("--seed", type=_nonneg_int, default=d["seed"],
                    help="seed of the initial weights (default: %(default)s)")
     t.add_argument("--out", default=d["out"],

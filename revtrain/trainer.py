@@ -392,7 +392,8 @@ class Trainer:
 
     # ------------------------------------------------------------ fit
     def fit(self, data, steps=None, epochs=None, batch_size=32, seq_len=64, val_data=None,
-            callbacks=(), quiet=False, eval_every=None, val_tokens=None, grad_clip=None):
+            callbacks=(), quiet=False, eval_every=None, val_tokens=None, grad_clip=None,
+            carry_state=True):
         """Train; returns the :class:`History` (also ``self.history``).
 
         Parameters
@@ -424,6 +425,10 @@ class Trainer:
             Validate on at most this many tokens of a text stream.
         grad_clip : float, optional
             Rescale the gradient to this global L2 norm when it is larger.
+        carry_state : bool
+            Text only: start each window from the previous window's final
+            state (truncated BPTT, the default) or from zeros (each window an
+            independent sequence; also used for validation).
 
         Returns
         -------
@@ -474,7 +479,7 @@ class Trainer:
         try:
             for i in range(steps):
                 x, y, carry, new_epoch = next(batches)
-                if new_epoch or not carry:
+                if new_epoch or not carry or not carry_state:
                     state = None
                 t0 = time.perf_counter()
                 loss, grad, stats = self.model.loss_and_grad(
@@ -504,7 +509,8 @@ class Trainer:
                 rec = {"step": self.steps_done, "loss": float(loss), "time": t_train,
                        "stored_bytes": int(stats.stored_bytes)}
                 if val is not None and ((i + 1) % eval_every == 0 or i + 1 == steps):
-                    ev = self._evaluate(val, batch_size, seq_len, val_tokens, char_loss)
+                    ev = self._evaluate(val, batch_size, seq_len, val_tokens, char_loss,
+                                        carry_state)
                     h.val_step.append(self.steps_done)
                     h.val_loss.append(ev["loss"])
                     if "bpc" in ev:
@@ -551,11 +557,12 @@ class Trainer:
                 yield x, y, False, True
 
     # ------------------------------------------------------- evaluate
-    def evaluate(self, data, batch_size=32, seq_len=64, max_tokens=None):
+    def evaluate(self, data, batch_size=32, seq_len=64, max_tokens=None, carry_state=True):
         """Loss on fixed data (no training).
 
         Text streams are run in windows with the state carried over, like
-        training. Returns a dict with ``loss`` and, where they apply, ``bpc``
+        training (or from zeros each window when ``carry_state`` is False).
+        Returns a dict with ``loss`` and, where they apply, ``bpc``
         (bits per character) and ``acc`` (accuracy of last-step labels).
         """
         src, default_val, is_char = self._source(data)
@@ -565,9 +572,9 @@ class Trainer:
             src = default_val
         return self._evaluate(src, _pos_int(batch_size, "batch_size"),
                               _pos_int(seq_len, "seq_len"), max_tokens,
-                              self._is_char_loss(is_char))
+                              self._is_char_loss(is_char), carry_state)
 
-    def _evaluate(self, src, batch_size, seq_len, max_tokens, char_loss):
+    def _evaluate(self, src, batch_size, seq_len, max_tokens, char_loss, carry_state=True):
         m, theta = self.model, self.theta
         if src.kind == "text":
             ids = src.ids if max_tokens is None else src.ids[:_pos_int(max_tokens, "val_tokens")]
@@ -577,7 +584,8 @@ class Trainer:
                 n = y.size
                 total += m.loss(theta, x, y, initial_state=state) * n
                 count += n
-                state = m.final_state(theta, x, initial_state=state)
+                if carry_state:
+                    state = m.final_state(theta, x, initial_state=state)
             out = {"loss": total / count}
             if char_loss:
                 out["bpc"] = out["loss"] / LN2

@@ -318,3 +318,13 @@ def test_find_class():
     assert find_class("RNN") is rt.RNN
     assert find_class("Adam") is rt.Adam
     assert find_class("NoSuchModel") is None
+
+
+def test_no_carry_starts_every_window_from_zeros():
+    c = corpus()
+    spy = Spy(rnn(c.vocab.size))
+    tr = Trainer(spy, PlainSGD(0.1), seed=1)
+    tr.fit(c, steps=4, batch_size=3, seq_len=20, quiet=True, carry_state=False, eval_every=4)
+    assert all(call[1] is None for call in spy.calls)
+    ev = tr.evaluate(c.val, batch_size=3, seq_len=20, carry_state=False)
+    assert ev["loss"] == pytest.approx(tr.history.val_loss[-1], rel=1e-12)
