@@ -194,7 +194,10 @@ def format_table(rows):
 
 def plot(rows, path, key="stored_bytes", title=None):
     """Log-log plot of a memory figure against T, one line per configuration; writes ``path``."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'revtrain[profile]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -228,9 +231,12 @@ def run_profile(lengths=(100, 300, 1000), batch=32, hidden=256, vocab=64, names=
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "bptt_memory.md"), "w") as f:
             f.write(head + "\n\n" + table + "\n")
-        plot(rows, os.path.join(out_dir, "bptt_stored_bytes.png"), "stored_bytes")
-        plot(rows, os.path.join(out_dir, "bptt_tracemalloc_peak.png"), "tracemalloc_peak")
-        print(f"\nwrote {out_dir}/bptt_memory.md and PNG plots", file=stream)
+        try:
+            plot(rows, os.path.join(out_dir, "bptt_stored_bytes.png"), "stored_bytes")
+            plot(rows, os.path.join(out_dir, "bptt_tracemalloc_peak.png"), "tracemalloc_peak")
+            print(f"\nwrote {out_dir}/bptt_memory.md and PNG plots", file=stream)
+        except ImportError as e:
+            print(f"\nwrote {out_dir}/bptt_memory.md; no plots ({e})", file=stream)
     return rows
 
 
