@@ -17,6 +17,9 @@ from .models import MomentumRNN, RevGRU, RevLSTM
 from .models import RevMDRNN
 from .optim import ExactSGD, ExactSGDState, Adam, AdamState
 from .hypergrad import hypergradient, HyperGradient, HyperStats
+from .data import (DataError, CharVocab, TextCorpus, builtin_text, load_text, char_corpus,
+                   text_windows, adding_task, copy_task, digits_task, GridTask)
+from .trainer import Trainer, History, ModelFileError, StopTraining
 
 __version__ = "0.1.0"
 
@@ -32,4 +35,7 @@ __all__ = [
     "RevMDRNN",
     "ExactSGD", "ExactSGDState", "Adam", "AdamState",
     "hypergradient", "HyperGradient", "HyperStats",
+    "DataError", "CharVocab", "TextCorpus", "builtin_text", "load_text", "char_corpus",
+    "text_windows", "adding_task", "copy_task", "digits_task", "GridTask",
+    "Trainer", "History", "ModelFileError", "StopTraining",
 ]
