@@ -24,6 +24,10 @@ one ``loss_and_grad`` call is measured:
   ``--untraced-max`` only the traced call is made and its time is reported
   (marked ``*``; tracemalloc adds a few percent).
 
+With ``--paired REPS`` the reversible / standard time ratio of each reversible
+cell is also measured by alternating the two calls (best of REPS each), which
+is robust to the load changing on a shared machine; the targets then use it.
+
 Stored-state configurations are skipped above ``--max-standard-T`` (default
 1000: LSTM standard would keep ~1.4 GB at T=3000). Results accumulate in
 ``<out>/bench_reversible.json`` (so long lengths can be run separately, e.g.
@@ -37,7 +41,7 @@ The machine may be shared: compare times measured in the same run.
 Usage:
     python profiling/bench_reversible.py                 # full (long: T=10000 takes minutes)
     python profiling/bench_reversible.py --quick         # T = 30 100 300, B=8, H=64
-    python profiling/bench_reversible.py --T 100 300 1000
+    python profiling/bench_reversible.py --T 100 300 1000 --paired 3
     python profiling/bench_reversible.py --T 3000 10000 --models RevLSTM,RevGRU,MomentumRNN
 """
 import argparse
@@ -104,6 +108,33 @@ def measure(cls, mode, T, B, H, vocab, seed, untraced):
                 seconds=seconds, traced_time=traced_time, loss=float(loss))
 
 
+def paired_times(cls, T, B, H, vocab, seed, reps):
+    """Reversible and standard BPTT of one reversible model, called alternately ``reps`` times.
+
+    On a shared machine the load changes between configurations measured one
+    after the other; alternating the two calls and keeping the best of each
+    gives a fairer ratio; the process CPU time (BLAS runs single-threaded
+    inside revtrain calls) is the least sensitive to other processes. Returns
+    best wall and CPU seconds: ``(rev_wall, std_wall, rev_cpu, std_cpu)``.
+    """
+    model = getattr(rt, cls)(vocab, H, vocab)
+    theta = model.init_params(seed=seed)
+    x, y = problem(T, B, vocab, seed)
+    xw, yw = problem(min(T, 5), B, vocab, seed + 1)
+    modes = ("reversible", "standard")
+    wall = {m: math.inf for m in modes}
+    cpu = {m: math.inf for m in modes}
+    for mode in modes:
+        model.loss_and_grad(theta, xw, yw, bptt=mode)
+    for _ in range(reps):
+        for mode in modes:
+            t0, c0 = time.perf_counter(), time.process_time()
+            model.loss_and_grad(theta, x, y, bptt=mode)
+            cpu[mode] = min(cpu[mode], time.process_time() - c0)
+            wall[mode] = min(wall[mode], time.perf_counter() - t0)
+    return wall["reversible"], wall["standard"], cpu["reversible"], cpu["standard"]
+
+
 def _key(r):
     return (r["model"], r["mode"], r["T"], r["B"], r["H"], r["vocab"])
 
@@ -131,6 +162,8 @@ def table(rows):
            "held bits / info bits | info bits per unit-step |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if r["mode"] == "paired":
+            continue
         held = f"{8 * r['buffer'] / r['info_bits']:.4f}" if r["buffer"] and r["info_bits"] else "-"
         per = "-"
         if r["info_bits"]:
@@ -169,12 +202,24 @@ def targets(rows, B):
                      f"state + a partial word): worst (buffer - 12*B) / (info_bits/8) = {e:.4f} "
                      f"({r['model']} T={r['T']}) -> {'met' if e <= 1.02 else 'NOT met'}")
     for cls in REVERSIBLE:
-        common = [T for T in Ts if (cls, "reversible", T) in by and (cls, "standard", T) in by]
-        if not common:
-            continue
-        ratios = [by[(cls, "reversible", T)]["seconds"] / by[(cls, "standard", T)]["seconds"]
-                  for T in common]
-        lines.append(f"- {cls}: reversible / standard BPTT time = "
+        paired = [T for T in Ts if (cls, "paired", T) in by]
+        if paired:
+            ratios = [by[(cls, "paired", T)]["rev_cpu"] / by[(cls, "paired", T)]["std_cpu"]
+                      for T in paired]
+            walls = [by[(cls, "paired", T)]["rev_s"] / by[(cls, "paired", T)]["std_s"]
+                     for T in paired]
+            how = ("CPU time of alternating calls, best of each (wall-time ratios: "
+                   + ", ".join(f"{w:.2f}" for w in walls) + ")")
+            common = paired
+        else:
+            common = [T for T in Ts if (cls, "reversible", T) in by
+                      and (cls, "standard", T) in by]
+            if not common:
+                continue
+            ratios = [by[(cls, "reversible", T)]["seconds"] / by[(cls, "standard", T)]["seconds"]
+                      for T in common]
+            how = "from the table (separate calls)"
+        lines.append(f"- {cls}: reversible / standard BPTT time, {how} = "
                      + ", ".join(f"{q:.2f} (T={T})" for q, T in zip(ratios, common))
                      + f" (target <= 1.5: {'met' if max(ratios) <= 1.5 else 'NOT met'})")
     return "\n".join(lines)
@@ -222,6 +267,9 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     p.add_argument("--fresh", action="store_true", help="ignore earlier stored rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paired", type=int, default=0, metavar="REPS",
+                   help="also time reversible vs standard BPTT of each reversible model by "
+                        "alternating calls, REPS times each (T <= --max-standard-T)")
     a = p.parse_args(argv)
     Ts = a.T or ([30, 100, 300] if a.quick else [100, 300, 1000, 3000, 10000])
     B = a.batch or (8 if a.quick else 32)
@@ -252,6 +300,19 @@ def main(argv=None):
                   f"peak={r['peak'] / 2**20:9.3f} MiB time={r['seconds']:8.2f} s", flush=True)
             rows = [q for q in rows if _key(q) != _key(r)] + [r]
             save(store, rows)
+        if a.paired and T <= a.max_standard_T:
+            for cls in REVERSIBLE:
+                if (names and cls not in names) or not hasattr(rt, cls):
+                    continue
+                rev_s, std_s, rev_c, std_c = paired_times(cls, T, B, H, a.vocab, a.seed,
+                                                          a.paired)
+                print(f"{cls:12s} paired     T={T:6d} wall: reversible {rev_s:.2f} s, standard "
+                      f"{std_s:.2f} s (ratio {rev_s / std_s:.2f}); CPU: {rev_c:.2f} s, "
+                      f"{std_c:.2f} s (ratio {rev_c / std_c:.2f})", flush=True)
+                r = dict(model=cls, mode="paired", T=T, B=B, H=H, vocab=a.vocab, rev_s=rev_s,
+                         std_s=std_s, rev_cpu=rev_c, std_cpu=std_c)
+                rows = [q for q in rows if _key(q) != _key(r)] + [r]
+                save(store, rows)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     mine = [r for r in rows if (r["B"], r["H"], r["vocab"]) == (B, H, a.vocab)]
     head = (f"Reversible vs stored vs checkpointed BPTT: B={B}, H={H}, token input and "

@@ -118,8 +118,9 @@ class ReversibleModel(RecurrentModel):
         self._log2 = log2_table(self.D)
         super().__init__(n_in, n_hidden, n_out, loss)
         self._layout_parts = list(self._parts())
-        # words one forget_add pass over K elements can emit per stream
-        self._words_per_elem = self.gate_bits / 32.0
+        # words one step can emit per stream: each exact multiply pushes at most gate_bits
+        # bits before its pop, and each forget_add pass may emit 2 more partial words
+        self._step_words = (self.forget_units * self.gate_bits) // 32 + 16
 
     def __repr__(self):
         return (f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden}, "
@@ -182,8 +183,10 @@ class ReversibleModel(RecurrentModel):
 
     # ----------------------------------------------------- exact primitives
     def _forget(self, q, n, inc, buf, t, what):
-        """``q <- q*n/D + inc`` exactly (forward), FixedPointError if the state leaves the range."""
-        buf.reserve(int(q.shape[1] * self._words_per_elem) + 3)
+        """``q <- q*n/D + inc`` exactly (forward), FixedPointError if the state leaves the range.
+
+        The caller reserved room in ``buf`` (:meth:`_reserve_step`, once per step).
+        """
         code = forget_add(q, n, inc, self.D, buf.states, buf.counts, buf.words, buf.info,
                           self._log2)
         if code >= 0:
@@ -191,11 +194,15 @@ class ReversibleModel(RecurrentModel):
 
     def _unforget(self, q, n, inc, buf, t, what):
         """Undo :meth:`_forget` exactly; ReversalError on an impossible value."""
-        buf.reserve(int(q.shape[1] * self._words_per_elem) + 3)
         code = forget_add_undo(q, n, inc, self.D, buf.states, buf.counts, buf.words, buf.info,
                                self._log2)
         if code >= 0:
             self._corrupt(what, t, code, q.shape)
+
+    def _reserve_step(self, buf):
+        """Room for the words one step (or its undo) can emit on every stream."""
+        if buf.words.shape[1] - int(buf.counts.max()) < self._step_words:
+            buf.reserve(self._step_words)
 
     def _add(self, q, v, sign, t, what, reverse=False):
         code = add_checked(q, v, sign)
@@ -280,6 +287,7 @@ class ReversibleModel(RecurrentModel):
             dH = np.empty((B, H))
             loss = 0.0
             for t in range(T):
+                self._reserve_step(buf)
                 self._fixed_step(pr, self._project(pr, x, tokens, t, P), q, buf, t)
                 loss += self._step_loss(pr, gdummy, batch, t, self._h(self._to_float(q)), dH)
             return loss, None, {"stored_bytes": 0,
@@ -290,6 +298,7 @@ class ReversibleModel(RecurrentModel):
             store = np.empty((T + 1, B, self.state_size), dtype=np.int64)
             self._pack(q, store[0])
         for t in range(T):
+            self._reserve_step(buf)
             self._fixed_step(pr, self._project(pr, x, tokens, t, P), q, buf, t)
             if store is not None:
                 self._pack(q, store[t + 1])
@@ -336,6 +345,7 @@ class ReversibleModel(RecurrentModel):
                 # undoing the step computes its gates from the recovered state: the
                 # same float64 values the recompute would give, so they are kept
                 self._project(pr, x, tokens, t, P)
+                self._reserve_step(buf)
                 self._fixed_unstep(pr, P, q, buf, t, cache)
                 s_prev = self._to_float(q)
                 self._float_step(p, P, s_prev, s_new, cache, have_gates=True)
@@ -368,6 +378,7 @@ class ReversibleModel(RecurrentModel):
         P = np.empty((B, self._n_proj))
         hs = np.empty((T, B, self.n_hidden))
         for t in range(T):
+            self._reserve_step(buf)
             self._fixed_step(p, self._project(p, x, tokens, t, P), q, buf, t)
             hs[t] = self._h(self._to_float(q))
         return hs, self._pack(self._to_float(q))
