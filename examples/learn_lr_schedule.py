@@ -146,7 +146,7 @@ def main(argv=None):
     mstate = meta.init(z)
     best = (best_val, z.copy())
     print("\nmeta-iteration  validation  (mean lr, mean momentum, scales)   "
-          "[reverse / forward time, buffer vs trajectory bytes]")
+          "[reverse / forward CPU time, buffer vs trajectory bytes]")
     t_start = time.perf_counter()
     for k in range(args.meta_iters):
         z = meta.params(mstate)
@@ -169,7 +169,7 @@ def main(argv=None):
         s = hg.stats
         print(f"  {k:3d}  {hg.val_loss:.4f}  ({lr.mean():.3f}, {mom.mean():.3f}, "
               f"{np.round(np.exp(log_scale), 2).tolist()})   "
-              f"[{s.reverse_seconds / s.forward_seconds:.1f}x, {s.buffer_bytes} B vs "
+              f"[{s.reverse_cpu_seconds / s.forward_cpu_seconds:.1f}x, {s.buffer_bytes} B vs "
               f"{s.trajectory_bytes} B]")
         # chain rule through lr = exp(B z_lr), momentum = sigmoid(B z_mom)
         sig = sigmoid(B @ z[K:2 * K])

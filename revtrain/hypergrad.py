@@ -36,6 +36,9 @@ class HyperStats(NamedTuple):
         Wall time of the training run and of the reverse pass (including the
         validation gradient).
     n_iters, n_params : int
+    forward_cpu_seconds, reverse_cpu_seconds : float
+        The same in CPU time of this process (less sensitive to other load on
+        the machine).
     """
     buffer_bytes: int
     info_bits: float
@@ -44,6 +47,8 @@ class HyperStats(NamedTuple):
     reverse_seconds: float
     n_iters: int
     n_params: int
+    forward_cpu_seconds: float = 0.0
+    reverse_cpu_seconds: float = 0.0
 
 
 class HyperGradient(NamedTuple):
@@ -194,10 +199,11 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         return _check_xy(train_batch(t), f"train_batch({t})")
 
     # ---------------------------------------------------------------- forward
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state = opt.init(theta0)
     w_init = state.w.copy()
-    bits = sum(float(np.max(16.0 - np.log2(opt._row(t)[0]))) for t in range(n_iters))
+    per_iter = opt._tables()["bits"].max(axis=1)        # most bits per parameter, per row
+    bits = float(per_iter[:n_iters].sum()) if per_iter.shape[0] > 1 else per_iter[0] * n_iters
     S = state.buffer.n_streams
     state.buffer.reserve(int(bits * (-(-P // S)) / 32.0 * 1.02) + 64)
     train_loss = np.empty(n_iters)
@@ -206,7 +212,7 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         loss, g = model.loss_and_grad(opt.params(state), x, y, bptt=bptt)
         train_loss[t] = loss
         state = opt.step(state, g)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     buffer_bytes = state.buffer.nbytes
     info_bits = state.buffer.info_bits
 
@@ -252,7 +258,7 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
             # differs between groups)
             dw -= model.hvp(w_t, seen["x"], seen["y"], cdv) + wd_e * cdv
         dv *= gam[gidx]
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     if check_reversal:
         if not np.array_equal(state.w, w_init):
             bad = np.flatnonzero(state.w != w_init)
@@ -269,7 +275,8 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     wd_grad = np.array(d_wd.sum()) if len(opt.weight_decay_shape) == 0 else d_wd
     stats = HyperStats(buffer_bytes=int(buffer_bytes), info_bits=float(info_bits),
                        trajectory_bytes=8 * P * n_iters, forward_seconds=t1 - t0,
-                       reverse_seconds=t2 - t1, n_iters=n_iters, n_params=P)
+                       reverse_seconds=t2 - t1, n_iters=n_iters, n_params=P,
+                       forward_cpu_seconds=c1 - c0, reverse_cpu_seconds=c2 - c1)
     return HyperGradient(lr=_to_shape(d_lr, opt.lr_shape),
                          momentum=_to_shape(d_mom, opt.momentum_shape),
                          weight_decay=wd_grad, init_scale=init_scale, theta0=dw,
