@@ -235,6 +235,7 @@ class ExactSGD:
         if self._hyper_groups > 1 and n_groups != self._hyper_groups:
             raise ValueError(f"the hyperparameters have {self._hyper_groups} groups but "
                              f"groups defines {n_groups}")
+        self._n_bound = n_groups
         return np.ascontiguousarray(gidx)
 
     def with_groups(self, groups):
@@ -250,7 +251,7 @@ class ExactSGD:
     @property
     def n_groups(self):
         """Number of parameter groups once bound (1 if no groups are set)."""
-        return 1 if self._gidx is None else int(self._gidx.max()) + 1
+        return 1 if self._gidx is None else self._n_bound
 
     def group_index(self, size):
         """int64 ``(size,)``: the group of each parameter (zeros when no groups are set)."""
