@@ -238,6 +238,22 @@ class ExactSGD:
         self._n_bound = n_groups
         return np.ascontiguousarray(gidx)
 
+    def get_config(self):
+        """Constructor arguments that rebuild this optimiser: ``ExactSGD(**opt.get_config())``.
+
+        Schedules come back in their original shapes (momenta quantised);
+        ``groups`` as the int64 group index of every parameter (or None).
+        """
+        def sched(arr, shape):
+            a = np.asarray(arr, dtype=np.float64).reshape(shape)
+            return float(a) if a.ndim == 0 else a.copy()
+        return {"lr": sched(self._lr, self.lr_shape),
+                "momentum": sched(self._gam, self.momentum_shape),
+                "weight_decay": sched(self._wd, self.weight_decay_shape),
+                "groups": None if self._gidx is None else self._gidx.copy(),
+                "frac_bits": self.frac_bits, "velocity_frac_bits": self.velocity_frac_bits,
+                "n_streams": self.n_streams}
+
     def with_groups(self, groups):
         """A copy of this optimiser with parameter groups set (see ``groups``)."""
         new = object.__new__(ExactSGD)

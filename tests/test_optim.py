@@ -129,6 +129,20 @@ def test_buffer_bits_near_information_bound(momentum):
     assert 8 * buf.nbytes <= 1.02 * bound + 96 * buf.n_streams
 
 
+def test_get_config_rebuilds_the_same_optimiser():
+    rng, gidx, lr, mom, wd = _random_setup(9, P=30, n_iters=3, n_groups=2)
+    for opt in (ExactSGD(lr, mom, wd, groups=gidx, frac_bits=30, n_streams=2),
+                ExactSGD(0.1, 0.9), ExactSGD(np.full(4, 0.2), np.full(4, 0.7), 0.01)):
+        cfg = opt.get_config()
+        again = ExactSGD(**cfg).get_config()
+        assert again.keys() == cfg.keys()
+        for k, v in cfg.items():
+            assert (again[k] is None) if v is None else np.array_equal(again[k], v)
+    model = rt.RNN(3, 4, 3)
+    opt = ExactSGD(np.full((2, len(model.layout.groups)), 0.1), 0.9, groups=model)
+    assert np.array_equal(opt.get_config()["groups"], model.layout.group_index())
+
+
 def test_momentum_quantisation():
     opt = ExactSGD(0.1, [0.9, 0.5, 1 - 2**-16])
     _, gam, _ = opt.hyperparameters(0)
