@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .errors import ReversalError
+from .errors import FixedPointError, ReversalError
 from .optim import ExactSGD
 from ._kernels.sgd import group_dot
 
@@ -237,7 +237,13 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         v_next = opt.velocity(state)
         group_dot(dw, v_next, gidx, d_lr[t])
         dv += lr[gidx] * dw
-        state = opt.unstep(state, grad_fn)
+        try:
+            state = opt.unstep(state, grad_fn)
+        except FixedPointError as e:
+            # the forward pass stayed in range, so its exact inverse does too
+            raise ReversalError(f"the reverse pass left the fixed-point range at iteration "
+                                f"{t} ({e}): train_batch or the gradient is not "
+                                "deterministic, or the state was corrupted") from e
         w_t, g_t = seen["theta"], seen["g"]
         v_t = opt.velocity(state)
         wd_e = wd[gidx]
