@@ -145,7 +145,7 @@ def main(argv=None):
     meta = rt.Adam(args.meta_lr)
     mstate = meta.init(z)
     best = (best_val, z.copy())
-    print("\nmeta-iteration  validation  (mean lr, mean momentum, scales)   "
+    print("\nmeta-iteration  validation  (mean lr, mean momentum[, init scales])   "
           "[reverse / forward CPU time, buffer vs trajectory bytes]")
     t_start = time.perf_counter()
     for k in range(args.meta_iters):
@@ -167,8 +167,8 @@ def main(argv=None):
         if hg.val_loss < best[0]:
             best = (hg.val_loss, z.copy())
         s = hg.stats
-        print(f"  {k:3d}  {hg.val_loss:.4f}  ({lr.mean():.3f}, {mom.mean():.3f}, "
-              f"{np.round(np.exp(log_scale), 2).tolist()})   "
+        scales = f", {np.round(np.exp(log_scale), 2).tolist()}" if args.learn_init_scale else ""
+        print(f"  {k:3d}  {hg.val_loss:.4f}  ({lr.mean():.3f}, {mom.mean():.3f}{scales})   "
               f"[{s.reverse_cpu_seconds / s.forward_cpu_seconds:.1f}x, {s.buffer_bytes} B vs "
               f"{s.trajectory_bytes} B]")
         # chain rule through lr = exp(B z_lr), momentum = sigmoid(B z_mom)
