@@ -482,9 +482,13 @@ class Trainer:
                 if new_epoch or not carry or not carry_state:
                     state = None
                 t0 = time.perf_counter()
-                loss, grad, stats = self.model.loss_and_grad(
-                    self.theta, x, y, bptt=self.bptt, checkpoint_every=self.checkpoint_every,
-                    return_stats=True, initial_state=state)
+                try:
+                    loss, grad, stats = self.model.loss_and_grad(
+                        self.theta, x, y, bptt=self.bptt, checkpoint_every=self.checkpoint_every,
+                        return_stats=True, initial_state=state)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"training diverged at step {self.steps_done + 1}: "
+                                             f"{e}") from None
                 if not np.all(np.isfinite(grad)):
                     raise FloatingPointError(f"the gradient has NaN or inf at step "
                                              f"{self.steps_done + 1} (try a smaller learning "
