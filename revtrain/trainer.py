@@ -140,8 +140,6 @@ def constructor_args(obj):
     cls = type(obj)
     if hasattr(obj, "get_config"):
         raw = dict(obj.get_config())
-    elif cls.__name__ == "ExactSGD" and hasattr(obj, "lr_shape"):
-        raw = _exact_sgd_config(obj)
     else:
         raw = {}
         sig = inspect.signature(cls.__init__)
@@ -168,22 +166,6 @@ def constructor_args(obj):
             raise ValueError(f"cannot save {cls.__name__}: constructor argument {k!r} "
                              f"has an unsupported type ({e})") from None
     return out
-
-
-def _exact_sgd_config(opt):
-    """Constructor arguments of :class:`revtrain.optim.ExactSGD` (it has no get_config)."""
-    def sched(arr, shape):
-        a = np.asarray(arr, dtype=np.float64).reshape(shape)
-        return float(a) if a.ndim == 0 else a
-    groups = opt.groups
-    if groups is not None and not isinstance(groups, np.ndarray):
-        groups = np.asarray(groups)
-    return {"lr": sched(opt._lr, opt.lr_shape),
-            "momentum": sched(opt._gam, opt.momentum_shape),
-            "weight_decay": sched(opt._wd, opt.weight_decay_shape),
-            "groups": groups, "frac_bits": int(opt.frac_bits),
-            "velocity_frac_bits": int(opt.velocity_frac_bits),
-            "n_streams": opt.n_streams}
 
 
 # --------------------------------------------------------------- history
