@@ -96,13 +96,14 @@ def quantise_momentum(momentum):
     Raises
     ------
     ValueError
-        If a momentum rounds to 0 or to ``2**16`` (too close to 0 or 1 to hold).
+        If a momentum rounds to 0 or to ``2**16`` (too close to 0 or 1 to hold):
+        the usable range is ``(2**-17, 1 - 2**-17)``.
     """
     m = np.asarray(momentum, dtype=np.float64)
     n = np.rint(m * MOMENTUM_DEN).astype(np.int64)
     bad = (n < 1) | (n >= MOMENTUM_DEN)
     if bad.any():
-        raise ValueError(f"momentum must be in [2**-17, 1 - 2**-17] to be held as n / 2**16 "
+        raise ValueError(f"momentum must be in (2**-17, 1 - 2**-17) to be held as n / 2**16 "
                          f"with 1 <= n < 2**16, got {_describe(m, bad)}")
     return n
 
