@@ -23,11 +23,11 @@ coded here with a wider quantised distribution, of total ``M = 2**24``
 (frequencies ``2**24 // n`` or one more), on the same stack and state, instead
 of the ``2**16`` of ``rans_pop``: with ``M = 2**16`` a base ``n`` close to
 ``2**16`` must be split into digits whose coarse quantised frequencies waste
-about 1e-3 bit per multiply, 1-16 % of the ``log2(2**16 / n)`` bits that a
-momentum of 0.9-0.995 destroys. ``M = 2**24`` keeps the quantisation loss
+about 1e-3 bit per multiply, 0.5-16 % of the ``log2(2**16 / n)`` bits that a
+momentum of 0.9-0.995 destroys (measured). ``M = 2**24`` keeps the quantisation loss
 (frequencies >= 256) and the rANS approximation loss (of order ``M / x`` for
 a state ``x >= 2**32``) near 1e-5 bit per multiply; measured, the held bits
-are within 0.2 % of the information at momenta 0.5-0.9999 (``M = 2**32``
+are within 0.2 % of the information at momenta 0.5-0.995 (``M = 2**32``
 would be worse: ``M / x`` is then of order 1). The rANS invariants are those
 of :mod:`revtrain._kernels.rans` (state in ``[2**32, 2**64)``, 32-bit words,
 zeros below an empty stack): ``M`` divides the state's lower bound ``2**32``.
@@ -43,8 +43,7 @@ changing anything: 1 = non-finite gradient, 2 = a result would not fit int64.
 import numpy as np
 from numba import int64, uint64, njit
 
-from .rans import (buffer_kernel, buffer_op, rans_push, rans_pop, _emit_word, STATE_LOW,
-                   WORD_MASK)
+from .rans import buffer_kernel, buffer_op, rans_push, rans_pop, _emit_word, STATE_LOW
 
 #: Momentum is held as ``n / 2**MOMENTUM_BITS``.
 MOMENTUM_BITS = 16
