@@ -93,7 +93,8 @@ def main(argv=None):
                     help="schedule knots (linear interpolation between them); "
                          "--knots equal to --iters learns every iteration freely")
     ap.add_argument("--meta-iters", type=int, default=30, help="hyperparameter updates")
-    ap.add_argument("--meta-lr", type=float, default=0.08, help="Adam step on the log-hyperparameters")
+    ap.add_argument("--meta-lr", type=float, default=0.08,
+                    help="Adam step on the log-hyperparameters")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
