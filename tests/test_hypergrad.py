@@ -231,3 +231,14 @@ def test_bad_arguments_raise_clear_errors():
         rt.hypergradient(model, rt.ExactSGD(0.1, 0.9), theta0[:-1], batch, val, 3)
     with pytest.raises(ValueError, match="groups"):
         rt.hypergradient(model, rt.ExactSGD(np.ones((10, 7)), 0.9), theta0, batch, val, 3)
+
+
+def test_checkpointed_bptt_reverses_exactly_and_agrees():
+    model, data, val, theta0 = _problem(rt.RNN, seed=10)
+    opt = rt.ExactSGD(0.3, 0.9, 0.01)
+    std = rt.hypergradient(model, opt, theta0, lambda t: data[t], val, N_ITERS)
+    chk = rt.hypergradient(model, opt, theta0, lambda t: data[t], val, N_ITERS,
+                           bptt="checkpoint")
+    for a, b in ((chk.lr, std.lr), (chk.momentum, std.momentum), (chk.theta0, std.theta0),
+                 (chk.init_scale, std.init_scale)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
