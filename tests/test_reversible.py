@@ -344,3 +344,30 @@ def test_huge_logits_give_the_finite_loss():
     assert np.isfinite(loss) and np.isfinite(grad).all()
     assert ref > 1e3 and abs(loss - ref) <= 1e-9 * ref      # logits ~1e4: cancellation
     assert m.loss(theta, x, y) == pytest.approx(loss, rel=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(S=st.integers(1, 4), K=st.integers(1, 9), m=st.integers(1, 16), k=st.integers(1, 4),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_forget_add_kernel_matches_exact_mul_then_add(S, K, m, k, seed):
+    """The cells' fused kernel = rt.exact_mul followed by an integer add (same buffer bits), and undoes."""
+    from revtrain._kernels.quantize import forget_add, forget_add_undo, log2_table
+    k = min(k, m)
+    D = 1 << m
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-2 ** 40, 2 ** 40, (S, K))
+    n = rng.integers(D >> k, D + 1, (S, K))
+    inc = rng.integers(-2 ** 32, 2 ** 32, (S, K))
+    q0 = q.copy()
+    a, b = rt.InfoBuffer(S, capacity=4 * K + 8), rt.InfoBuffer(S)
+    assert forget_add(q, n, inc, D, a.states, a.counts, a.words, a.info, log2_table(D)) == -1
+    qb = q0.copy()
+    rt.exact_mul(qb, n, D, b)
+    qb += inc
+    assert np.array_equal(q, qb)
+    assert np.array_equal(a.states, b.states) and np.array_equal(a.counts, b.counts)
+    assert np.array_equal(a.words[:, :int(a.counts.max())], b.words[:, :int(b.counts.max())])
+    assert np.allclose(a.info, b.info)
+    assert forget_add_undo(q, n, inc, D, a.states, a.counts, a.words, a.info,
+                           log2_table(D)) == -1
+    assert np.array_equal(q, q0) and a.is_empty()
