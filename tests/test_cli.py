@@ -141,3 +141,14 @@ def test_tiny_hypertune_and_profile(tmp_path, text_file, capsys):
                           "--quiet"], capsys)
     assert code == 0, err
     assert "| RNN standard | 4 |" in out and (tmp_path / "p" / "bptt_memory.md").exists()
+
+
+def test_state_option(tmp_path, text_file, capsys):
+    base = ["train", "--model", "rnn", "--hidden", "4", "--steps", "2", "--seq-len", "8",
+            "--batch-size", "2", "--data", str(text_file), "--out", ""]
+    code, out, _ = run(base, capsys)
+    assert code == 0 and "state carried between windows" in out
+    code, out, _ = run(base + ["--state", "reset"], capsys)
+    assert code == 0 and "state reset every window" in out
+    code, _, err = run(base + ["--state", "maybe"], capsys)
+    assert code == 2 and "--state" in err
