@@ -270,7 +270,8 @@ def cmd_hypertune(a):
         w = (t % n_win) * T
         return S[w:w + T], S[w + 1:w + T + 1]
 
-    val = (Sv[:T], Sv[1:T + 1])
+    Tv = min(4 * T, Sv.shape[0] - 1)                   # validation: 4 windows' worth
+    val = (Sv[:Tv], Sv[1:Tv + 1])
     V = corpus.vocab.size
     model = _class(MODELS[a.model])(V, a.hidden, V)
     ExactSGD = _class("ExactSGD", "optimizer")
@@ -288,6 +289,8 @@ def cmd_hypertune(a):
         vl = float(hg.val_loss)
         _say(False, f"meta-iteration {k:3d}: validation loss {vl:.4f}  "
              f"(lr mean {lr.mean():.4g}, min {lr.min():.4g}, max {lr.max():.4g})")
+        if k == 0:
+            first = vl
         if vl < best[0]:
             best = (vl, log_lr.copy())
         if k == a.meta_iters:
@@ -298,7 +301,9 @@ def cmd_hypertune(a):
         log_lr -= a.meta_lr * (m / (1 - 0.9 ** (k + 1))) / (np.sqrt(v / (1 - 0.999 ** (k + 1)))
                                                              + 1e-12)
     lr = np.exp(best[1])
-    print(f"best validation loss {best[0]:.4f}")
+    print(f"best validation loss {best[0]:.4f} (constant lr {a.lr}: {first:.4f}); learned "
+          f"rates: first 10 iterations mean {lr[:10].mean():.4g}, last 10 mean "
+          f"{lr[-10:].mean():.4g}")
     if a.out:
         np.savetxt(a.out, lr[:, None], header="learning rate per iteration", fmt="%.8g")
         print(f"learned schedule written to {a.out}")
@@ -395,11 +400,11 @@ def build_parser():
     h.add_argument("--hidden", type=_pos_int, default=16, help="(default: %(default)s)")
     h.add_argument("--seq-len", type=_pos_int, default=20, help="(default: %(default)s)")
     h.add_argument("--batch-size", type=_pos_int, default=16, help="(default: %(default)s)")
-    h.add_argument("--iters", type=_pos_int, default=50,
+    h.add_argument("--iters", type=_pos_int, default=100,
                    help="training iterations per run (default: %(default)s)")
-    h.add_argument("--meta-iters", type=_nonneg_int, default=10,
+    h.add_argument("--meta-iters", type=_nonneg_int, default=30,
                    help="meta-iterations (default: %(default)s)")
-    h.add_argument("--lr", type=_pos_float, default=0.1,
+    h.add_argument("--lr", type=_pos_float, default=1.0,
                    help="initial constant learning rate (default: %(default)s)")
     h.add_argument("--momentum", type=_fraction, default=0.9,
                    help="momentum in (0, 1) (default: %(default)s)")
