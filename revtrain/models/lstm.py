@@ -4,6 +4,7 @@ import numpy as np
 from ..params import ParamSpec
 from .sequence import SequenceModel, project, project_grad
 from .._kernels.lstm import lstm_forward, lstm_backward
+from .._kernels.gemm import matmul_tn_add
 
 
 class LSTM(SequenceModel):
@@ -85,7 +86,7 @@ class LSTM(SequenceModel):
         dstate[:, :H] = dh
         dstate[:, H:] = dc
         dA2 = G.reshape(k * B, 4 * H)
-        g["W_h"] += np.dot(hs[:k].reshape(k * B, H).T, dA2)
+        matmul_tn_add(hs[:k].reshape(k * B, H), dA2, g["W_h"], np.empty_like(g["W_h"]))
         db = dA2.sum(axis=0)
         g["b_f"] += db[:H]
         g["b_iog"] += db[H:]

@@ -20,6 +20,7 @@ import numpy as np
 from .base import RecurrentModel
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import gather_rows, scatter_add_rows
+from .._kernels.gemm import matmul_into, matmul_tn_add
 
 #: Segment length of forward-only passes (``loss``, ``predict``).
 FORWARD_CHUNK = 64
@@ -34,7 +35,7 @@ def project(x_seg, tokens, V, out):
         xs = x_seg.reshape(k * B, D)
         if xs.dtype != V.dtype:
             xs = xs.astype(V.dtype)
-        np.dot(xs, V, out=out.reshape(k * B, -1))
+        matmul_into(xs, V, out.reshape(k * B, -1))      # Numba's BLAS: see _kernels/gemm.py
 
 
 def project_grad(x_seg, tokens, dA, dV):
@@ -46,7 +47,7 @@ def project_grad(x_seg, tokens, dA, dV):
         xs = x_seg.reshape(k * B, D)
         if xs.dtype != dV.dtype:
             xs = xs.astype(dV.dtype)
-        dV += np.dot(xs.T, dA.reshape(k * B, -1))
+        matmul_tn_add(xs, dA.reshape(k * B, -1), dV, np.empty_like(dV))
 
 
 class SequenceModel(RecurrentModel):
