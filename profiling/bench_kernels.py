@@ -18,7 +18,10 @@ and the memory of standard vs checkpointed BPTT at T=1000: ``stats.stored_bytes`
 (what the backward pass keeps) and the tracemalloc peak of one call (NumPy
 reports its buffers to tracemalloc; Numba-internal allocations are not seen).
 
-Models missing from ``revtrain`` (e.g. not written yet) are skipped. The
+revtrain runs with one BLAS thread by default (``rt.get_blas_threads()``: safe
+on busy shared cores) while PyTorch gets two; on an idle machine pass
+``--blas-threads 2`` for a like-for-like comparison. Models missing from
+``revtrain`` (e.g. not written yet) are skipped. The
 machine may be shared: the script prints the load average before and after;
 compare columns measured in the same run. Prints markdown tables.
 
