@@ -39,14 +39,15 @@ def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
             zr = real_(work[n, k] + by[k])
             if zr > m:
                 m = zr
+        lab = labels[n]
+        z_lab = work[n, lab] + by[lab]
         s = work[n, 0] * 0.0
         for k in range(O):
             e = exp_(work[n, k] + by[k] - m)
             work[n, k] = e
             s += e
-        lab = labels[n]
-        # log(p_label) = log(e_label) - log(s) with e_label = exp(z - m)
-        loss -= log_(work[n, lab]) - log_(s)
+        # -log p_label = m + log(s) - z_label: finite even when exp(z_label - m) underflows
+        loss += (m + log_(s)) - z_lab
         inv = scale / s
         for k in range(O):
             work[n, k] *= inv
