@@ -216,11 +216,12 @@ def plot(rows, path, key="stored_bytes", title=None):
 
 def run_profile(lengths=(100, 300, 1000), batch=32, hidden=256, vocab=64, names=None,
                 out_dir="profiling/results", rss=False, isolate=False, max_seconds=None,
-                progress=True, stream=sys.stdout):
+                progress=True, stream=None):
     """Profile, print the markdown table, write ``bptt_memory.md`` and PNG plots to ``out_dir``.
 
     Returns the rows.
     """
+    stream = sys.stdout if stream is None else stream
     rows = profile_bptt(lengths, batch, hidden, vocab, names, rss=rss, isolate=isolate,
                         max_seconds=max_seconds, progress=progress)
     table = format_table(rows)
