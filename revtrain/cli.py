@@ -121,7 +121,6 @@ def _say(quiet, *a):
 
 # ------------------------------------------------------------------ train
 def cmd_train(a):
-    import numpy as np
     from .data import char_corpus, DataError, text_windows
     from .trainer import Trainer
 

@@ -105,8 +105,15 @@ class ReversibleModel(RecurrentModel):
     #: Exact multiplies per row and step, divided by n_hidden (set by subclasses).
     forget_per_unit = 1
 
+    #: The state is split in two halves updated in turn (n_hidden must be even).
+    two_halves = False
+
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
                  max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
+        if self.two_halves and isinstance(n_hidden, (int, np.integer)) \
+                and not isinstance(n_hidden, bool) and n_hidden % 2:
+            raise ValueError(f"n_hidden must be even for {type(self).__name__} (two halves), "
+                             f"got {n_hidden}")
         self.frac_bits = _int_in(frac_bits, 8, 52, "frac_bits")
         self.gate_bits = _int_in(gate_bits, 1, 16, "gate_bits")
         self.max_forget_bits = _int_in(max_forget_bits, 1, self.gate_bits, "max_forget_bits")

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..params import ParamSpec
-from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
+from .reversible import ReversibleModel
 from .._kernels.revgru import revgru_gates1, revgru_gates2, revgru_cell, revgru_back1, revgru_back2
 from .._kernels.quantize import quantise_convex
 
@@ -37,13 +37,7 @@ class RevGRU(ReversibleModel):
 
     forget_per_unit = 1
     _head_parts = ("h1", "h2")
-
-    def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
-                 max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
-        if isinstance(n_hidden, (int, np.integer)) and not isinstance(n_hidden, bool) \
-                and n_hidden % 2:
-            raise ValueError(f"n_hidden must be even for RevGRU (two halves), got {n_hidden}")
-        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
+    two_halves = True
 
     def _parts(self):
         Hh = self.n_hidden // 2

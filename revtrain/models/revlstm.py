@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..params import ParamSpec
-from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
+from .reversible import ReversibleModel
 from .._kernels.revlstm import (revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell,
                                 revlstm_back)
 
@@ -39,13 +39,7 @@ class RevLSTM(ReversibleModel):
 
     forget_per_unit = 2
     _head_parts = ("h1", "h2")
-
-    def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
-                 max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
-        if isinstance(n_hidden, (int, np.integer)) and not isinstance(n_hidden, bool) \
-                and n_hidden % 2:
-            raise ValueError(f"n_hidden must be even for RevLSTM (two halves), got {n_hidden}")
-        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
+    two_halves = True
 
     def _parts(self):
         Hh = self.n_hidden // 2
