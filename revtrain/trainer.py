@@ -258,6 +258,16 @@ class _Generator:
         self.fn = fn
 
 
+def _looks_like_path(s):
+    """A short one-line str naming an existing file or ending like a file name."""
+    if len(s) > 4096 or "\n" in s or not s.strip():
+        return False
+    if os.path.isfile(s):
+        return True
+    return " " not in s and os.path.splitext(s)[1].lower() in (".txt", ".text", ".md", ".csv",
+                                                               ".npz", ".npy", ".json", ".log")
+
+
 def _take(a, idx, axis):
     return np.ascontiguousarray(np.take(a, idx, axis=axis))
 
@@ -332,6 +342,10 @@ class Trainer:
         if isinstance(data, TextCorpus):
             self._set_vocab(data.vocab)
             return _Text(data.train), _Text(data.val), True
+        if isinstance(data, os.PathLike) or (isinstance(data, str) and _looks_like_path(data)):
+            raise ValueError(f"{name}: a str is trained on as the text itself, and {str(data)!r} "
+                             "looks like a file path; to train on a file pass "
+                             f"rt.char_corpus({str(data)!r}) (or rt.load_text(path) for its text)")
         if isinstance(data, str):
             if self.vocab is None:
                 self._set_vocab(CharVocab.from_text(data))

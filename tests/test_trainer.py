@@ -341,3 +341,17 @@ def test_grid_data_batches_on_the_batch_axis():
     # the same examples each epoch, in a seeded order
     seen = np.concatenate([c[0].reshape(64, -1).T for c in spy.calls])
     assert np.array_equal(np.sort(seen, axis=0), np.sort(g.x.reshape(64, -1).T, axis=0))
+
+
+def test_fit_rejects_a_file_path_given_as_text(tmp_path):
+    # a str is trained on as the text itself: a path must not be silently used as the text
+    f = tmp_path / "corpus.txt"
+    f.write_text("abcab" * 20)
+    tr = Trainer(rt.RNN(40, 4, 40), rt.Adam(0.01), seed=0)
+    for bad in (str(f), f, "no/such/file.txt"):
+        with pytest.raises(ValueError, match="looks like a file path.*char_corpus"):
+            tr.fit(bad, steps=1, batch_size=2, seq_len=5, quiet=True)
+    assert tr.steps_done == 0
+    tr.fit("abcab" * 20, steps=1, batch_size=2, seq_len=5, quiet=True)   # real text still works
+    tr.fit(rt.char_corpus(f), steps=1, batch_size=2, seq_len=5, quiet=True)
+    assert tr.steps_done == 2
