@@ -205,6 +205,8 @@ def cmd_train(a):
 # ----------------------------------------------------------------- sample
 def cmd_sample(a):
     from .trainer import Trainer, ModelFileError
+    if a.prime is not None and not a.prime:
+        raise UsageError("--prime: must not be empty (leave it out to start from a newline)")
     if not os.path.isfile(a.model_file):
         raise UsageError(f"--model-file: {a.model_file!r} does not exist")
     try:

@@ -56,6 +56,7 @@ def test_help_through_the_installed_module():
     (["sample"], "required: --model-file"),
     (["sample", "--model-file", "/no/such.npz"], "does not exist"),
     (["sample", "--model-file", "x", "--temperature", "0"], "--temperature"),
+    (["sample", "--model-file", "x", "--prime", ""], "--prime: must not be empty"),
     (["profile", "--lengths"], "expected at least one argument"),
     (["hypertune", "--momentum", "1.5"], "--momentum: must be a number in (0, 1)"),
 ])
