@@ -235,6 +235,12 @@ def cmd_profile(a):
     except ImportError:
         raise Unavailable("profiling (revtrain.profile.run_profile) is not available in "
                           "this revtrain install yet") from None
+    from .profile import unknown_names, CONFIGS
+    bad = unknown_names(a.models)
+    if bad:
+        raise UsageError(f"--models: unknown {' '.join(bad)} (choose from "
+                         f"{' '.join(dict.fromkeys(c for _, c, _ in CONFIGS))}, or labels "
+                         f"such as '{CONFIGS[0][0]}')")
     kw = dict(lengths=tuple(a.lengths), batch=a.batch_size, hidden=a.hidden, vocab=a.vocab,
               names=a.models, out_dir=a.out, rss=a.rss, isolate=a.isolate,
               max_seconds=a.max_seconds, progress=not a.quiet and sys.stdout.isatty())

@@ -60,6 +60,12 @@ class ProfileRow(NamedTuple):
     loss: float
 
 
+def unknown_names(names):
+    """The entries of ``names`` that match no configuration label or model class (a list)."""
+    known = {s.lower() for label, cls, _ in CONFIGS for s in (label, cls)}
+    return [n for n in (names or ()) if n.lower() not in known]
+
+
 def available_configs(names=None):
     """The configurations whose model classes exist in this install (optionally filtered by label or class)."""
     import revtrain as rt
@@ -154,6 +160,11 @@ def profile_bptt(lengths=(100, 300, 1000), batch=32, hidden=256, vocab=64, names
     rows : list of ProfileRow
     """
     from tqdm.auto import tqdm
+    bad = unknown_names(names)
+    if bad:
+        raise ValueError(f"names: no configuration called {', '.join(map(repr, bad))}; "
+                         f"choose model classes ({', '.join(dict.fromkeys(c for _, c, _ in CONFIGS))})"
+                         f" or labels such as {CONFIGS[0][0]!r}")
     configs = available_configs(names)
     jobs = [(c, T) for c in configs for T in sorted(lengths)]
     rows, slow = [], set()

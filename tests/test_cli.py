@@ -58,6 +58,7 @@ def test_help_through_the_installed_module():
     (["sample", "--model-file", "x", "--temperature", "0"], "--temperature"),
     (["sample", "--model-file", "x", "--prime", ""], "--prime: must not be empty"),
     (["profile", "--lengths"], "expected at least one argument"),
+    (["profile", "--lengths", "4", "--models", "LSTM", "Foo"], "--models: unknown Foo (choose from"),
     (["hypertune", "--momentum", "1.5"], "--momentum: must be a number in (0, 1)"),
 ])
 def test_usage_errors_exit_2_with_one_line(argv, needle, capsys):

@@ -1,5 +1,6 @@
 """The profiling helpers measure and report real figures on a tiny problem."""
 import numpy as np
+import pytest
 
 from revtrain import profile
 
@@ -25,3 +26,10 @@ def test_table_and_plot(tmp_path):
     assert table.count("\n") == 1 + len(rows)
     profile.plot(rows, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_unknown_model_names_are_an_error():
+    assert profile.unknown_names(["rnn", "LSTM checkpoint", "Foo"]) == ["Foo"]
+    with pytest.raises(ValueError, match="no configuration called 'Foo'.*RevLSTM"):
+        profile.profile_bptt(lengths=(4,), batch=2, hidden=3, vocab=5, names=["Foo"],
+                             progress=False)
