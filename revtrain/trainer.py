@@ -698,6 +698,9 @@ class Trainer:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise ValueError(f"cannot save to {path!r}: folder {folder!r} does not exist")
+        if os.path.isdir(path):
+            raise ValueError(f"cannot save to {path!r}: it is a folder; give a file name "
+                             f"such as {os.path.join(path, 'model.npz')!r}")
         fd, tmp = tempfile.mkstemp(prefix=".revtrain-", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -739,8 +742,11 @@ class Trainer:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError,
                 json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+            detail = f"{type(e).__name__}: {e}"
+            if "allow_pickle" in detail:   # np.load's guess for a non-zip file: no pickle advice
+                detail = "not an .npz (zip) archive"
             raise ModelFileError(f"{path!r} is corrupt or truncated, not a readable revtrain "
-                                 f"model file ({type(e).__name__}: {e})") from None
+                                 f"model file ({detail})") from None
         if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
             raise ModelFileError(f"{path!r} is not a revtrain model file")
         version = meta.get("version")

@@ -247,6 +247,9 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     assert p.read_bytes() == before and os.listdir(tmp_path) == ["m.npz"]
     with pytest.raises(ValueError, match="does not exist"):
         tr.save(tmp_path / "nope" / "m.npz")
+    with pytest.raises(ValueError, match="is a folder; give a file name"):
+        tr.save(tmp_path)
+    assert os.listdir(tmp_path) == ["m.npz"]
 
 
 def _rewrite(src, dst, meta_fn=None, theta_fn=None):
@@ -282,8 +285,9 @@ def test_load_errors(tmp_path):
     with pytest.raises(ModelFileError):
         Trainer.load(tmp_path / "flip.npz")
     (tmp_path / "text.npz").write_text("not a model")
-    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+    with pytest.raises(ModelFileError, match="corrupt or truncated") as e:
         Trainer.load(tmp_path / "text.npz")
+    assert "not an .npz (zip) archive" in str(e.value) and "pickle" not in str(e.value)
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ModelFileError, match="not a revtrain model file"):
         Trainer.load(tmp_path / "other.npz")
