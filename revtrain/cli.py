@@ -144,6 +144,9 @@ def cmd_train(a):
     out_dir = os.path.dirname(os.path.abspath(a.out)) if a.out else None
     if out_dir and not os.path.isdir(out_dir):
         raise UsageError(f"--out: folder {out_dir!r} does not exist")
+    if a.out and os.path.isdir(a.out):
+        raise UsageError(f"--out: {a.out!r} is a folder; give a file name such as "
+                         f"{os.path.join(a.out, 'revtrain_model.npz')!r}")
 
     V = corpus.vocab.size
     try:
@@ -208,7 +211,8 @@ def cmd_sample(a):
     if a.prime is not None and not a.prime:
         raise UsageError("--prime: must not be empty (leave it out to start from a newline)")
     if not os.path.isfile(a.model_file):
-        raise UsageError(f"--model-file: {a.model_file!r} does not exist")
+        what = "is a folder" if os.path.isdir(a.model_file) else "does not exist"
+        raise UsageError(f"--model-file: {a.model_file!r} {what}")
     try:
         tr = Trainer.load(a.model_file)
     except ModelFileError as e:
@@ -280,7 +284,10 @@ def cmd_hypertune(a):
     Tv = min(4 * T, Sv.shape[0] - 1)                   # validation: 4 windows' worth
     val = (Sv[:Tv], Sv[1:Tv + 1])
     V = corpus.vocab.size
-    model = _class(MODELS[a.model])(V, a.hidden, V)
+    try:
+        model = _class(MODELS[a.model])(V, a.hidden, V)
+    except ValueError as e:
+        raise UsageError(f"--hidden {a.hidden}: {e}") from None
     ExactSGD = _class("ExactSGD", "optimizer")
     theta0 = model.init_params(seed=a.seed)
     log_lr = np.full(n, math.log(a.lr))
