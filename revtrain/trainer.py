@@ -204,6 +204,7 @@ class History:
 
     @classmethod
     def from_dict(cls, d):
+        """A History from a dict of lists (as saved in a trainer file); missing fields are empty."""
         return cls(**{f: d.get(f, []) for f in cls.FIELDS})
 
     def __len__(self):
@@ -395,7 +396,14 @@ class Trainer:
         Parameters
         ----------
         data : TextCorpus, str, 1-D int array, (x, y) or callable
-            See the module docstring.
+            A :class:`~revtrain.data.TextCorpus` (e.g. ``rt.char_corpus(path)``;
+            its validation stream is the default ``val_data``), a ``str`` (the
+            training text itself, not a file name) or 1-D int array of token
+            ids: one long stream trained by truncated BPTT in windows of
+            ``seq_len`` over ``batch_size`` parallel streams. A tuple ``(x,
+            y)`` of time-major arrays (batch axis after the time/grid axes):
+            shuffled mini-batches. A callable ``data(rng, batch_size) -> (x,
+            y)``: a fresh batch per step (needs ``steps``).
         steps : int, optional
             Optimiser steps to run (cycling over the data as needed).
         epochs : int, optional

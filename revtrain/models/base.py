@@ -159,8 +159,14 @@ class RecurrentModel:
         Parameters
         ----------
         theta : ndarray of float64, shape (size,)
-        x : float (T, B, n_in) or int token ids (T, B); grids (rows, cols, B, n_in)
-        y : targets, see :mod:`revtrain.batch`
+        x : array_like
+            Time-major: float ``(T, B, n_in)`` or int token ids ``(T, B)`` in
+            ``[0, n_in)``; grids ``(rows, cols, B, n_in)`` or ``(rows, cols, B)``.
+        y : array_like
+            ``loss="softmax"``: int labels in ``[0, n_out)``, ``(T, B)`` (every
+            step; grids ``(rows, cols, B)``) or ``(B,)`` (last step/cell only).
+            ``loss="mse"``: float ``(T, B, n_out)`` (grids ``(rows, cols, B,
+            n_out)``) or ``(B, n_out)``.
         bptt : str, optional
             One of :attr:`bptt_modes` (default: the first).
         checkpoint_every : int, optional
@@ -175,6 +181,16 @@ class RecurrentModel:
         loss : float
         grad : ndarray of float64, shape (size,)
         stats : BPTTStats, only if ``return_stats``
+
+        Raises
+        ------
+        ValueError
+            Bad ``theta``, ``x``, ``y``, ``bptt``, ``checkpoint_every`` or
+            ``initial_state`` (the message names the argument and the expected shape).
+        FixedPointError
+            Reversible cells: a value leaves the fixed-point range.
+        ReversalError
+            Reversible BPTT: the undone steps did not reproduce the original bits.
         """
         theta = self.layout.check(theta)
         batch = self._batch(x, y)

@@ -33,6 +33,23 @@ class RevGRU(ReversibleModel):
     columns, ``U`` (H, n_out), ``b_y`` (n_out,). See
     :class:`~revtrain.models.reversible.ReversibleModel` for ``frac_bits``,
     ``max_forget_bits``, ``gate_bits`` and the BPTT modes.
+
+    Parameters
+    ----------
+    n_in : int
+        Input size, or vocabulary size when ``x`` holds int token ids.
+    n_hidden : int, even
+        Hidden units ``H`` (two halves of ``H/2``).
+    n_out : int
+        Output classes (``loss="softmax"``) or output dimension (``loss="mse"``).
+    loss : {"softmax", "mse"}
+    frac_bits : int in [8, 52]
+        Fraction bits of the fixed-point state (default 32); state values
+        must stay below ``2**(62 - frac_bits)`` or :class:`~revtrain.FixedPointError` is raised.
+    max_forget_bits : int
+        Forget-type gates are floored at ``2**-max_forget_bits`` (default 3).
+    gate_bits : int in [max_forget_bits, 16]
+        Gates are quantised to ``n / 2**gate_bits`` (default 12).
     """
 
     forget_per_unit = 1
