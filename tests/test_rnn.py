@@ -304,3 +304,22 @@ def test_second_call_compiles_nothing():
     before = signature_counts(*mods)
     _round(m, theta, 1, T + 3, B + 1)          # other data, other sizes
     assert signature_counts(*mods) == before
+
+
+def test_params_are_views_of_a_strided_theta():
+    # a theta that is a strided view: params() must still write through to it
+    m = rt.RNN(3, 4, 2)
+    base = np.zeros(2 * m.size)
+    theta = base[::2]
+    theta[:] = m.init_params(seed=1)
+    p = m.params(theta)
+    p["b_y"][:] = 7.0
+    p["W"][0, 1] = 5.0
+    assert (theta[-2:] == 7.0).all() and (base[-4::2] == 7.0).all()
+    assert m.params(np.ascontiguousarray(theta))["W"][0, 1] == 5.0
+    # and the loss of the strided theta equals that of a contiguous copy
+    x = np.random.default_rng(0).integers(0, 3, size=(5, 2))
+    y = np.random.default_rng(1).integers(0, 2, size=(5, 2))
+    la, ga = m.loss_and_grad(theta, x, y)
+    lb, gb = m.loss_and_grad(theta.copy(), x, y)
+    assert la == lb and np.array_equal(ga, gb)

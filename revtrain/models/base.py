@@ -116,8 +116,9 @@ class RecurrentModel:
         return self.layout.init(seed=seed, scale=scale)
 
     def params(self, theta):
-        """Dict of named views into ``theta`` (no copies)."""
-        return self.layout.views(self.layout.check(theta))
+        """Dict of named views into ``theta`` (no copies, also for a strided ``theta``)."""
+        self.layout.check(theta)
+        return self.layout.views(theta)
 
     def __repr__(self):
         return (f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden}, "
