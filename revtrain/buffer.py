@@ -125,6 +125,11 @@ class InfoBuffer:
     def pop(self, base):
         """Pop one symbol of base ``base[s]`` from every stream.
 
+        ``base`` must be the base the symbol was pushed with: the coder cannot
+        detect a wrong base (it returns some other symbol), and popping more
+        than was pushed does not raise (a stream reads as if zeros lay below
+        its first word). Check :meth:`is_empty` after undoing everything.
+
         Returns
         -------
         r : ndarray of int64, shape (S,)
