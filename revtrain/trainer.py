@@ -323,6 +323,8 @@ class Trainer:
         self.optimizer = optimizer
         self.bptt = bptt if bptt is not None else (modes[0] if modes else None)
         self.seed = int(seed)
+        if checkpoint_every is not None:
+            checkpoint_every = _pos_int(checkpoint_every, "checkpoint_every")
         self.checkpoint_every = checkpoint_every
         self.init_scale = float(init_scale)
         if theta is None:
@@ -416,7 +418,7 @@ class Trainer:
         val_data : same kinds as ``data`` (not callables), optional
             Evaluated every ``eval_every`` steps and at the end. For a
             TextCorpus the default is its validation stream.
-        callbacks : sequence of callables ``cb(trainer, record) -> bool``
+        callbacks : callable or sequence of callables ``cb(trainer, record) -> bool``
             Called after every step with ``record`` a dict (``step``,
             ``loss``, ``stored_bytes``, ``time`` and, after a validation,
             ``val_loss`` ...). Returning True (or raising
@@ -442,7 +444,9 @@ class Trainer:
             raise ValueError(f"give steps or epochs, not both (got steps={steps}, epochs={epochs})")
         batch_size = _pos_int(batch_size, "batch_size")
         seq_len = _pos_int(seq_len, "seq_len")
-        if grad_clip is not None and not (np.isfinite(grad_clip) and grad_clip > 0):
+        if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(
+                grad_clip, (int, float, np.integer, np.floating))
+                or not (np.isfinite(grad_clip) and grad_clip > 0)):
             raise ValueError(f"grad_clip must be a positive number, got {grad_clip!r}")
         src, default_val, is_char = self._source(data)
         if val_data is None:
@@ -470,7 +474,7 @@ class Trainer:
         if eval_every is None:
             eval_every = max(1, steps // 5)
         eval_every = _pos_int(eval_every, "eval_every")
-        callbacks = tuple(callbacks)
+        callbacks = (callbacks,) if callable(callbacks) else tuple(callbacks)
         for cb in callbacks:
             if not callable(cb):
                 raise ValueError(f"callbacks must be callables, got {type(cb).__name__}")
@@ -561,8 +565,13 @@ class Trainer:
                     yield _take(src.x, idx, src.axis), _take(src.y, idx, src.yaxis), False, a == 0
         else:
             while True:
-                x, y = src.fn(self._rng, batch_size)
-                yield x, y, False, True
+                out = src.fn(self._rng, batch_size)
+                if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                    raise ValueError(f"data: the callable must return a pair (x, y), got "
+                                     f"{type(out).__name__}"
+                                     + (f" of length {len(out)}" if isinstance(out, (tuple, list))
+                                        else ""))
+                yield out[0], out[1], False, True
 
     # ------------------------------------------------------- evaluate
     def evaluate(self, data, batch_size=32, seq_len=64, max_tokens=None, carry_state=True):

@@ -359,3 +359,21 @@ def test_fit_rejects_a_file_path_given_as_text(tmp_path):
     tr.fit("abcab" * 20, steps=1, batch_size=2, seq_len=5, quiet=True)   # real text still works
     tr.fit(rt.char_corpus(f), steps=1, batch_size=2, seq_len=5, quiet=True)
     assert tr.steps_done == 2
+
+
+def test_fit_argument_errors_are_clear():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, (6, 8)), rng.integers(0, 3, (6, 8))
+    tr = Trainer(rt.RNN(5, 4, 3), rt.Adam(0.01), seed=0)
+    kw = dict(steps=1, batch_size=4, quiet=True)
+    with pytest.raises(ValueError, match="grad_clip must be a positive number, got '1'"):
+        tr.fit((x, y), grad_clip="1", **kw)
+    with pytest.raises(ValueError, match=r"must return a pair \(x, y\), got ndarray"):
+        tr.fit(lambda r, b: x, **kw)
+    with pytest.raises(ValueError, match=r"must return a pair \(x, y\), got tuple of length 3"):
+        tr.fit(lambda r, b: (x, y, y), **kw)
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive int, got 0"):
+        Trainer(rt.RNN(5, 4, 3), rt.Adam(0.01), bptt="checkpoint", checkpoint_every=0)
+    seen = []
+    tr.fit((x, y), callbacks=lambda t, rec: seen.append(rec["step"]), **kw)   # one callable
+    assert len(seen) == 1 and tr.steps_done == 1
