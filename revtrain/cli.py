@@ -161,9 +161,12 @@ def cmd_train(a):
     opt = _optimizer(a.optimizer, lr)
     trainer = Trainer(model, opt, bptt=bptt, seed=a.seed)
     src = "built-in corpus (pydoc_data.topics)" if a.data is None else a.data
+    # the first window (windows are shorter than --seq-len when the text is)
+    x, y = next(text_windows(corpus.train, a.batch_size, a.seq_len))
+    win = x.shape[0]
     _say(a.quiet, f"training {cls_name}(hidden={a.hidden}) with {bptt} BPTT on {src}: "
          f"{len(corpus.train)} train / {len(corpus.val)} validation chars, vocabulary {V}; "
-         f"{a.steps} steps of {a.seq_len} x {a.batch_size}, {a.optimizer} lr {lr}"
+         f"{a.steps} steps of {win} x {a.batch_size}, {a.optimizer} lr {lr}"
          + f", state {'reset every window' if state == 'reset' else 'carried between windows'}")
     t0 = time.perf_counter()
     hist = trainer.fit(corpus, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
@@ -174,7 +177,6 @@ def cmd_train(a):
     total = time.perf_counter() - t0
 
     # what standard BPTT would hold for one window of the same size
-    x, y = next(text_windows(corpus.train, a.batch_size, a.seq_len))
     held = max(hist.stored_bytes)
     if bptt == "standard":
         std = held
@@ -197,7 +199,7 @@ def cmd_train(a):
     print(f"  time              {hist.time[-1]:.1f} s in training steps (first-call "
           f"compilation included), {total:.1f} s with validation")
     ratio = f" ({std / held:.1f}x more)" if std and held else ""
-    print(f"  memory for BPTT   {_bytes(held)} held per {a.seq_len}-step window ({bptt})")
+    print(f"  memory for BPTT   {_bytes(held)} held per {win}-step window ({bptt})")
     if std is not None and bptt != "standard":
         print(f"  standard BPTT     would hold {_bytes(std)}{ratio}")
     if a.out:

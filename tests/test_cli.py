@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+import revtrain as rt
 import revtrain.trainer as trainer_mod
 from revtrain.cli import build_parser, main
 
@@ -118,6 +119,17 @@ def test_tiny_train_then_sample(tmp_path, text_file, capsys):
     broken.write_bytes(out_file.read_bytes()[:100])
     code, _, err = run(["sample", "--model-file", str(broken)], capsys)
     assert code == 1 and "corrupt or truncated" in err and err.count("\n") == 1
+
+
+def test_window_longer_than_the_text_reports_the_real_window(tmp_path, text_file, capsys):
+    code, out, err = run(["train", "--model", "rnn", "--hidden", "4", "--steps", "1",
+                          "--seq-len", "100000", "--batch-size", "2", "--data", str(text_file),
+                          "--out", ""], capsys)
+    assert code == 0, err
+    corpus = rt.char_corpus(text_file)
+    win = (len(corpus.train) - 1) // 2
+    assert f"1 steps of {win} x 2" in out and f"held per {win}-step window" in out
+    assert "100000" not in out
 
 
 def test_checkpoint_mode_reports_standard_memory(tmp_path, text_file, capsys):
