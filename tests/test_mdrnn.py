@@ -247,6 +247,9 @@ def test_bad_input():
         mr.loss_and_grad(theta, x, y, bptt="checkpoint")
     with pytest.raises(ValueError, match=r"^initial_state\b"):
         m.predict(theta, x, initial_state=np.zeros((B, H)))
+    for bad in (np.zeros((B, H + 1)), np.zeros((B, H), dtype=int)):   # any state: "pass None"
+        with pytest.raises(ValueError, match=r"^initial_state: MDRNN has no initial state"):
+            m.loss_and_grad(theta, x, y, initial_state=bad)
     with pytest.raises(ValueError, match=r"^order\b"):
         rt.MDRNN(D, H, O, order="diagonal")
     with pytest.raises(ValueError, match=r"^v\b"):

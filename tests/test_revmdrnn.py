@@ -437,6 +437,8 @@ def test_bad_arguments():
         m.loss_and_grad(theta, x, y, bptt="checkpoint")
     with pytest.raises(ValueError, match="initial_state"):
         m.loss_and_grad(theta, x, y, initial_state=np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="^initial_state: RevMDRNN has no initial state"):
+        m.loss_and_grad(theta, x, y, initial_state=np.zeros((1, 5)))    # wrong shape too
     with pytest.raises(ValueError, match="rows, cols"):
         m.loss_and_grad(theta, x[0], y[0])                 # a sequence, not a grid
     with pytest.raises(ValueError, match="y must have shape"):

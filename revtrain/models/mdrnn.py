@@ -112,6 +112,10 @@ class MDRNN(RecurrentModel):
             raise ValueError("initial_state: MDRNN has no initial state (states outside "
                              "the grid are zero); pass None")
 
+    def _check_state(self, state0, B):
+        self._no_state(state0)          # before any shape check: no shape is right
+        return None
+
     def _cells(self, a, rows, cols, B, perm):
         """``a`` of shape ``(rows, cols, B, ...)`` as ``(N, B, ...)`` in diagonal order (or raster)."""
         a = a.reshape((rows * cols, B) + a.shape[3:])

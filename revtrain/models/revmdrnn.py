@@ -142,6 +142,10 @@ class RevMDRNN(ReversibleModel):
             raise ValueError("initial_state: RevMDRNN has no initial state (states outside "
                              "the grid are zero); pass None")
 
+    def _check_state(self, state0, B):
+        self._no_state(state0)          # before any shape check: no shape is right
+        return None
+
     def _diag_cols(self, rows, cols):
         """Per diagonal ``d``: ``(c0, c1, cs)``, its columns ``c0..c1`` and ``cs = arange(c0, c1+1)``."""
         key = (rows, cols)
