@@ -322,6 +322,11 @@ def test_bad_arguments():
         MomentumRNN(2, 2, 2, max_forget_bits=0)
     with pytest.raises(ValueError, match="gamma"):
         MomentumRNN(2, 2, 2, gamma=0.01)
+    for bad in ("0.5", True):
+        with pytest.raises(ValueError, match="gamma must be None .learned. or a float"):
+            MomentumRNN(2, 2, 2, gamma=bad)
+    assert "gamma=0.5" in repr(MomentumRNN(2, 2, 2, gamma=0.5))
+    assert "gamma=None" in repr(MomentumRNN(2, 2, 2))
     m = MomentumRNN(2, 2, 2)
     x, y = data(0, 3, 1, 2, 2)
     with pytest.raises(ValueError, match="bptt"):

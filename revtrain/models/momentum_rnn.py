@@ -45,12 +45,21 @@ class MomentumRNN(ReversibleModel):
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
                  frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
         self.learned = gamma is None
+        if not self.learned:
+            if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer,
+                                                                 np.floating)):
+                raise ValueError(f"gamma must be None (learned) or a float, got {gamma!r}")
         self.gamma = None if gamma is None else float(gamma)
         super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
         if not self.learned and not (self.floor <= self.gamma <= 1.0):
             raise ValueError(f"gamma must be None (learned) or in [2**-max_forget_bits, 1] = "
                              f"[{self.floor}, 1], got {gamma!r}")
         self._bg_dummy = np.zeros(1)
+
+    def __repr__(self):
+        return (f"MomentumRNN(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, "
+                f"loss={self.loss_kind!r}, gamma={self.gamma!r}, frac_bits={self.frac_bits}, "
+                f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits})")
 
     def _parts(self):
         return [("h", self.n_hidden), ("v", self.n_hidden)]
