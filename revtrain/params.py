@@ -116,7 +116,10 @@ class ParamLayout:
         -------
         theta : ndarray of float64, shape (size,)
         """
-        if not (np.isfinite(scale) and scale > 0):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                or not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}")
         rng = np.random.default_rng(seed)
         theta = np.zeros(self.size)

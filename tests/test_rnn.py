@@ -284,6 +284,9 @@ def test_bad_input_other_entry_points():
         kw.update(bad)
         with pytest.raises(ValueError, match=rf"^{list(bad)[0]}\b"):
             rt.RNN(**kw)
+    for bad in [dict(seed="a"), dict(seed=-1), dict(seed=1.5), dict(scale="1"), dict(scale=0)]:
+        with pytest.raises(ValueError, match=rf"^{list(bad)[0]} must be"):
+            m.init_params(**bad)
 
 
 def _round(m, theta, seed, T_, B_):
