@@ -1,9 +1,10 @@
 """The ``revtrain`` command: train, sample, profile, hypertune.
 
-Usage errors (bad or inconsistent arguments, a missing or unreadable data or
-model file) print one line ``revtrain CMD: error: ...`` and exit with code 2;
-a failure while running (or a part of revtrain that is not installed yet)
-exits with code 1.
+Usage errors (bad or inconsistent arguments, a missing data or model file, a
+folder where a file is expected) print one line ``revtrain CMD: error: ...``
+and exit with code 2; a failure while running (a corrupt or truncated model
+file, a part of revtrain that is not installed) prints one line and exits
+with code 1.
 """
 import argparse
 import math
