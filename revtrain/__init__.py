@@ -10,11 +10,9 @@ from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_flo
 from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
 from ._threads import set_blas_threads, get_blas_threads
-from .models import RecurrentModel, BPTTStats, RNN
-from .models import GRU, MDRNN
-from .models import LSTM
-from .models import MomentumRNN, RevGRU, RevLSTM
-from .models import RevMDRNN
+from .models import RecurrentModel, BPTTStats
+from .models import RNN, LSTM, GRU, MDRNN                      # standard: stored / checkpointed BPTT
+from .models import MomentumRNN, RevGRU, RevLSTM, RevMDRNN     # reversible: exact reversal
 from .optim import ExactSGD, ExactSGDState, Adam, AdamState
 from .hypergrad import hypergradient, HyperGradient, HyperStats
 from .data import (DataError, CharVocab, TextCorpus, builtin_text, load_text, char_corpus,
@@ -28,11 +26,9 @@ __all__ = [
     "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
     "InfoBuffer", "exact_mul", "exact_div",
     "set_blas_threads", "get_blas_threads",
-    "RecurrentModel", "BPTTStats", "RNN",
-    "GRU", "MDRNN",
-    "LSTM",
-    "MomentumRNN", "RevGRU", "RevLSTM",
-    "RevMDRNN",
+    "RecurrentModel", "BPTTStats",
+    "RNN", "LSTM", "GRU", "MDRNN",
+    "MomentumRNN", "RevGRU", "RevLSTM", "RevMDRNN",
     "ExactSGD", "ExactSGDState", "Adam", "AdamState",
     "hypergradient", "HyperGradient", "HyperStats",
     "DataError", "CharVocab", "TextCorpus", "builtin_text", "load_text", "char_corpus",
