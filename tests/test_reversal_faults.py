@@ -86,7 +86,7 @@ def _float_unstep(m, p, s, P):
             og = _sig(A[:, 2 * Hh:3 * Hh])
             pg = F + (1 - F) * _sig(A[:, 3 * Hh:4 * Hh])
             g = np.tanh(A[:, 4 * Hh:])
-            s["h" + mine] = (s["h" + mine] - og * np.tanh(s["c" + mine])) / pg
+            s["h" + mine] = (s["h" + mine] - (1 - pg) * og * np.tanh(s["c" + mine])) / pg
             s["c" + mine] = (s["c" + mine] - i * g) / f
         else:
             Pk = P[:, 3 * Hh * k:3 * Hh * (k + 1)]

@@ -7,7 +7,12 @@ input and the *other* half ``o`` (MacKay, Vicol, Ba & Grosse 2018)::
     i = sigmoid(A_i),  og = sigmoid(A_o),  g = tanh(A_g)
     f = floor + (1 - floor) sigmoid(A_f),  p = floor + (1 - floor) sigmoid(A_p)
     c_k <- f * c_k + i * g
-    h_k <- p * h_k + og * tanh(c_k)
+    h_k <- p * h_k + (1 - p) * og * tanh(c_k)
+
+The ``h`` update is a convex combination (as the GRU's), so ``|h| <= 1``
+stays bounded over arbitrarily long sequences and carried states; with
+MacKay et al.'s ``p * h + og * tanh(c)`` a unit whose ``p`` quantises to 1
+grows by up to 1 per step, and training with carried state diverged.
 
 In fixed point both multiplies (by ``f`` and ``p``, quantised) are exact and
 the added terms are rounded; ``tanh(c_k)`` is taken of the updated fixed-point
@@ -60,12 +65,16 @@ def revlstm_quant_c(gi, gf, gg, D, nmin, scale, n, inc):
 
 @njit(**_opts)
 def revlstm_quant_h(cq, inv_scale, go, gp, D, nmin, scale, n, inc):
-    """Fixed-point ``h`` update from the updated ``c`` (int64 ``cq``): ``n = quant(p)``, ``inc = rint(og tanh(c) 2**F)``."""
+    """Fixed-point ``h`` update from the updated ``c`` (int64 ``cq``).
+
+    ``n = quant(p)``, ``inc = rint((1 - p) og tanh(c) 2**F)``.
+    """
     B, Hh = go.shape
     for r in range(B):
         for j in range(Hh):
             n[r, j] = quant_gate(gp[r, j], D, nmin)
-            inc[r, j] = fixed_inc(go[r, j] * tanh_(float(cq[r, j]) * inv_scale), scale)
+            inc[r, j] = fixed_inc((1.0 - gp[r, j]) * go[r, j] * tanh_(float(cq[r, j]) * inv_scale),
+                                  scale)
 
 
 @njit(**_opts)
@@ -73,7 +82,7 @@ def revlstm_cell(c_prev, h_prev, gi, gf, go, gp, gg, c_new, h_new, tc):
     """Float update of one half along the fixed-point trajectory.
 
     ``c_new``, ``h_new`` hold the fixed-point results; for complex dtypes they
-    get the imaginary part of ``f c + i g`` and ``p h + og tanh(c_new)``.
+    get the imaginary part of ``f c + i g`` and ``p h + (1 - p) og tanh(c_new)``.
     ``tc`` (B, Hh) receives ``tanh(c_new)``.
     """
     B, Hh = gi.shape
@@ -83,7 +92,8 @@ def revlstm_cell(c_prev, h_prev, gi, gf, go, gp, gg, c_new, h_new, tc):
             c_new[r, j] = c
             t = tanh_(c)
             tc[r, j] = t
-            h_new[r, j] = snap_(h_new[r, j], gp[r, j] * h_prev[r, j] + go[r, j] * t)
+            h_new[r, j] = snap_(h_new[r, j], gp[r, j] * h_prev[r, j]
+                                + (1.0 - gp[r, j]) * go[r, j] * t)
 
 
 @njit(**_opts)
@@ -101,8 +111,10 @@ def revlstm_back(gi, gf, sf, go, gp, sp, gg, tc, c_old, h_old, floor, dh, dc, dP
         for j in range(Hh):
             dhn = dh[r, j]
             t = tc[r, j]
-            dh[r, j] = dhn * gp[r, j]
-            dct = dc[r, j] + dhn * go[r, j] * (1.0 - t * t)
+            pg = gp[r, j]
+            dh[r, j] = dhn * pg
+            dho = dhn * (1.0 - pg)             # dL/d(og tanh(c))
+            dct = dc[r, j] + dho * go[r, j] * (1.0 - t * t)
             dc[r, j] = dct * gf[r, j]
             i = gi[r, j]
             g = gg[r, j]
@@ -110,7 +122,7 @@ def revlstm_back(gi, gf, sf, go, gp, sp, gg, tc, c_old, h_old, floor, dh, dc, dP
             s = sf[r, j]
             dP[r, off + j] = dct * g * i * (1.0 - i)
             dP[r, off + Hh + j] = dct * c_old[r, j] * (c1 * s * (1.0 - s))
-            dP[r, off + 2 * Hh + j] = dhn * t * o * (1.0 - o)
+            dP[r, off + 2 * Hh + j] = dho * t * o * (1.0 - o)
             s = sp[r, j]
-            dP[r, off + 3 * Hh + j] = dhn * h_old[r, j] * (c1 * s * (1.0 - s))
+            dP[r, off + 3 * Hh + j] = dhn * (h_old[r, j] - o * t) * (c1 * s * (1.0 - s))
             dP[r, off + 4 * Hh + j] = dct * i * (1.0 - g * g)

@@ -17,9 +17,9 @@ class RevLSTM(ReversibleModel):
     *other* half's ``h``::
 
         [i1, f1, o1, p1, g1] = gates(x_t V_1 + h2 W_1 + b_1)
-        c1 = f1 * c1 + i1 * g1,      h1 = p1 * h1 + o1 * tanh(c1)
+        c1 = f1 * c1 + i1 * g1,      h1 = p1 * h1 + (1 - p1) * o1 * tanh(c1)
         [i2, f2, o2, p2, g2] = gates(x_t V_2 + h1 W_2 + b_2)     (with the new h1)
-        c2 = f2 * c2 + i2 * g2,      h2 = p2 * h2 + o2 * tanh(c2)
+        c2 = f2 * c2 + i2 * g2,      h2 = p2 * h2 + (1 - p2) * o2 * tanh(c2)
         yhat_t = softmax(h_t U + b_y)
 
     ``i, o`` are sigmoids, ``g`` a tanh, and the forget-type gates
@@ -28,6 +28,12 @@ class RevLSTM(ReversibleModel):
     information buffer, at most ``k = max_forget_bits`` bits each) and the
     added terms rounded to fixed point. Reversal undoes half 2 (gates from
     h1, ``tanh`` of the current c2), then half 1 (gates from the recovered h2).
+
+    One change from MacKay et al.: the ``h`` update is the convex combination
+    ``p h + (1 - p) o tanh(c)`` instead of ``p h + o tanh(c)``, so ``|h| <= 1``
+    however long the sequence or the carried state (with the original form a
+    unit whose ``p`` quantises to 1 grows by up to 1 per step; training a
+    character model with the state carried between windows diverged).
 
     State: ``[h1, h2, c1, c2]`` (``state_size = 2H``); ``n_hidden`` must be even.
     Parameters (views of ``theta``): ``V`` (n_in, 5H) with columns
