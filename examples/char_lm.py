@@ -41,10 +41,9 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.01, help="Adam rate for both models")
-    p.add_argument("--state", choices=("reset", "carry"), default="reset",
-                   help="start every window from zeros (default) or carry the previous "
-                   "window's final state; RevLSTM's unbounded h drifts when carried and "
-                   "then needs --lr 0.001")
+    p.add_argument("--state", choices=("reset", "carry"), default="carry",
+                   help="carry the previous window's final state into the next window "
+                   "(truncated BPTT, default) or start every window from zeros")
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="UTF-8 text file (default: built-in corpus)")

@@ -22,12 +22,11 @@ BPTT_MODES = ("standard", "checkpoint", "reversible")
 #: Default Adam learning rate per model.
 DEFAULT_LR = {"rnn": 0.01, "lstm": 0.02, "gru": 0.02, "momentum-rnn": 0.003,
               "revgru": 0.01, "revlstm": 0.01}
-#: Default handling of the recurrent state between truncated-BPTT windows. The
-#: reversible cells whose state is not bounded by construction (RevLSTM's
-#: h = p*h + o*tanh(c), MomentumRNN's h = h + v) drift when their state is
-#: carried from window to window, and then diverge unless the rate is small
-#: (RevLSTM: diverged at 0.002, trained at 0.001): they start each window from zeros.
-DEFAULT_STATE = {"momentum-rnn": "reset", "revlstm": "reset"}
+#: Default handling of the recurrent state between truncated-BPTT windows.
+#: MomentumRNN's h = h + v (DESIGN) is not bounded by construction: carried from
+#: window to window it drifts and training diverges, so it starts each window
+#: from zeros. (RevLSTM's h is a convex combination and is carried.)
+DEFAULT_STATE = {"momentum-rnn": "reset"}
 
 #: Exact SGD (v = 0.9 v - 0.1 g, w += lr v, gradients clipped to norm 1) moves a weight far
 #: less per unit of lr than Adam does: its default rate is this factor times Adam's (rough).
