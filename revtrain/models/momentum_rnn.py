@@ -7,7 +7,63 @@ from .._kernels.momentum_rnn import momentum_gates, momentum_snap, momentum_back
 from .._kernels.quantize import quantise_convex
 
 
-class MomentumRNN(ReversibleModel):
+class MomentumCoupled(ReversibleModel):
+    """Base of the momentum-coupled reversible cells (MomentumRNN, RevMDRNN).
+
+    State ``[h, v]`` (``state_size = 2H``): ``v = gamma v + (1 - gamma) g``,
+    ``h = h + v``, with ``gamma`` a learned gate (``gamma=None``) floored at
+    ``2**-max_forget_bits`` or a constant in ``[2**-max_forget_bits, 1]``.
+    Parameters: ``V`` (n_in, G), one ``(H, G)`` block per name in
+    :attr:`_recurrent`, ``b`` (H,), ``b_g`` (H,) initialised to 1 (learned gate
+    only), ``U`` (H, n_out), ``b_y``; ``G = 2H`` (columns ``[candidate | gate]``)
+    or ``H`` for a constant gamma.
+    """
+
+    forget_per_unit = 1
+    _head_parts = ("h",)
+    #: Names of the recurrent weight blocks, each (H, G).
+    _recurrent = ("W",)
+
+    def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
+                 frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
+        self.learned = gamma is None
+        if not self.learned:
+            if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer,
+                                                                 np.floating)):
+                raise ValueError(f"gamma must be None (learned) or a float, got {gamma!r}")
+        self.gamma = None if gamma is None else float(gamma)
+        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
+        if not self.learned and not (self.floor <= self.gamma <= 1.0):
+            raise ValueError(f"gamma must be None (learned) or in [2**-max_forget_bits, 1] = "
+                             f"[{self.floor}, 1], got {gamma!r}")
+        self._bg_dummy = np.zeros(self.n_hidden)      # stands in for b_g with a constant gamma
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden}, "
+                f"n_out={self.n_out}, loss={self.loss_kind!r}, gamma={self.gamma!r}, "
+                f"frac_bits={self.frac_bits}, max_forget_bits={self.max_forget_bits}, "
+                f"gate_bits={self.gate_bits})")
+
+    def _parts(self):
+        return [("h", self.n_hidden), ("v", self.n_hidden)]
+
+    @property
+    def _n_proj(self):
+        return 2 * self.n_hidden if self.learned else self.n_hidden
+
+    def _specs(self):
+        D, H, O = self.n_in, self.n_hidden, self.n_out
+        G = self._n_proj
+        specs = [ParamSpec("V", (D, G), "uniform", "input")]
+        specs += [ParamSpec(name, (H, G), "uniform", "recurrent") for name in self._recurrent]
+        specs.append(ParamSpec("b", (H,), "zeros", "bias"))
+        if self.learned:
+            specs.append(ParamSpec("b_g", (H,), "ones", "bias"))
+        return specs + [ParamSpec("U", (H, O), "uniform", "output"),
+                        ParamSpec("b_y", (O,), "zeros", "output")]
+
+
+class MomentumRNN(MomentumCoupled):
     """Momentum RNN, exactly reversible in fixed point.
 
     ::
@@ -38,46 +94,6 @@ class MomentumRNN(ReversibleModel):
     ``G = 2H`` (columns ``[candidate | gate]``) or ``H``; ``b`` (H,),
     ``b_g`` (H,) initialised to 1 (learned gate only), ``U`` (H, n_out), ``b_y``.
     """
-
-    forget_per_unit = 1
-    _head_parts = ("h",)
-
-    def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
-                 frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
-        self.learned = gamma is None
-        if not self.learned:
-            if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer,
-                                                                 np.floating)):
-                raise ValueError(f"gamma must be None (learned) or a float, got {gamma!r}")
-        self.gamma = None if gamma is None else float(gamma)
-        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
-        if not self.learned and not (self.floor <= self.gamma <= 1.0):
-            raise ValueError(f"gamma must be None (learned) or in [2**-max_forget_bits, 1] = "
-                             f"[{self.floor}, 1], got {gamma!r}")
-        self._bg_dummy = np.zeros(1)
-
-    def __repr__(self):
-        return (f"MomentumRNN(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, "
-                f"loss={self.loss_kind!r}, gamma={self.gamma!r}, frac_bits={self.frac_bits}, "
-                f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits})")
-
-    def _parts(self):
-        return [("h", self.n_hidden), ("v", self.n_hidden)]
-
-    @property
-    def _n_proj(self):
-        return 2 * self.n_hidden if self.learned else self.n_hidden
-
-    def _specs(self):
-        D, H, O = self.n_in, self.n_hidden, self.n_out
-        G = 2 * H if self.learned else H
-        specs = [ParamSpec("V", (D, G), "uniform", "input"),
-                 ParamSpec("W", (H, G), "uniform", "recurrent"),
-                 ParamSpec("b", (H,), "zeros", "bias")]
-        if self.learned:
-            specs.append(ParamSpec("b_g", (H,), "ones", "bias"))
-        return specs + [ParamSpec("U", (H, O), "uniform", "output"),
-                        ParamSpec("b_y", (O,), "zeros", "output")]
 
     def _cache(self, B, dtype):
         H = self.n_hidden

@@ -1,10 +1,10 @@
 """RevMDRNN: a reversible two-dimensional RNN (momentum coupling along the rows of a grid)."""
 import numpy as np
 
-from ..params import ParamSpec
 from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError
-from .reversible import (ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS,
+from .momentum_rnn import MomentumCoupled
+from .reversible import (REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS,
                          _xent_value)
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import gather_rows, scatter_add_rows
@@ -14,7 +14,7 @@ from .._kernels.revmdrnn import (diag_forget_add, diag_forget_add_undo, store_ce
                                  load_cells)
 
 
-class RevMDRNN(ReversibleModel):
+class RevMDRNN(MomentumCoupled):
     """Reversible multidimensional RNN over a ``rows x cols`` grid, exact in fixed point.
 
     Every cell carries a hidden state ``h[i,j]`` and a velocity ``v[i,j]``
@@ -92,48 +92,13 @@ class RevMDRNN(ReversibleModel):
     """
 
     n_lead = 2
-    forget_per_unit = 1
-    _head_parts = ("h",)
+    _recurrent = ("W_n", "W_w")
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
                  frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
-        self.learned = gamma is None
-        if not self.learned:
-            if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer,
-                                                                 np.floating)):
-                raise ValueError(f"gamma must be None (learned) or a float, got {gamma!r}")
-        self.gamma = None if gamma is None else float(gamma)
-        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
-        if not self.learned and not (self.floor <= self.gamma <= 1.0):
-            raise ValueError(f"gamma must be None (learned) or in [2**-max_forget_bits, 1] = "
-                             f"[{self.floor}, 1], got {gamma!r}")
-        self._bg_dummy = np.zeros(self.n_hidden)
+        super().__init__(n_in, n_hidden, n_out, loss, gamma, frac_bits, max_forget_bits,
+                         gate_bits)
         self._diags = {}
-
-    def __repr__(self):
-        return (f"RevMDRNN(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, "
-                f"loss={self.loss_kind!r}, gamma={self.gamma!r}, frac_bits={self.frac_bits}, "
-                f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits})")
-
-    # ---------------------------------------------------------------- layout
-    def _parts(self):
-        return [("h", self.n_hidden), ("v", self.n_hidden)]
-
-    @property
-    def _n_proj(self):
-        return 2 * self.n_hidden if self.learned else self.n_hidden
-
-    def _specs(self):
-        D, H, O = self.n_in, self.n_hidden, self.n_out
-        G = 2 * H if self.learned else H
-        specs = [ParamSpec("V", (D, G), "uniform", "input"),
-                 ParamSpec("W_n", (H, G), "uniform", "recurrent"),
-                 ParamSpec("W_w", (H, G), "uniform", "recurrent"),
-                 ParamSpec("b", (H,), "zeros", "bias")]
-        if self.learned:
-            specs.append(ParamSpec("b_g", (H,), "ones", "bias"))
-        return specs + [ParamSpec("U", (H, O), "uniform", "output"),
-                        ParamSpec("b_y", (O,), "zeros", "output")]
 
     # --------------------------------------------------------------- helpers
     @staticmethod
