@@ -4,8 +4,7 @@ import numpy as np
 from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError
 from .momentum_rnn import MomentumCoupled
-from .reversible import (REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS,
-                         _xent_value)
+from .reversible import REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import gather_rows, scatter_add_rows
 from .._kernels.momentum_rnn import momentum_gates, momentum_snap, momentum_back
@@ -250,13 +249,8 @@ class RevMDRNN(MomentumCoupled):
             return 0.0
         work = np.empty((h.shape[0], self.n_out), dtype=h.dtype)
         if self.loss_kind == "softmax":
-            loss = softmax_xent_head(h, p["U"], p["b_y"], tg, batch.scale, work, dH,
+            return softmax_xent_head(h, p["U"], p["b_y"], tg, batch.scale, work, dH,
                                      g["U"], g["b_y"])
-            if not np.isfinite(loss):
-                # logit gaps beyond exp's range (h integrates v down a column): the
-                # head's gradient is fine, its value is recomputed as a log-sum-exp
-                loss = _xent_value(h, p["U"], p["b_y"], tg, batch.scale)
-            return loss
         return mse_head(h, p["U"], p["b_y"], tg, batch.scale, work, dH, g["U"], g["b_y"])
 
     def _float_back(self, p, g, xd, tokens, fr, c0, c1, B, w, ds_h, ds_v):
