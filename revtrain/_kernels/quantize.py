@@ -28,7 +28,7 @@ from numba import njit, int64, types
 from numba.extending import overload
 
 from .exact import mul_ratio_elem, overflows
-from .rans import buffer_kernel
+from .rans import buffer_kernel, buffer_op
 
 #: Largest magnitude a fixed-point state element may reach (exclusive).
 LIMIT = 1 << 62
@@ -64,6 +64,32 @@ def log2_table(D):
     return t
 
 
+@buffer_op
+def forget_add_elem(q, n, inc, D, states, counts, words, s):
+    """``q * n / D + inc`` exactly on stream ``s``; returns ``(value, ok)``.
+
+    ``ok`` is False when ``|value| >= LIMIT`` (the state would leave its range).
+    """
+    v = mul_ratio_elem(q, n, D, states, counts, words, s) + inc
+    return v, -LIMIT < v < LIMIT
+
+
+@buffer_op
+def forget_add_undo_elem(q, n, inc, D, states, counts, words, s):
+    """Undo :func:`forget_add_elem`: ``(q - inc) * D / n`` exactly on stream ``s``.
+
+    Returns ``(value, ok)``; ``ok`` is False (and nothing is read from the
+    buffer) when ``q`` is out of range or the result would overflow int64 --
+    a corrupted state or buffer.
+    """
+    if q >= LIMIT or q <= -LIMIT:
+        return q, False
+    v = q - inc
+    if overflows(v, D, n):
+        return q, False
+    return mul_ratio_elem(v, D, n, states, counts, words, s), True
+
+
 @buffer_kernel
 def forget_add(q, n, inc, D, states, counts, words, info, log2tab):
     """In place ``q[s, j] = q[s, j] * n[s, j] / D + inc[s, j]`` exactly.
@@ -87,8 +113,8 @@ def forget_add(q, n, inc, D, states, counts, words, info, log2tab):
     for j in range(K):
         for s in range(S):
             nn = n[s, j]
-            v = mul_ratio_elem(q[s, j], nn, D, states, counts, words, s) + inc[s, j]
-            if v >= LIMIT or v <= -LIMIT:
+            v, ok = forget_add_elem(q[s, j], nn, inc[s, j], D, states, counts, words, s)
+            if not ok:
                 return s * K + j
             q[s, j] = v
             info[s] += ld - log2tab[nn]
@@ -107,14 +133,11 @@ def forget_add_undo(q, n, inc, D, states, counts, words, info, log2tab):
     for jj in range(K):
         j = K - 1 - jj
         for s in range(S):
-            v = q[s, j]
-            if v >= LIMIT or v <= -LIMIT:
-                return s * K + j
-            v = v - inc[s, j]
             nn = n[s, j]
-            if overflows(v, D, nn):
+            v, ok = forget_add_undo_elem(q[s, j], nn, inc[s, j], D, states, counts, words, s)
+            if not ok:
                 return s * K + j
-            q[s, j] = mul_ratio_elem(v, D, nn, states, counts, words, s)
+            q[s, j] = v
             info[s] -= ld - log2tab[nn]
     return -1
 

@@ -16,15 +16,14 @@ kernel pushes in the order (column ascending, unit ascending) and the undo
 pops in exactly the reverse order (column descending, unit descending), so
 diagonals undone in reverse order recover every bit.
 
-Like :mod:`revtrain._kernels.quantize`, the loops that push and pop per
-element are compiled with ``buffer_kernel`` (no Numba runtime) and return an
+The element updates are :func:`~revtrain._kernels.quantize.forget_add_elem`
+and its undo, as for sequences; the loops that push and pop per element are compiled with ``buffer_kernel`` (no Numba runtime) and return an
 error code instead of raising: ``-1`` = fine, otherwise the flat index
 ``r * H + j`` of the first offending element of the block.
 """
 from numba import njit
 
-from .exact import mul_ratio_elem, overflows
-from .quantize import LIMIT
+from .quantize import forget_add_elem, forget_add_undo_elem
 from .rans import buffer_kernel
 
 _opts = dict(cache=True, error_model="numpy")
@@ -57,8 +56,8 @@ def diag_forget_add(q, n, inc, B, D, states, counts, words, info, log2tab):
             r = k * B + b
             for j in range(H):
                 nn = n[r, j]
-                v = mul_ratio_elem(q[r, j], nn, D, states, counts, words, b) + inc[r, j]
-                if v >= LIMIT or v <= -LIMIT:
+                v, ok = forget_add_elem(q[r, j], nn, inc[r, j], D, states, counts, words, b)
+                if not ok:
                     return r * H + j
                 q[r, j] = v
                 info[b] += ld - log2tab[nn]
@@ -83,14 +82,11 @@ def diag_forget_add_undo(q, n, inc, B, D, states, counts, words, info, log2tab):
             r = k * B + b
             for jj in range(H):
                 j = H - 1 - jj
-                v = q[r, j]
-                if v >= LIMIT or v <= -LIMIT:
-                    return r * H + j
-                v = v - inc[r, j]
                 nn = n[r, j]
-                if overflows(v, D, nn):
+                v, ok = forget_add_undo_elem(q[r, j], nn, inc[r, j], D, states, counts, words, b)
+                if not ok:
                     return r * H + j
-                q[r, j] = mul_ratio_elem(v, D, nn, states, counts, words, b)
+                q[r, j] = v
                 info[b] -= ld - log2tab[nn]
     return -1
 
