@@ -51,44 +51,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------ arg types
-def _pos_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {s!r}")
-    return v
+def _arg_type(convert, ok, what):
+    """An argparse type: ``convert(s)`` accepted when ``ok(value)``, else "must be <what>"."""
+    def parse(s):
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
+        return v
+    return parse
 
 
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {s!r}")
-    return v
-
-
-def _pos_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}")
-    return v
-
-
-def _fraction(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {s!r}") from None
-    if not (0.0 < v < 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {s!r}")
-    return v
+_pos_int = _arg_type(int, lambda v: v >= 1, "a positive int")
+_nonneg_int = _arg_type(int, lambda v: v >= 0, "an int >= 0")
+_pos_float = _arg_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+_fraction = _arg_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
 
 # ---------------------------------------------------------------- helpers

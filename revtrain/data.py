@@ -14,9 +14,10 @@ in windows of ``seq_len`` steps (:func:`text_windows`). Window ``w + 1``
 continues where window ``w`` stopped in every column, so the recurrent state
 after one window is the right initial state for the next one.
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
+from ._checks import positive_int
 
 
 class DataError(ValueError):
@@ -204,12 +205,6 @@ def char_corpus(path=None, val_fraction=0.1, max_chars=None):
 
 
 # ------------------------------------------------------- truncated BPTT
-def _pos_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
-
-
 def stream_matrix(ids, batch_size):
     """Cut a token stream into ``batch_size`` contiguous streams.
 
@@ -225,7 +220,7 @@ def stream_matrix(ids, batch_size):
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise ValueError(f"ids must be a 1-D int array, got {ids.dtype} {ids.shape}")
-    B = _pos_int(batch_size, "batch_size")
+    B = positive_int(batch_size, "batch_size")
     L = (len(ids) - 1) // B
     if L < 1:
         raise DataError(f"text of {len(ids)} tokens is too short for batch_size={B} "
@@ -236,8 +231,8 @@ def stream_matrix(ids, batch_size):
 
 def n_windows(n_tokens, batch_size, seq_len):
     """How many windows :func:`text_windows` yields for a stream of ``n_tokens``."""
-    L = (int(n_tokens) - 1) // _pos_int(batch_size, "batch_size")
-    return -(-L // _pos_int(seq_len, "seq_len")) if L >= 1 else 0
+    L = (int(n_tokens) - 1) // positive_int(batch_size, "batch_size")
+    return -(-L // positive_int(seq_len, "seq_len")) if L >= 1 else 0
 
 
 def text_windows(ids, batch_size, seq_len):
@@ -257,7 +252,7 @@ def text_windows(ids, batch_size, seq_len):
         Next-token targets: ``y[t, b] == x[t + 1, b]`` inside a window.
     """
     S = stream_matrix(ids, batch_size)
-    T = _pos_int(seq_len, "seq_len")
+    T = positive_int(seq_len, "seq_len")
     L = S.shape[0] - 1
     for a in range(0, L, T):
         b = min(a + T, L)
@@ -285,10 +280,10 @@ def adding_task(T, batch_size, seed=0):
     x : ndarray of float64, shape (T, B, 2)
     y : ndarray of float64, shape (B, 1)
     """
-    T = _pos_int(T, "T")
+    T = positive_int(T, "T")
     if T < 2:
         raise ValueError(f"T must be >= 2 for the adding task, got {T}")
-    B = _pos_int(batch_size, "batch_size")
+    B = positive_int(batch_size, "batch_size")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     x = np.zeros((T, B, 2))
     x[:, :, 0] = rng.random((T, B))
@@ -319,11 +314,11 @@ def copy_task(n_copy, delay, batch_size, n_symbols=8, seed=0):
     y : ndarray of int64, shape (T, B)
         Labels in ``[0, n_symbols + 1)`` (the model's ``n_out``).
     """
-    n_copy = _pos_int(n_copy, "n_copy")
+    n_copy = positive_int(n_copy, "n_copy")
     if isinstance(delay, bool) or not isinstance(delay, (int, np.integer)) or delay < 0:
         raise ValueError(f"delay must be an int >= 0, got {delay!r}")
-    B = _pos_int(batch_size, "batch_size")
-    n_symbols = _pos_int(n_symbols, "n_symbols")
+    B = positive_int(batch_size, "batch_size")
+    n_symbols = positive_int(n_symbols, "n_symbols")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     T = 2 * n_copy + int(delay)
     sym = rng.integers(1, n_symbols + 1, size=(n_copy, B))
@@ -370,7 +365,7 @@ def generated_digits(n, seed=0, noise=0.15):
     images : ndarray of float64, shape (n, 8, 8), values in [0, 1]
     labels : ndarray of int64, shape (n,)
     """
-    n = _pos_int(n, "n")
+    n = positive_int(n, "n")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     labels = rng.integers(0, 10, size=n)
     images = np.zeros((n, 8, 8))
@@ -425,7 +420,7 @@ def digits_task(n=None, val_fraction=0.2, seed=0, source="auto"):
         src = "generated"
     perm = rng.permutation(len(labels))
     if n is not None:
-        perm = perm[:_pos_int(n, "n")]
+        perm = perm[:positive_int(n, "n")]
     images, labels = images[perm], labels[perm]
     n_val = max(1, int(round(len(labels) * val_fraction)))
     if len(labels) - n_val < 1:

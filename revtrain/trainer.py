@@ -40,6 +40,7 @@ import zipfile
 import numpy as np
 
 from .data import CharVocab, TextCorpus, n_windows, stream_matrix, text_windows
+from ._checks import positive_int
 
 #: Identifies revtrain trainer files.
 FILE_FORMAT = "revtrain-trainer"
@@ -231,12 +232,6 @@ class StopTraining(Exception):
 
 
 # ------------------------------------------------------------- sources
-def _pos_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
-
-
 class _Text:
     kind = "text"
 
@@ -324,7 +319,7 @@ class Trainer:
         self.bptt = bptt if bptt is not None else (modes[0] if modes else None)
         self.seed = int(seed)
         if checkpoint_every is not None:
-            checkpoint_every = _pos_int(checkpoint_every, "checkpoint_every")
+            checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
         self.checkpoint_every = checkpoint_every
         self.init_scale = float(init_scale)
         if theta is None:
@@ -442,8 +437,8 @@ class Trainer:
         """
         if steps is not None and epochs is not None:
             raise ValueError(f"give steps or epochs, not both (got steps={steps}, epochs={epochs})")
-        batch_size = _pos_int(batch_size, "batch_size")
-        seq_len = _pos_int(seq_len, "seq_len")
+        batch_size = positive_int(batch_size, "batch_size")
+        seq_len = positive_int(seq_len, "seq_len")
         if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(
                 grad_clip, (int, float, np.integer, np.floating))
                 or not (np.isfinite(grad_clip) and grad_clip > 0)):
@@ -468,12 +463,12 @@ class Trainer:
         if steps is None:
             if per_epoch is None:
                 raise ValueError("steps is required when data is a callable")
-            epochs = 1 if epochs is None else _pos_int(epochs, "epochs")
+            epochs = 1 if epochs is None else positive_int(epochs, "epochs")
             steps = epochs * per_epoch
-        steps = _pos_int(steps, "steps")
+        steps = positive_int(steps, "steps")
         if eval_every is None:
             eval_every = max(1, steps // 5)
-        eval_every = _pos_int(eval_every, "eval_every")
+        eval_every = positive_int(eval_every, "eval_every")
         callbacks = (callbacks,) if callable(callbacks) else tuple(callbacks)
         for cb in callbacks:
             if not callable(cb):
@@ -587,14 +582,14 @@ class Trainer:
             raise ValueError("data must be fixed data, not a callable")
         if default_val is not None:
             src = default_val
-        return self._evaluate(src, _pos_int(batch_size, "batch_size"),
-                              _pos_int(seq_len, "seq_len"), max_tokens,
+        return self._evaluate(src, positive_int(batch_size, "batch_size"),
+                              positive_int(seq_len, "seq_len"), max_tokens,
                               self._is_char_loss(is_char), carry_state)
 
     def _evaluate(self, src, batch_size, seq_len, max_tokens, char_loss, carry_state=True):
         m, theta = self.model, self.theta
         if src.kind == "text":
-            ids = src.ids if max_tokens is None else src.ids[:_pos_int(max_tokens, "val_tokens")]
+            ids = src.ids if max_tokens is None else src.ids[:positive_int(max_tokens, "val_tokens")]
             B = min(batch_size, max(1, (len(ids) - 1) // max(seq_len, 1)))
             total, count, state = 0.0, 0, None
             for x, y in text_windows(ids, B, seq_len):

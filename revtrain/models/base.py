@@ -25,6 +25,7 @@ from ..batch import check_batch, check_x
 from ..params import ParamLayout
 from .._threads import blas_threads
 from .._kernels.head import softmax_probs, linear_out
+from .._checks import positive_int
 
 #: Step of the complex-step Hessian-vector product.
 COMPLEX_STEP = 1e-30
@@ -57,12 +58,6 @@ class BPTTStats(NamedTuple):
     final_state: Optional[np.ndarray] = None
 
 
-def _positive_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
-
-
 class RecurrentModel:
     """Base class: sizes, loss, parameter layout, input checks and the public API.
 
@@ -85,9 +80,9 @@ class RecurrentModel:
     n_lead = 1
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax"):
-        self.n_in = _positive_int(n_in, "n_in")
-        self.n_hidden = _positive_int(n_hidden, "n_hidden")
-        self.n_out = _positive_int(n_out, "n_out")
+        self.n_in = positive_int(n_in, "n_in")
+        self.n_hidden = positive_int(n_hidden, "n_hidden")
+        self.n_out = positive_int(n_out, "n_out")
         if loss not in ("softmax", "mse"):
             raise ValueError(f"loss must be 'softmax' or 'mse', got {loss!r}")
         self.loss_kind = loss
@@ -150,7 +145,7 @@ class RecurrentModel:
     def _segment(self, checkpoint_every, T):
         if checkpoint_every is None:
             return max(1, int(np.ceil(np.sqrt(T))))
-        return _positive_int(checkpoint_every, "checkpoint_every")
+        return positive_int(checkpoint_every, "checkpoint_every")
 
     # -------------------------------------------------------------------- API
     def loss_and_grad(self, theta, x, y, bptt=None, checkpoint_every=None,
