@@ -75,6 +75,21 @@ def _emit_word(counts, words, s, x):
 
 
 @buffer_op
+def _read_word(counts, words, s, x):
+    """Refill state ``x < 2**32`` from stream ``s``: ``(x << 32) | word`` (0 when the stack is empty).
+
+    The inverse of :func:`_emit_word`.
+    """
+    n = counts[s]
+    w = uint64(0)
+    if n > 0:
+        n -= 1
+        w = uint64(words[s, n])
+        counts[s] = n
+    return (x << uint64(32)) | w
+
+
+@buffer_op
 def _push_symbol(states, counts, words, s, r, b):
     """rANS-encode one symbol ``0 <= r < b`` with ``2 <= b <= 2**16``.
 
@@ -128,13 +143,7 @@ def _pop_symbol(states, counts, words, s, b):
             c = r * q + e
         x = uint64(f) * (x >> uint64(PROB_BITS)) + uint64(slot - c)
     if x < STATE_LOW:
-        n = counts[s]
-        w = uint64(0)
-        if n > 0:
-            n -= 1
-            w = uint64(words[s, n])
-            counts[s] = n
-        x = (x << uint64(32)) | w
+        x = _read_word(counts, words, s, x)
     states[s] = x
     return int64(r)
 

@@ -43,7 +43,7 @@ changing anything: 1 = non-finite gradient, 2 = a result would not fit int64.
 import numpy as np
 from numba import int64, uint64, njit
 
-from .rans import buffer_kernel, buffer_op, rans_push, rans_pop, _emit_word, STATE_LOW
+from .rans import buffer_kernel, buffer_op, rans_push, rans_pop, _emit_word, _read_word, STATE_LOW
 
 #: Momentum is held as ``n / 2**MOMENTUM_BITS``.
 MOMENTUM_BITS = 16
@@ -88,13 +88,7 @@ def wide_pop(states, counts, words, s, q, e):
         c = r * q + e
     x = uint64(f) * (x >> uint64(WIDE_BITS)) + uint64(slot - c)
     if x < STATE_LOW:
-        k = counts[s]
-        w = uint64(0)
-        if k > 0:
-            k -= 1
-            w = uint64(words[s, k])
-            counts[s] = k
-        x = (x << uint64(32)) | w
+        x = _read_word(counts, words, s, x)
     states[s] = x
     return r
 
