@@ -5,8 +5,8 @@ import pytest
 
 import revtrain as rt
 from revtrain._kernels import gru as k_gru, head as k_head, inputs as k_inputs
-from test_rnn import (ref_head, is_per_step, make_data, fd_grad, max_rel, normwise,
-                      signature_counts)
+from test_rnn import (ref_head, is_per_step, make_data, fd_grad, max_rel, normwise, check_hvp,
+                      assert_rejects, signature_counts)
 
 D, H, O, T, B = 3, 4, 5, 6, 2
 
@@ -181,20 +181,7 @@ def test_checkpoint_equals_standard(kind, per_step, tokens):
 def test_hvp(kind, per_step, tokens):
     m, theta = model_theta(kind, seed=7)
     x, y = make_data(kind, per_step, tokens, seed=7)
-    rng = np.random.default_rng(8)
-    u, v = rng.normal(size=theta.size), rng.normal(size=theta.size)
-    hv = m.hvp(theta, x, y, v)
-    eps = 1e-5
-    fd = (m.loss_and_grad(theta + eps * v, x, y)[1]
-          - m.loss_and_grad(theta - eps * v, x, y)[1]) / (2 * eps)
-    assert normwise(hv, fd) <= 1e-5
-    hu = m.hvp(theta, x, y, u)
-    assert abs(u @ hv - v @ hu) <= 1e-12 * max(abs(u @ hv), 1e-3)
-    loss, g, hv2 = m.grad_and_hvp(theta, x, y, v)
-    l0, g0 = m.loss_and_grad(theta, x, y)
-    assert loss == pytest.approx(l0, rel=1e-13)
-    assert normwise(g, g0) <= 1e-13
-    np.testing.assert_array_equal(hv2, hv)
+    check_hvp(m, theta, x, y)
 
 
 def test_bad_input():
@@ -215,11 +202,7 @@ def test_bad_input():
         (dict(initial_state=np.zeros((B + 1, H))), "initial_state"),
     ]
     for change, name in bad:
-        args = dict(theta=theta, x=x, y=y)
-        kw = {k: v for k, v in change.items() if k not in args}
-        args.update({k: v for k, v in change.items() if k in args})
-        with pytest.raises(ValueError, match=rf"^{name}\b"):
-            m.loss_and_grad(args["theta"], args["x"], args["y"], **kw)
+        assert_rejects(m, theta, x, y, change, name)
     with pytest.raises(ValueError, match=r"^v\b"):
         m.hvp(theta, x, y, theta[:3])
     with pytest.raises(ValueError, match=r"^x\b"):

@@ -104,6 +104,42 @@ def normwise(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
+def check_hvp(m, theta, x, y, seed=8):
+    """The complex-step hvp against finite differences of gradients, its symmetry
+    (u.Hv == v.Hu), and grad_and_hvp against hvp and loss_and_grad."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=theta.size), rng.normal(size=theta.size)
+    hv = m.hvp(theta, x, y, v)
+    eps = 1e-5
+    fd = (m.loss_and_grad(theta + eps * v, x, y)[1]
+          - m.loss_and_grad(theta - eps * v, x, y)[1]) / (2 * eps)
+    assert normwise(hv, fd) <= 1e-5
+    hu = m.hvp(theta, x, y, u)
+    assert abs(u @ hv - v @ hu) <= 1e-12 * max(abs(u @ hv), 1e-3)
+    loss, g, hv2 = m.grad_and_hvp(theta, x, y, v)
+    l0, g0 = m.loss_and_grad(theta, x, y)
+    assert loss == pytest.approx(l0, rel=1e-13)  # complex GEMMs round differently
+    assert normwise(g, g0) <= 1e-13
+    np.testing.assert_array_equal(hv2, hv)
+
+
+def assert_rejects(m, theta, x, y, change, name):
+    """``loss_and_grad`` with the arguments in ``change`` replaced raises a ValueError whose
+    message starts with ``name``. ``change["theta"]`` may be a function of theta; keys other
+    than theta, x, y are keyword arguments."""
+    args = dict(theta=theta, x=x, y=y)
+    kw = {}
+    for key, val in change.items():
+        if key not in args:
+            kw[key] = val
+        elif key == "theta" and callable(val):
+            args["theta"] = val(theta)
+        else:
+            args[key] = val
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        m.loss_and_grad(args["theta"], args["x"], args["y"], **kw)
+
+
 def signature_counts(*modules):
     return {f"{m.__name__}.{n}": len(f.signatures) for m in modules
             for n, f in vars(m).items() if isinstance(f, CPUDispatcher)}
@@ -198,21 +234,7 @@ def test_checkpoint_equals_standard(tokens, per_step):
                          ids=[CASE_IDS[0], CASE_IDS[3], CASE_IDS[4]])
 def test_hvp(kind, per_step, tokens):
     m, theta = model_theta(kind, seed=7)
-    x, y = make_data(kind, per_step, tokens, seed=7)
-    rng = np.random.default_rng(8)
-    u, v = rng.normal(size=theta.size), rng.normal(size=theta.size)
-    hv = m.hvp(theta, x, y, v)
-    eps = 1e-5
-    fd = (m.loss_and_grad(theta + eps * v, x, y)[1]
-          - m.loss_and_grad(theta - eps * v, x, y)[1]) / (2 * eps)
-    assert normwise(hv, fd) <= 1e-5
-    hu = m.hvp(theta, x, y, u)
-    assert abs(u @ hv - v @ hu) <= 1e-12 * max(abs(u @ hv), 1e-3)
-    loss, g, hv2 = m.grad_and_hvp(theta, x, y, v)
-    l0, g0 = m.loss_and_grad(theta, x, y)
-    assert loss == pytest.approx(l0, rel=1e-13)  # complex GEMMs round differently
-    assert normwise(g, g0) <= 1e-13
-    np.testing.assert_array_equal(hv2, hv)
+    check_hvp(m, theta, *make_data(kind, per_step, tokens, seed=7))
 
 
 def _bad_cases():
@@ -251,18 +273,7 @@ def _bad_cases():
 @pytest.mark.parametrize("desc,change,name", _bad_cases(), ids=[c[0] for c in _bad_cases()])
 def test_bad_input(desc, change, name):
     m, theta = model_theta("softmax")
-    x, y = make_data("softmax", True, False)
-    args = dict(theta=theta, x=x, y=y)
-    kw = {}
-    for key, val in change.items():
-        if key == "theta":
-            args["theta"] = val(theta)
-        elif key in ("x", "y"):
-            args[key] = val
-        else:
-            kw[key] = val
-    with pytest.raises(ValueError, match=rf"^{name}\b"):
-        m.loss_and_grad(args["theta"], args["x"], args["y"], **kw)
+    assert_rejects(m, theta, *make_data("softmax", True, False), change, name)
 
 
 def test_bad_input_other_entry_points():
