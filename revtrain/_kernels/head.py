@@ -12,6 +12,20 @@ from .mathfn import exp_, log_, real_
 _opts = dict(cache=True, error_model="numpy")
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _backprop_output(h, U, dz, dh, dU, dby):
+    """Through ``z = h @ U + by`` given ``dz`` = dL/dz (N, O): ``dby += sum_n dz[n]``,
+    ``dU += h.T @ dz``, ``dh = dz @ U.T``."""
+    N, O = dz.shape
+    for k in range(O):
+        acc = dz[0, k] * 0.0
+        for n in range(N):
+            acc += dz[n, k]
+        dby[k] += acc
+    dU += np.dot(h.T, dz)
+    np.dot(dz, U.T, dh)
+
+
 @njit(**_opts)
 def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
     """Softmax cross-entropy summed over rows, times ``scale``; gradients added.
@@ -52,13 +66,7 @@ def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
         for k in range(O):
             work[n, k] *= inv
         work[n, lab] -= scale
-    for k in range(O):
-        acc = work[0, k] * 0.0
-        for n in range(N):
-            acc += work[n, k]
-        dby[k] += acc
-    dU += np.dot(h.T, work)
-    np.dot(work, U.T, dh)
+    _backprop_output(h, U, work, dh, dU, dby)
     return loss * scale
 
 
@@ -77,13 +85,7 @@ def mse_head(h, U, by, target, scale, work, dh, dU, dby):
             d = work[n, k] + by[k] - target[n, k]
             loss += d * d
             work[n, k] = (2.0 * scale) * d
-    for k in range(O):
-        acc = work[0, k] * 0.0
-        for n in range(N):
-            acc += work[n, k]
-        dby[k] += acc
-    dU += np.dot(h.T, work)
-    np.dot(work, U.T, dh)
+    _backprop_output(h, U, work, dh, dU, dby)
     return loss * scale
 
 

@@ -227,14 +227,7 @@ class RecurrentModel:
         -------
         hv : ndarray of float64, shape (size,)
         """
-        theta = self.layout.check(theta)
-        v = self.layout.check(np.asarray(v, dtype=np.float64), name="v")
-        batch = self._batch(x, y)
-        state0 = self._check_state(initial_state, batch.B)
-        thc = theta + 1j * COMPLEX_STEP * v
-        with blas_threads():
-            _, g, _ = self._run(thc, batch, "standard", 1, True, state0)
-        return np.ascontiguousarray(g.imag / COMPLEX_STEP)
+        return self.grad_and_hvp(theta, x, y, v, initial_state=initial_state)[2]
 
     def grad_and_hvp(self, theta, x, y, v, initial_state=None):
         """``(loss, grad, Hv)`` from one complex-step pass (``grad`` = its real part)."""
