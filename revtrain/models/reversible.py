@@ -260,13 +260,19 @@ class ReversibleModel(RecurrentModel):
                         g["U"], g["b_y"])
 
     # ----------------------------------------------------------------- runs
-    def _run(self, theta, batch, mode, k, want_grad, state0):
+    def _fixed_point_params(self, theta, mode):
+        """``(complex?, views of Re(theta))``: the fixed-point trajectory follows Re(theta).
+
+        Complex parameters (the complex-step hvp) need ``bptt="standard"``.
+        """
         cplx = np.iscomplexobj(theta)
         if cplx and mode != "standard":
             raise ValueError(f"complex parameters (complex-step hvp) need bptt='standard', "
                              f"got {mode!r}")
-        th_real = np.ascontiguousarray(theta.real) if cplx else theta
-        pr = self.layout.views(th_real)
+        return cplx, self.layout.views(np.ascontiguousarray(theta.real) if cplx else theta)
+
+    def _run(self, theta, batch, mode, k, want_grad, state0):
+        cplx, pr = self._fixed_point_params(theta, mode)
         x, tokens = batch.x, batch.tokens
         T, B, H = batch.lead[0], batch.B, self.n_hidden
         G = self._n_proj

@@ -298,12 +298,7 @@ class RevMDRNN(MomentumCoupled):
     # ----------------------------------------------------------------- runs
     def _run(self, theta, batch, mode, k, want_grad, state0):
         self._no_state(state0)
-        cplx = np.iscomplexobj(theta)
-        if cplx and mode != "standard":
-            raise ValueError(f"complex parameters (complex-step hvp) need bptt='standard', "
-                             f"got {mode!r}")
-        th_real = np.ascontiguousarray(theta.real) if cplx else theta
-        pr = self.layout.views(th_real)
+        cplx, pr = self._fixed_point_params(theta, mode)
         x, tokens = batch.x, batch.tokens
         rows, cols = batch.lead
         B, H = batch.B, self.n_hidden
