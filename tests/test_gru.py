@@ -6,7 +6,7 @@ import pytest
 import revtrain as rt
 from revtrain._kernels import gru as k_gru, head as k_head, inputs as k_inputs
 from test_rnn import (ref_head, is_per_step, make_data, fd_grad, max_rel, normwise, check_hvp,
-                      assert_rejects, signature_counts)
+                      assert_rejects, signature_counts, call_every_entry_point)
 
 D, H, O, T, B = 3, 4, 5, 6, 2
 
@@ -212,21 +212,10 @@ def test_bad_input():
         mm.loss_and_grad(mm.init_params(), x, np.zeros((B, O + 1)))
 
 
-def _round(m, theta, seed, T_, B_):
-    for tokens in (False, True):
-        x, y = make_data("softmax", True, tokens, seed=seed, T_=T_, B_=B_)
-        m.loss_and_grad(theta, x, y)
-        m.loss_and_grad(theta, x, y, bptt="checkpoint", checkpoint_every=2)
-        m.loss_and_grad(theta, x, y[-1])
-        m.hvp(theta, x, y, theta)
-        m.loss(theta, x, y)
-        m.predict(theta, x)
-
-
 def test_second_call_compiles_nothing():
     m, theta = model_theta("softmax")
     mods = (k_gru, k_head, k_inputs)
-    _round(m, theta, 0, T, B)
+    call_every_entry_point(m, theta, 0, T, B)
     before = signature_counts(*mods)
-    _round(m, theta, 1, T + 3, B + 1)
+    call_every_entry_point(m, theta, 1, T + 3, B + 1)
     assert signature_counts(*mods) == before

@@ -300,7 +300,8 @@ def test_bad_input_other_entry_points():
             m.init_params(**bad)
 
 
-def _round(m, theta, seed, T_, B_):
+def call_every_entry_point(m, theta, seed, T_, B_):
+    """Every public computation of a sequence model, on float and token inputs of size (T_, B_)."""
     for kind_tokens in (False, True):
         x, y = make_data("softmax", True, kind_tokens, seed=seed, T_=T_, B_=B_)
         m.loss_and_grad(theta, x, y)
@@ -314,9 +315,9 @@ def _round(m, theta, seed, T_, B_):
 def test_second_call_compiles_nothing():
     m, theta = model_theta("softmax")
     mods = (k_rnn, k_head, k_inputs)
-    _round(m, theta, 0, T, B)
+    call_every_entry_point(m, theta, 0, T, B)
     before = signature_counts(*mods)
-    _round(m, theta, 1, T + 3, B + 1)          # other data, other sizes
+    call_every_entry_point(m, theta, 1, T + 3, B + 1)          # other data, other sizes
     assert signature_counts(*mods) == before
 
 
