@@ -5,7 +5,7 @@ kept, entropy coded, in an information buffer, so backpropagation through time
 and SGD with momentum can be run backwards bit for bit instead of storing
 their trajectories.
 """
-from .errors import FixedPointError, ReversalError
+from .errors import FixedPointError, ReversalError, DivergenceError
 from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_float
 from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
@@ -22,7 +22,7 @@ from .trainer import Trainer, History, ModelFileError, StopTraining
 __version__ = "0.1.0"
 
 __all__ = [
-    "FixedPointError", "ReversalError",
+    "FixedPointError", "ReversalError", "DivergenceError",
     "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
     "InfoBuffer", "exact_mul", "exact_div",
     "set_blas_threads", "get_blas_threads",

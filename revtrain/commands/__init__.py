@@ -1,0 +1,1 @@
+"""The ``revtrain`` subcommands: one module each, with ``add_parser(sub)`` and ``run(args)``."""

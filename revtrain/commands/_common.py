@@ -1,0 +1,91 @@
+"""What the ``revtrain`` subcommands share: model names, defaults, errors, argument types."""
+import argparse
+import math
+import os
+
+MODELS = {  # command-line name -> class name (looked up in revtrain at call time)
+    "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "momentum-rnn": "MomentumRNN",
+    "revgru": "RevGRU", "revlstm": "RevLSTM",
+}
+REVERSIBLE = ("momentum-rnn", "revgru", "revlstm")
+BPTT_MODES = ("standard", "checkpoint", "reversible")
+
+#: Default Adam learning rate per model.
+DEFAULT_LR = {"rnn": 0.01, "lstm": 0.02, "gru": 0.02, "momentum-rnn": 0.003,
+              "revgru": 0.01, "revlstm": 0.01}
+#: Default handling of the recurrent state between truncated-BPTT windows.
+#: MomentumRNN's h = h + v (DESIGN) is not bounded by construction: carried from
+#: window to window it drifts and training diverges, so it starts each window
+#: from zeros. (RevLSTM's h is a convex combination and is carried.)
+DEFAULT_STATE = {"momentum-rnn": "reset"}
+
+#: Exact SGD (v = 0.9 v - 0.1 g, w += lr v, gradients clipped to norm 1) moves a weight far
+#: less per unit of lr than Adam does: its default rate is this factor times Adam's (rough).
+SGD_LR_FACTOR = 300.0
+
+TRAIN_DEFAULTS = dict(model="revlstm", hidden=128, seq_len=64, batch_size=32, steps=300,
+                      lr=None, seed=0, out="revtrain_model.npz", val_chars=20000,
+                      grad_clip=1.0)
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (exit code 2)."""
+
+
+class Unavailable(Exception):
+    """A part of revtrain this command needs is not installed yet (exit code 1)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------ arg types
+def arg_type(convert, ok, what):
+    """An argparse type: ``convert(s)`` accepted when ``ok(value)``, else "must be <what>"."""
+    def parse(s):
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
+        return v
+    return parse
+
+
+pos_int = arg_type(int, lambda v: v >= 1, "a positive int")
+nonneg_int = arg_type(int, lambda v: v >= 0, "an int >= 0")
+pos_float = arg_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+fraction = arg_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+
+
+# ---------------------------------------------------------------- helpers
+def model_class(name, what="model"):
+    from ..trainer import find_class
+    cls = find_class(name)
+    if cls is None:
+        raise Unavailable(f"{what} {name} is not available in this revtrain install yet")
+    return cls
+
+
+def make_optimizer(name, lr):
+    if name == "adam":
+        return model_class("Adam", "optimizer")(lr)
+    return model_class("ExactSGD", "optimizer")(lr, 0.9)
+
+
+def fmt_bytes(n):
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def say(quiet, *a):
+    if not quiet:
+        print(*a, flush=True)
+
+
