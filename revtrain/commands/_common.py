@@ -2,6 +2,7 @@
 import argparse
 import math
 import os
+import tempfile
 
 MODELS = {  # command-line name -> class name (looked up in revtrain at call time)
     "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "momentum-rnn": "MomentumRNN",
@@ -89,3 +90,38 @@ def say(quiet, *a):
         print(*a, flush=True)
 
 
+
+
+def check_out_path(path, option="--out"):
+    """Check, before any work, that a file can be written at ``path``; return it.
+
+    The folder must exist and be writable, ``path`` must not be a folder, and
+    no part of the folder path may be a plain file (``lic.txt/m.npz``); a
+    probe file is created and removed in the folder. Raises
+    :class:`UsageError` naming ``option`` and the user's path (never a temp
+    file).
+    """
+    if not path:
+        return path
+    if os.path.isdir(path):
+        raise UsageError(f"{option}: {path!r} is a folder; give a file name such as "
+                         f"{os.path.join(path, 'revtrain_model.npz')!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise UsageError(f"{option}: cannot write {path!r}: {probe!r} is a file, not a folder")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option}: cannot write {path!r}: folder {folder!r} does not exist")
+    try:     # the truest test (root passes os.access everywhere, /proc refuses new files)
+        fd, probe = tempfile.mkstemp(prefix=".revtrain-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{option}: cannot write {path!r}: folder {folder!r} does not take "
+                         f"new files ({e.strerror or e})") from None
+    return path
