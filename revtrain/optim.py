@@ -10,12 +10,17 @@ Both follow the same protocol::
     state = opt.init(theta)          # NamedTuple
     state = opt.step(state, grad)    # grad of the loss at opt.params(state)
     theta = opt.params(state)
+
+Step counters ``state.t`` are Python ``int`` in every state these optimisers
+return, whatever integer type they were given (a state read back from a file
+may hold ``np.int64``), and the results do not depend on that type.
 """
 import math
 from typing import NamedTuple
 
 import numpy as np
 
+from ._checks import positive_int
 from .buffer import InfoBuffer
 from .errors import FixedPointError
 from .fixed_point import DEFAULT_FRAC_BITS, from_fixed, to_fixed, _check_frac_bits
@@ -50,6 +55,39 @@ class ExactSGDState(NamedTuple):
     v: np.ndarray
     buffer: InfoBuffer
     t: int
+
+
+class PendingUnstep(NamedTuple):
+    """Half-undone iteration: what :meth:`ExactSGD.unstep_weights` returns.
+
+    The weights are back at their value before iteration ``t``; the velocity
+    is still the one after it, waiting for the gradient at ``theta``, which
+    :meth:`ExactSGD.unstep_velocity` needs to undo it.
+
+    Attributes
+    ----------
+    theta : ndarray of float64, shape (P,)
+        The weights before iteration ``t``, ``from_fixed(w, frac_bits)``: where
+        the gradient of iteration ``t`` must be recomputed.
+    w : ndarray of int64, shape (P,)
+        The same weights in fixed point.
+    v : ndarray of int64, shape (P,)
+        The velocity *after* iteration ``t`` (not yet undone).
+    buffer : InfoBuffer
+        The information buffer, not yet popped.
+    t : int
+        The iteration being undone (the state's ``t - 1``).
+    mark : tuple of ndarray
+        Copies of the buffer's stream states and word counts (``(S,)`` each)
+        when the weights were undone, so that a second use of the same
+        pending step, or a buffer changed in between, is refused.
+    """
+    theta: np.ndarray
+    w: np.ndarray
+    v: np.ndarray
+    buffer: InfoBuffer
+    t: int
+    mark: tuple
 
 
 def _describe(arr, bad):
@@ -120,9 +158,14 @@ class ExactSGD:
 
     ``w`` and ``v`` are int64 fixed point. ``gamma_t`` is held as
     ``n_t / 2**16`` (``n_t = round(gamma_t * 2**16)``; the momentum used is
-    this quantised value); ``v * gamma_t`` is an exact multiply (DESIGN §1)
-    that pushes about ``log2(1 / gamma_t)`` bits per parameter onto the
-    information buffer. The two additions are exact fixed-point adds of the
+    this quantised value); ``v * gamma_t`` is an exact multiply: with
+    ``r = v mod 2**16`` (floor) pushed onto the information buffer in base
+    ``2**16``, ``v <- ((v - r) / 2**16) * n_t + s`` with the new low digit
+    ``s`` in ``[0, n_t)`` popped from the buffer. Net, about
+    ``log2(2**16 / n_t) = log2(1 / gamma_t)`` bits per parameter go onto the
+    buffer: the information the multiply destroys, which undoing it reads
+    back (the division by ``gamma_t`` is the same routine with ``n_t`` and
+    ``2**16`` swapped). The two additions are exact fixed-point adds of the
     increments ``to_fixed((1 - gamma_t) * g)`` and ``to_fixed(alpha_t * v)``,
     which :meth:`unstep` recomputes bit-identically and subtracts.
 
@@ -170,7 +213,10 @@ class ExactSGD:
     -----
     ``state = opt.step(state, grad)`` then ``state = opt.unstep(state, grad_fn)``
     restores ``w``, ``v`` and the buffer bit for bit, provided ``grad_fn``
-    returns bit for bit the gradient passed to ``step``.
+    returns bit for bit the gradient passed to ``step``. ``unstep`` is
+    :meth:`unstep_weights` followed by :meth:`unstep_velocity`; calling the
+    two directly lets the caller compute (and keep) the gradient at the
+    recovered weights itself, as :func:`~revtrain.hypergradient` does.
     """
 
     def __init__(self, lr, momentum, weight_decay=0.0, groups=None,
@@ -297,6 +343,37 @@ class ExactSGD:
         n, lr, gam, wd = self._row(t)
         return lr.copy(), gam.copy(), wd.copy()
 
+    def info_bits_per_param(self, n_iters):
+        """Most bits one parameter puts on the information buffer in ``n_iters`` iterations.
+
+        Iteration ``t`` multiplies the velocity of a parameter of group ``g``
+        by ``gamma_{t,g} = n_{t,g} / 2**16`` exactly, which destroys (and
+        stores) ``log2(2**16 / n_{t,g})`` bits. This returns the bound over
+        the groups, summed over iterations ``0 .. n_iters-1``::
+
+            sum_t max_g log2(2**16 / n_{t,g})
+
+        so a stream of ``k`` parameters holds at most about
+        ``k * info_bits_per_param(n_iters) / 32`` words after ``n_iters``
+        steps (the rANS coder stays within a fraction of a percent of it).
+        It does not need parameter groups to be set.
+
+        Parameters
+        ----------
+        n_iters : int >= 1
+            At most the length of the schedules (any number for constant ones).
+
+        Returns
+        -------
+        float
+        """
+        n_iters = positive_int(n_iters, "n_iters")
+        self.check_iterations(n_iters)
+        bits = (MOMENTUM_BITS - np.log2(self._n.astype(np.float64))).max(axis=1)   # (L,)
+        if bits.shape[0] == 1:
+            return float(bits[0]) * n_iters
+        return float(bits[:n_iters].sum())
+
     def _tables(self):
         """Per-iteration tables ``(L, G)`` of everything a step needs (built once per G)."""
         G = self.n_groups
@@ -422,7 +499,7 @@ class ExactSGD:
             New ``w``, ``v`` arrays, the same (grown) buffer, ``t + 1``.
         """
         P = self._check_state(state)
-        t = state.t
+        t = int(state.t)
         g = self._check_grad(grad, P, "grad")
         gidx = self.group_index(P)
         n, wq, we, cv, cw, wd, bits = self._coeffs(t)
@@ -440,7 +517,7 @@ class ExactSGD:
         return ExactSGDState(w_out, v_out, buf, t + 1)
 
     def unstep(self, state, grad_fn):
-        """Undo the last iteration exactly.
+        """Undo the last iteration exactly: :meth:`unstep_weights`, then :meth:`unstep_velocity`.
 
         ``w_prev = w - to_fixed(lr*v)``; ``g = grad_fn(from_fixed(w_prev), t)``;
         ``v_prev = (v + to_fixed((1-gamma)*(g + wd*w_prev))) / gamma`` with the
@@ -451,36 +528,129 @@ class ExactSGD:
         state : ExactSGDState with ``t >= 1``
         grad_fn : callable ``(theta, t) -> grad``
             Recomputes, bit for bit, the gradient that ``step`` got at
-            iteration ``t`` (``theta`` float64 ``(P,)``).
+            iteration ``t`` (``theta`` float64 ``(P,)``, ``grad`` float
+            ``(P,)``).
 
         Returns
         -------
         ExactSGDState
             The state before the last ``step`` (same buffer, popped).
         """
+        pending = self.unstep_weights(state)
+        g = self._check_grad(grad_fn(pending.theta, pending.t), pending.w.shape[0],
+                             "grad_fn(theta, t)")
+        return self.unstep_velocity(pending, g)
+
+    def unstep_weights(self, state):
+        """First half of undoing iteration ``t = state.t - 1``: the weights before it.
+
+        The step did ``w <- w_prev + to_fixed(alpha_t * v)`` with ``v`` the new
+        velocity, which the state still holds, so::
+
+            w_prev = w - to_fixed(alpha_t * from_fixed(v))
+
+        exactly (the same integer increment is recomputed and subtracted).
+        The buffer is not touched. Pass the result, with the gradient of the
+        training loss at ``pending.theta``, to :meth:`unstep_velocity`.
+
+        Parameters
+        ----------
+        state : ExactSGDState with ``t >= 1``
+            The newest state (its buffer is shared and changed in place).
+
+        Returns
+        -------
+        PendingUnstep
+            ``theta`` (float64 ``(P,)``) and ``w`` (int64 ``(P,)``) are the
+            weights before iteration ``t``; ``v`` and ``buffer`` are those of
+            ``state``; ``t`` is the iteration being undone.
+
+        Raises
+        ------
+        ValueError
+            If ``state.t`` is 0 (nothing to undo).
+        FixedPointError
+            If the weights would leave the fixed-point range (impossible for a
+            state that ``step`` produced; nothing is changed).
+        """
         P = self._check_state(state)
-        t = state.t - 1
+        t = int(state.t) - 1
         if t < 0:
             raise ValueError("unstep: the state is at iteration 0, there is nothing to undo")
         gidx = self.group_index(P)
-        n, wq, we, cv, cw, wd, bits = self._coeffs(t)
+        cw = self._coeffs(t)[4]
         w_prev = np.empty_like(state.w)
         code, idx = sgd_unstep_weights(state.w, state.v, gidx, cw, w_prev)
         if code:
             self._raise(code, idx, "unstep", t)
-        g = self._check_grad(grad_fn(from_fixed(w_prev, self.frac_bits), t), P,
-                             "grad_fn(theta, t)")
         buf = state.buffer
+        return PendingUnstep(from_fixed(w_prev, self.frac_bits), w_prev, state.v, buf, t,
+                             (buf.states.copy(), buf.counts.copy()))
+
+    def unstep_velocity(self, pending, grad):
+        """Second half of undoing iteration ``t``: the velocity before it, exactly.
+
+        With ``w_prev`` the weights from :meth:`unstep_weights` and ``grad``
+        the gradient of the training loss there (bit for bit the one ``step``
+        got), the step did ``v <- gamma_t * v_prev - to_fixed((1 - gamma_t) * gt)``
+        with ``gt = grad + lambda * w_prev``, so::
+
+            v_prev = (v + to_fixed((1 - gamma_t) * gt)) / gamma_t
+
+        where the division by ``gamma_t = n_t / 2**16`` is exact: the low
+        digit ``s = q mod n_t`` is pushed back in base ``n_t``, and the 16 low
+        bits that the multiply destroyed are popped from the buffer
+        (``q <- ((q - s) / n_t) * 2**16 + r``).
+
+        Parameters
+        ----------
+        pending : PendingUnstep
+            From :meth:`unstep_weights`, used once.
+        grad : ndarray of float, shape (P,)
+            Gradient of the training loss alone (no weight decay) at
+            ``pending.theta``.
+
+        Returns
+        -------
+        ExactSGDState
+            The state before iteration ``t`` (the same buffer, popped), with
+            ``t`` the Python int ``pending.t``.
+
+        Raises
+        ------
+        TypeError
+            If ``pending`` is not a :class:`PendingUnstep`.
+        ValueError
+            If ``grad`` is not a float array of shape ``(P,)``, or the pending
+            step was already used (or the buffer changed since
+            :meth:`unstep_weights`).
+        FloatingPointError
+            If ``grad + lambda * w`` is not finite (nothing is changed).
+        """
+        if not isinstance(pending, PendingUnstep):
+            raise TypeError(f"pending must be the PendingUnstep that unstep_weights() "
+                            f"returned, got {type(pending).__name__}")
+        P = pending.w.shape[0]
+        t = int(pending.t)
+        g = self._check_grad(grad, P, "unstep_velocity: grad")
+        buf = pending.buffer
+        states, counts = pending.mark
+        if not (np.array_equal(buf.states, states) and np.array_equal(buf.counts, counts)):
+            raise ValueError("unstep_velocity: the buffer changed since unstep_weights() "
+                             "(was this pending step already used?); each PendingUnstep "
+                             "can be completed once, right after it was made")
+        gidx = self.group_index(P)
+        n, wq, we, cv, cw, wd, bits = self._coeffs(t)
         S, chunk = buf.n_streams, -(-P // buf.n_streams)
         buf.reserve(chunk + 3)
-        v_prev = np.empty_like(state.v)
-        code, idx = sgd_unstep_velocity(w_prev, state.v, g, gidx, n, wq, we, cv, wd,
+        v_prev = np.empty_like(pending.v)
+        code, idx = sgd_unstep_velocity(pending.w, pending.v, g, gidx, n, wq, we, cv, wd,
                                         2.0 ** -self.frac_bits, chunk,
                                         buf.states, buf.counts, buf.words, v_prev)
         if code:
             self._raise(code, idx, "unstep", t)
         buf.info -= self._stream_info(P, S, chunk, gidx, bits)
-        return ExactSGDState(w_prev, v_prev, buf, t)
+        return ExactSGDState(pending.w, v_prev, buf, t)
 
     def __repr__(self):
         return (f"ExactSGD(lr shape {self.lr_shape}, momentum shape {self.momentum_shape}, "
@@ -489,7 +659,7 @@ class ExactSGD:
 
 
 class AdamState(NamedTuple):
-    """State of :class:`Adam`: parameters, first and second moments, step count."""
+    """State of :class:`Adam`: parameters, first and second moments, step count (int)."""
     theta: np.ndarray
     m: np.ndarray
     v: np.ndarray
@@ -528,17 +698,31 @@ class Adam:
         return AdamState(th, np.zeros_like(th), np.zeros_like(th), 0)
 
     def step(self, state, grad):
-        """One Adam update; returns a new state (the old one is not changed)."""
+        """One Adam update; returns a new state (the old one is not changed).
+
+        Parameters
+        ----------
+        state : AdamState
+            Its ``t`` may be any integer type; the returned ``t`` is a Python
+            ``int`` and the update is the same for every type.
+        grad : ndarray of float64, same shape as ``state.theta``
+
+        Returns
+        -------
+        AdamState
+        """
         g = np.asarray(grad, dtype=np.float64)
         if g.shape != state.theta.shape:
             raise ValueError(f"grad must have shape {state.theta.shape}, got {g.shape}")
         if not np.isfinite(g).all():
             raise ValueError("grad contains NaN or inf")
-        t = state.t + 1
+        t = int(state.t) + 1
         m = self.b1 * state.m + (1.0 - self.b1) * g
         v = self.b2 * state.v + (1.0 - self.b2) * (g * g)
-        mhat = m / (1.0 - self.b1 ** t)
-        vhat = v / (1.0 - self.b2 ** t)
+        # Python float ** Python int: numpy's power for an np.int64 exponent can differ
+        # in the last bit, and the counter of a state read from a file may be one
+        mhat = m / (1.0 - float(self.b1) ** t)
+        vhat = v / (1.0 - float(self.b2) ** t)
         theta = state.theta - self.lr * mhat / (np.sqrt(vhat) + self.eps)
         return AdamState(theta, m, v, t)
 

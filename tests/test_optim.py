@@ -240,3 +240,122 @@ def test_adam_matches_reference_and_minimises_a_quadratic():
         Adam(0.1, b2=1.0)
     with pytest.raises(ValueError, match="shape"):
         opt.step(state, np.ones(5))
+
+
+# ------------------------------------------------------------- step counters
+@pytest.mark.parametrize("int_type", [np.int64, np.int32])
+@pytest.mark.parametrize("t0", [6, 22, 48, 110])
+def test_adam_counter_type_does_not_change_the_step(int_type, t0):
+    # 0.999 ** np.int64(7) != 0.999 ** 7 in the last bit (numpy's power); these t0 + 1
+    # are such exponents for b1 = 0.9 or b2 = 0.999
+    rng = np.random.default_rng(t0)
+    opt = Adam(0.01)
+    base = opt.init(rng.standard_normal(9))._replace(m=rng.standard_normal(9),
+                                                     v=rng.uniform(0.1, 1.0, 9))
+    g = rng.standard_normal(9)
+    ref = opt.step(base._replace(t=t0), g)
+    got = opt.step(base._replace(t=int_type(t0)), g)
+    assert type(ref.t) is int and type(got.t) is int and got.t == t0 + 1
+    assert np.array_equal(got.theta, ref.theta)
+    assert np.array_equal(got.m, ref.m) and np.array_equal(got.v, ref.v)
+    # and the bias correction is that of Python floats and ints
+    mhat = ref.m / (1.0 - 0.9 ** (t0 + 1))
+    vhat = ref.v / (1.0 - 0.999 ** (t0 + 1))
+    assert np.array_equal(ref.theta, base.theta - 0.01 * mhat / (np.sqrt(vhat) + 1e-8))
+    assert type(opt.init(np.zeros(2)).t) is int
+
+
+@pytest.mark.parametrize("int_type", [np.int64, np.int32])
+def test_exact_sgd_counter_stays_a_python_int(int_type):
+    opt = ExactSGD([0.1, 0.2, 0.3], [0.9, 0.8, 0.7])
+    state = opt.step(opt.init(np.linspace(-1, 1, 6)), np.ones(6))
+    ref_w, ref_v = state.w.copy(), state.v.copy()
+    state = state._replace(t=int_type(1))
+    state = opt.step(state, np.full(6, 0.5))
+    assert type(state.t) is int and state.t == 2
+    state = opt.unstep(state._replace(t=int_type(2)), lambda th, t: np.full(6, 0.5))
+    assert type(state.t) is int and state.t == 1
+    assert np.array_equal(state.w, ref_w) and np.array_equal(state.v, ref_v)
+    pending = opt.unstep_weights(state._replace(t=int_type(1)))
+    assert type(pending.t) is int and pending.t == 0
+    assert type(opt.unstep_velocity(pending, np.ones(6)).t) is int
+
+
+# ------------------------------------------------------ two-phase unstep
+def _run_forward(seed, n_streams):
+    rng, gidx, lr, mom, wd = _random_setup(seed)
+    P, n_iters = gidx.shape[0], lr.shape[0]
+    opt = ExactSGD(lr, mom, wd, groups=gidx, n_streams=n_streams)
+    state = opt.init(rng.standard_normal(P))
+    grads = [rng.standard_normal(P) * 10.0 ** rng.uniform(-4, 1) for _ in range(n_iters)]
+    for g in grads:
+        state = opt.step(state, g)
+    return opt, state, grads
+
+
+@pytest.mark.parametrize("seed,n_streams", [(11, None), (12, 1), (13, 7)])
+def test_two_phase_unstep_equals_unstep_bit_for_bit(seed, n_streams):
+    opt, one, grads = _run_forward(seed, n_streams)
+    _, two, _ = _run_forward(seed, n_streams)
+    P = one.w.shape[0]
+    for t in range(len(grads) - 1, -1, -1):
+        seen = []
+        one = opt.unstep(one, lambda theta, tt: seen.append((theta, tt)) or grads[tt])
+        pending = opt.unstep_weights(two)
+        assert pending.t == t and seen[0][1] == t
+        assert pending.theta.dtype == np.float64 and pending.theta.shape == (P,)
+        assert np.array_equal(pending.theta, seen[0][0])
+        assert np.array_equal(pending.theta, rt.from_fixed(pending.w, opt.frac_bits))
+        assert np.array_equal(pending.w, one.w)
+        two = opt.unstep_velocity(pending, grads[t])
+        assert two.t == one.t == t
+        assert np.array_equal(two.w, one.w) and np.array_equal(two.v, one.v)
+        for a, b in zip(_buffer_snapshot(two.buffer), _buffer_snapshot(one.buffer)):
+            assert np.array_equal(a, b)
+    assert two.buffer.is_empty() and not two.v.any()
+
+
+def test_two_phase_unstep_misuse_raises_clearly():
+    opt = ExactSGD(0.1, 0.9)
+    with pytest.raises(ValueError, match="iteration 0, there is nothing to undo"):
+        opt.unstep_weights(opt.init(np.zeros(5)))
+    state = opt.step(opt.init(np.linspace(-1, 1, 7)), np.ones(7))
+    snap = _buffer_snapshot(state.buffer)
+    pending = opt.unstep_weights(state)
+    # phase 1 leaves the buffer alone
+    for a, b in zip(_buffer_snapshot(state.buffer), snap):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match=r"unstep_velocity: grad must be a float array of "
+                                         r"shape \(7,\), got float64 \(6,\)"):
+        opt.unstep_velocity(pending, np.ones(6))
+    with pytest.raises(ValueError, match=r"shape \(7,\), got int64"):
+        opt.unstep_velocity(pending, np.ones(7, dtype=np.int64))
+    with pytest.raises(TypeError, match="PendingUnstep"):
+        opt.unstep_velocity(state, np.ones(7))
+    for a, b in zip(_buffer_snapshot(state.buffer), snap):     # nothing was changed
+        assert np.array_equal(a, b)
+    back = opt.unstep_velocity(pending, np.ones(7))
+    assert back.t == 0 and not back.v.any() and back.buffer.is_empty()
+    with pytest.raises(ValueError, match="already used"):
+        opt.unstep_velocity(pending, np.ones(7))
+
+
+def test_info_bits_per_param():
+    b9 = 16.0 - np.log2(quantise_momentum(0.9))        # log2(2**16 / n)
+    assert ExactSGD(0.1, 0.9).info_bits_per_param(5) == 5 * b9
+    mom = np.array([[0.9, 0.5], [0.99, 0.3], [0.5, 0.5]])
+    opt = ExactSGD(0.1, mom)                 # per group, no groups bound: still answers
+    want = (16.0 - np.log2(quantise_momentum(mom))).max(axis=1)
+    assert opt.info_bits_per_param(2) == want[:2].sum()
+    assert opt.info_bits_per_param(3) == want.sum()
+    with pytest.raises(ValueError, match="shorter than n_iters=4"):
+        opt.info_bits_per_param(4)
+    with pytest.raises(ValueError, match="n_iters must be a positive int"):
+        opt.info_bits_per_param(0)
+    # with one group it is the information per parameter that the buffer counts
+    rng = np.random.default_rng(14)
+    opt = ExactSGD(0.05, [0.9, 0.7, 0.99])
+    state = opt.init(rng.standard_normal(300))
+    for _ in range(3):
+        state = opt.step(state, rng.standard_normal(300))
+    assert state.buffer.info_bits == pytest.approx(300 * opt.info_bits_per_param(3), rel=1e-12)
