@@ -1,4 +1,4 @@
-"""Hypergradients by running exact SGD with momentum backwards (DESIGN §3).
+"""Hypergradients by running exact SGD with momentum backwards.
 
 After Maclaurin, Duvenaud & Adams (2015), "Gradient-based hyperparameter
 optimization through reversible learning": training is run forward with
@@ -8,14 +8,24 @@ storing the trajectory, and accumulates the gradient of the validation loss
 with respect to the learning rates, momenta, weight decay, initial weights
 and initial weight scale.
 """
+import math
 import time
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .errors import FixedPointError, ReversalError
+from ._checks import positive_int
+from .errors import DivergenceError, FixedPointError, ReversalError
+from .errors import check_reversal as _check_reversal
 from .optim import ExactSGD
 from ._kernels.sgd import group_dot
+
+#: Training stops (DivergenceError) when its loss exceeds this many times the first
+#: iteration's loss (for a softmax loss, only if it is also above DIVERGED_SOFTMAX * log(n_out)).
+DIVERGED_RATIO = 10.0
+#: A softmax loss above this many times log(n_out) (that of a uniform guess) may be divergence.
+DIVERGED_SOFTMAX = 3.0
+_TRY = "try a smaller learning rate (lr)"
 
 
 class HyperStats(NamedTuple):
@@ -109,6 +119,220 @@ def _check_xy(data, name):
     return data
 
 
+def _check_args(model, opt, theta0, train_batch, val_data, n_iters):
+    """Validate :func:`hypergradient`'s arguments.
+
+    Returns ``(opt, theta0, n_iters, val_data, batch)``: the optimiser bound to
+    the model's groups if it had none, ``theta0`` checked against the layout,
+    ``n_iters`` a Python int, and ``batch(t)`` that checks ``train_batch(t)``.
+    """
+    if not isinstance(opt, ExactSGD):
+        raise TypeError(f"opt must be an ExactSGD, got {type(opt).__name__}")
+    n_iters = positive_int(n_iters, "n_iters")
+    if not callable(train_batch):
+        raise ValueError(f"train_batch must be a callable t -> (x, y), got "
+                         f"{type(train_batch).__name__}")
+    val_data = _check_xy(val_data, "val_data")
+    theta0 = model.layout.check(np.asarray(theta0), name="theta0")
+    if theta0.dtype != np.float64:
+        raise ValueError(f"theta0 must be float64, got {theta0.dtype}")
+    opt.check_iterations(n_iters)
+    if opt.groups is None:
+        opt = opt.with_groups(model.layout)
+    opt.group_index(model.layout.size)            # checks the groups against the size
+
+    def batch(t):
+        return _check_xy(train_batch(t), f"train_batch({t})")
+
+    return opt, theta0, n_iters, val_data, batch
+
+
+# ------------------------------------------------------------------- forward
+def _loss_limit(model, first_loss):
+    """Training losses above this count as divergence (``inf``: no limit).
+
+    ``DIVERGED_RATIO * first_loss`` when the first loss is positive; for a
+    softmax model (``loss_kind == "softmax"`` and an ``n_out``) at least
+    ``DIVERGED_SOFTMAX * log(n_out)``, three times the loss of a uniform guess,
+    so a well-trained start with a tiny loss is not stopped by noise.
+    """
+    limit = DIVERGED_RATIO * first_loss if first_loss > 0 else math.inf
+    n_out = getattr(model, "n_out", None)
+    if getattr(model, "loss_kind", None) == "softmax" and n_out is not None and n_out > 1:
+        limit = max(limit, DIVERGED_SOFTMAX * math.log(n_out))
+    return limit
+
+
+def _train_gradient(model, w, x, y, bptt, t, n_iters):
+    """``(loss, grad)`` of iteration ``t``; a DivergenceError if either is not finite."""
+    where = f"training diverged at iteration t={t} (step {t + 1} of {n_iters})"
+    try:
+        loss, g = model.loss_and_grad(w, x, y, bptt=bptt)
+    except DivergenceError:
+        raise
+    except FloatingPointError as e:
+        raise DivergenceError(f"{where}: {e}; {_TRY}", step=t + 1, loss=None) from e
+    loss = float(loss)
+    if not math.isfinite(loss):
+        raise DivergenceError(f"{where}: the training loss is {loss}; {_TRY}",
+                              step=t + 1, loss=loss)
+    if not np.isfinite(g).all():
+        raise DivergenceError(f"{where}: the training gradient has NaN or inf "
+                              f"(loss {loss:.4g}); {_TRY}", step=t + 1, loss=loss)
+    return loss, g
+
+
+def _forward(model, opt, theta0, batch, n_iters, bptt):
+    """Train ``n_iters`` exact steps from ``theta0``.
+
+    Returns ``(state, w_init, train_loss)``: the final :class:`ExactSGDState`,
+    ``to_fixed(theta0)`` (int64 ``(P,)``) and the training losses ``(n_iters,)``.
+    Raises :class:`DivergenceError` as :func:`hypergradient` documents.
+    """
+    state = opt.init(theta0)
+    w_init = state.w.copy()
+    S = state.buffer.n_streams
+    chunk = -(-state.w.shape[0] // S)
+    state.buffer.reserve(int(opt.info_bits_per_param(n_iters) * chunk / 32.0 * 1.02) + 64)
+    train_loss = np.empty(n_iters)
+    limit = math.inf
+    for t in range(n_iters):
+        x, y = batch(t)
+        loss, g = _train_gradient(model, opt.params(state), x, y, bptt, t, n_iters)
+        if t == 0:
+            limit = _loss_limit(model, loss)
+        elif loss > limit:
+            raise DivergenceError(
+                f"training diverged at iteration t={t} (step {t + 1} of {n_iters}): the "
+                f"training loss {loss:.4g} is above {limit:.4g} (the first iteration's was "
+                f"{train_loss[0]:.4g}); {_TRY}", step=t + 1, loss=loss)
+        train_loss[t] = loss
+        state = opt.step(state, g)
+    return state, w_init, train_loss
+
+
+def _validation(model, theta, val_data, n_iters):
+    """``(val_loss, dw)``: the validation loss at the trained weights and its gradient."""
+    where = f"training diverged: after {n_iters} iterations"
+    try:
+        val_loss, dw = model.loss_and_grad(theta, *val_data)
+    except FloatingPointError as e:
+        raise DivergenceError(f"{where} the validation loss cannot be computed ({e}); {_TRY}",
+                              step=n_iters, loss=None) from e
+    val_loss = float(val_loss)
+    if not (math.isfinite(val_loss) and np.isfinite(dw).all()):
+        raise DivergenceError(f"{where} the validation loss is {val_loss:.4g} (or its "
+                              f"gradient is not finite); {_TRY}", step=n_iters, loss=val_loss)
+    return val_loss, np.array(dw, dtype=np.float64)
+
+
+# ------------------------------------------------------------------- reverse
+class _Adjoint:
+    """What the reverse pass accumulates.
+
+    ``dw``, ``dv`` (float64 ``(P,)``): d f / d w_t and d f / d v_t of the
+    validation loss ``f``; ``d_lr``, ``d_mom`` (``(n_iters, G)``) and ``d_wd``
+    (``(G,)``): the hyperparameter gradients per iteration and group.
+    """
+    __slots__ = ("dw", "dv", "d_lr", "d_mom", "d_wd")
+
+    def __init__(self, dw, n_iters, G):
+        self.dw = dw
+        self.dv = np.zeros_like(dw)
+        self.d_lr = np.zeros((n_iters, G))
+        self.d_mom = np.zeros((n_iters, G))
+        self.d_wd = np.zeros(G)
+
+
+def _undo(fn, t, *args):
+    """``fn(*args)``, an optimiser's unstep half; leaving the range means a broken reversal."""
+    try:
+        return fn(*args)
+    except FixedPointError as e:
+        # the forward pass stayed in range, so its exact inverse does too
+        raise ReversalError(f"the reverse pass left the fixed-point range at iteration "
+                            f"{t} ({e}): train_batch or the gradient is not "
+                            "deterministic, or the state was corrupted") from e
+
+
+def _reverse_step(model, opt, state, t, batch, bptt, adj):
+    """Undo iteration ``t`` exactly and carry the adjoints ``adj`` back through it.
+
+    With ``u = (1 - gamma_t) * dv`` (elementwise, per group) and sums over
+    each group's parameters::
+
+        d alpha_t  = dw . v_{t+1}
+        dv        += alpha_t * dw
+        w_t        = w_{t+1} - alpha_t * v_{t+1}            (exact, unstep_weights)
+        g_t        = grad L_train(w_t; batch t) + lambda * w_t
+        v_t        = (v_{t+1} + (1 - gamma_t) * g_t) / gamma_t    (exact, unstep_velocity)
+        d gamma_t  = dv . (v_t + g_t)
+        d lambda  -= (1 - gamma_t) * w_t . dv
+        dw        -= H_t u + lambda * u                     (H_t: Hessian of L_train at w_t)
+        dv        *= gamma_t
+
+    Returns the state before iteration ``t``; ``adj`` is updated in place.
+    """
+    gidx = opt.group_index(adj.dw.shape[0])
+    lr, gam, wd = opt.hyperparameters(t)
+    group_dot(adj.dw, opt.velocity(state), gidx, adj.d_lr[t])
+    adj.dv += lr[gidx] * adj.dw
+    pending = _undo(opt.unstep_weights, t, state)
+    w_t = pending.theta
+    x, y = batch(t)
+    _, g = model.loss_and_grad(w_t, x, y, bptt=bptt)
+    state = _undo(opt.unstep_velocity, t, pending, g)
+    wd_e = wd[gidx]
+    group_dot(adj.dv, opt.velocity(state) + g + wd_e * w_t, gidx, adj.d_mom[t])
+    tmp = np.zeros(adj.d_wd.shape[0])
+    group_dot(w_t, adj.dv, gidx, tmp)
+    adj.d_wd -= (1.0 - gam) * tmp
+    u = (1.0 - gam)[gidx] * adj.dv
+    if np.any(u):
+        # d g / d w = H + diag(lambda): the Hessian acts on (1 - gamma) * dv, not the
+        # other way round (they differ when gamma differs between groups)
+        adj.dw -= model.hvp(w_t, x, y, u) + wd_e * u
+    adj.dv *= gam[gidx]
+    if not (np.isfinite(adj.dv).all() and np.isfinite(adj.dw).all()):
+        raise DivergenceError(
+            f"the hypergradient overflowed going back through iteration t={t}: the "
+            "training run is chaotic (learning rate or momentum too large for it) and "
+            f"its hypergradients do not exist in any useful sense; {_TRY}",
+            step=t + 1, loss=None)
+    return state
+
+
+def _check_end(state, w_init):
+    """Raise ReversalError unless the reverse pass ended at ``(to_fixed(theta0), 0)``
+    with an empty buffer; the message names what differs."""
+    P = w_init.shape[0]
+    bad_w = np.flatnonzero(state.w != w_init)
+    bad_v = np.flatnonzero(state.v)
+    parts = []
+    if bad_w.size:
+        parts.append(f"w_0 (in {bad_w.size} of {P} parameters, first at index "
+                     f"{int(bad_w[0])})")
+    if bad_v.size:
+        parts.append(f"velocity v_0 (must be 0; {bad_v.size} of {P} entries are not, first "
+                     f"at index {int(bad_v[0])})")
+    _check_reversal("hypergradient's reverse pass (train_batch and the model's gradients "
+                   "must be deterministic)", not parts, state.buffer,
+                   what=" and ".join(parts) or "w_0")
+
+
+def _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats):
+    """Assemble the :class:`HyperGradient` in the shapes the optimiser was given."""
+    layout = model.layout
+    directions = layout.init_scale_direction(theta0)
+    init_scale = np.array([float(np.dot(adj.dw, directions[g])) for g in layout.groups])
+    wd = np.array(adj.d_wd.sum()) if len(opt.weight_decay_shape) == 0 else adj.d_wd
+    return HyperGradient(lr=_to_shape(adj.d_lr, opt.lr_shape),
+                         momentum=_to_shape(adj.d_mom, opt.momentum_shape),
+                         weight_decay=wd, init_scale=init_scale, theta0=adj.dw,
+                         val_loss=val_loss, final_theta=final_theta,
+                         train_loss=train_loss, groups=tuple(layout.groups), stats=stats)
+
+
 def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=None,
                   check_reversal=True):
     """Gradient of the validation loss after ``n_iters`` steps of exact SGD, by reversal.
@@ -138,11 +362,18 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     Memory: the buffer (about ``log2(1/gamma)`` bits per parameter and
     iteration) plus O(P), not the ``8 * P * n_iters`` bytes of the trajectory.
 
+    Training that diverges is stopped, not differentiated: the forward pass
+    raises :class:`~revtrain.DivergenceError` when a training loss or gradient
+    is not finite, or a training loss exceeds ``10`` times the first
+    iteration's (for a softmax model, ``loss_kind == "softmax"``, only when it
+    is also above ``3 * log(n_out)``, three times the loss of a uniform
+    guess), and after training when the validation loss is not finite.
+
     Parameters
     ----------
     model : RecurrentModel
         Anything with ``layout``, ``loss_and_grad(theta, x, y, bptt=)`` and
-        ``hvp(theta, x, y, v)``.
+        ``hvp(theta, x, y, v)``; ``n_out`` and ``loss_kind`` are used if present.
     opt : ExactSGD
         Per-group hyperparameters use the model's groups (``model.layout``)
         unless the optimiser was given its own.
@@ -158,8 +389,8 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     bptt : str, optional
         BPTT mode for the training gradients (default: the model's).
     check_reversal : bool
-        Compare the recovered ``w_0`` with ``to_fixed(theta0)`` and check that
-        the buffer is empty (default True; cheap).
+        Check that the reverse pass recovered ``w_0 == to_fixed(theta0)`` and
+        ``v_0 == 0`` bit for bit and emptied the buffer (default True; cheap).
 
     Returns
     -------
@@ -167,124 +398,41 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
 
     Raises
     ------
+    DivergenceError
+        (a ``FloatingPointError``) If training diverged, as above; its
+        ``step`` is the 1-based iteration (``t + 1``; ``n_iters`` for the
+        validation loss), ``loss`` the loss that stopped it. Also when the
+        reverse accumulation overflows (a chaotic training run, whose
+        hypergradient does not exist in any useful sense; ``loss`` is None).
+        The message names the iteration; try a smaller learning rate.
+    FixedPointError
+        If a step would take the weights or velocity outside the optimiser's
+        fixed-point range (also a sign of divergence; nothing is returned).
     ReversalError
-        If the reverse pass does not recover the initial weights bit for bit
-        (``train_batch`` or the gradient not deterministic, or state corrupted).
+        If the reverse pass does not recover the initial weights, a zero
+        velocity and an empty buffer bit for bit (``train_batch`` or the
+        gradient not deterministic, or state corrupted).
     ValueError
         For bad arguments (schedules shorter than ``n_iters``, shapes, ...).
-    FloatingPointError
-        If the training loss or the reverse accumulation overflows (chaotic training).
     """
-    if not isinstance(opt, ExactSGD):
-        raise TypeError(f"opt must be an ExactSGD, got {type(opt).__name__}")
-    if isinstance(n_iters, bool) or not isinstance(n_iters, (int, np.integer)) or n_iters < 1:
-        raise ValueError(f"n_iters must be a positive int, got {n_iters!r}")
-    n_iters = int(n_iters)
-    if not callable(train_batch):
-        raise ValueError(f"train_batch must be a callable t -> (x, y), got "
-                         f"{type(train_batch).__name__}")
-    xv, yv = _check_xy(val_data, "val_data")
-    layout = model.layout
-    theta0 = layout.check(np.asarray(theta0), name="theta0")
-    if theta0.dtype != np.float64:
-        raise ValueError(f"theta0 must be float64, got {theta0.dtype}")
-    opt.check_iterations(n_iters)
-    if opt.groups is None:
-        opt = opt.with_groups(layout)
-    P = layout.size
-    gidx = opt.group_index(P)
-    G = opt.n_groups
-
-    def batch(t):
-        return _check_xy(train_batch(t), f"train_batch({t})")
-
-    # ---------------------------------------------------------------- forward
+    opt, theta0, n_iters, val_data, batch = _check_args(model, opt, theta0, train_batch,
+                                                        val_data, n_iters)
+    P, G = theta0.shape[0], opt.n_groups
     t0, c0 = time.perf_counter(), time.process_time()
-    state = opt.init(theta0)
-    w_init = state.w.copy()
-    per_iter = opt._tables()["bits"].max(axis=1)        # most bits per parameter, per row
-    bits = float(per_iter[:n_iters].sum()) if per_iter.shape[0] > 1 else per_iter[0] * n_iters
-    S = state.buffer.n_streams
-    state.buffer.reserve(int(bits * (-(-P // S)) / 32.0 * 1.02) + 64)
-    train_loss = np.empty(n_iters)
-    for t in range(n_iters):
-        x, y = batch(t)
-        loss, g = model.loss_and_grad(opt.params(state), x, y, bptt=bptt)
-        train_loss[t] = loss
-        state = opt.step(state, g)
+    state, w_init, train_loss = _forward(model, opt, theta0, batch, n_iters, bptt)
     t1, c1 = time.perf_counter(), time.process_time()
-    buffer_bytes = state.buffer.nbytes
-    info_bits = state.buffer.info_bits
+    buffer_bytes, info_bits = state.buffer.nbytes, state.buffer.info_bits
 
-    # --------------------------------------------------------------- reverse
     final_theta = opt.params(state)
-    val_loss, dw = model.loss_and_grad(final_theta, xv, yv)
-    dw = dw.copy()
-    dv = np.zeros(P)
-    d_lr = np.zeros((n_iters, G))
-    d_mom = np.zeros((n_iters, G))
-    d_wd = np.zeros(G)
-    seen = {}
-
-    def grad_fn(theta, t):
-        x, y = batch(t)
-        _, g = model.loss_and_grad(theta, x, y, bptt=bptt)
-        seen["theta"], seen["g"], seen["x"], seen["y"] = theta, g, x, y
-        return g
-
+    val_loss, dw = _validation(model, final_theta, val_data, n_iters)
+    adj = _Adjoint(dw, n_iters, G)
     for t in range(n_iters - 1, -1, -1):
-        lr, gam, wd = opt.hyperparameters(t)
-        v_next = opt.velocity(state)
-        group_dot(dw, v_next, gidx, d_lr[t])
-        dv += lr[gidx] * dw
-        try:
-            state = opt.unstep(state, grad_fn)
-        except FixedPointError as e:
-            # the forward pass stayed in range, so its exact inverse does too
-            raise ReversalError(f"the reverse pass left the fixed-point range at iteration "
-                                f"{t} ({e}): train_batch or the gradient is not "
-                                "deterministic, or the state was corrupted") from e
-        w_t, g_t = seen["theta"], seen["g"]
-        v_t = opt.velocity(state)
-        wd_e = wd[gidx]
-        group_dot(dv, v_t + g_t + wd_e * w_t, gidx, d_mom[t])
-        c = (1.0 - gam)[gidx]
-        tmp = np.zeros(G)
-        group_dot(w_t, dv, gidx, tmp)
-        d_wd -= (1.0 - gam) * tmp
-        if not (np.isfinite(dv).all() and np.isfinite(dw).all()):
-            raise FloatingPointError(
-                f"the hypergradient overflowed going back through iteration {t}: the "
-                "training run is chaotic (learning rate or momentum too large for it); "
-                "its hypergradients do not exist in any useful sense")
-        cdv = c * dv                       # (1 - gamma) dv, elementwise
-        if np.any(cdv):
-            # d g / d w = H + diag(lambda), so dw -= (H + diag(lambda)) diag(1 - gamma) dv:
-            # the Hessian acts on (1 - gamma) * dv (not the other way round when gamma
-            # differs between groups)
-            dw -= model.hvp(w_t, seen["x"], seen["y"], cdv) + wd_e * cdv
-        dv *= gam[gidx]
+        state = _reverse_step(model, opt, state, t, batch, bptt, adj)
     t2, c2 = time.perf_counter(), time.process_time()
     if check_reversal:
-        if not np.array_equal(state.w, w_init):
-            bad = np.flatnonzero(state.w != w_init)
-            raise ReversalError(
-                f"the reverse pass recovered w_0 different from to_fixed(theta0) in "
-                f"{bad.size} of {P} parameters (first at index {int(bad[0])}): train_batch or "
-                "the gradient is not deterministic, or the state was corrupted")
-        if state.v.any() or not state.buffer.is_empty():
-            raise ReversalError("the reverse pass did not end with zero velocity and an empty "
-                                "information buffer: the state was corrupted")
-
-    directions = layout.init_scale_direction(theta0)
-    init_scale = np.array([float(np.dot(dw, directions[g])) for g in layout.groups])
-    wd_grad = np.array(d_wd.sum()) if len(opt.weight_decay_shape) == 0 else d_wd
+        _check_end(state, w_init)
     stats = HyperStats(buffer_bytes=int(buffer_bytes), info_bits=float(info_bits),
                        trajectory_bytes=8 * P * n_iters, forward_seconds=t1 - t0,
                        reverse_seconds=t2 - t1, n_iters=n_iters, n_params=P,
                        forward_cpu_seconds=c1 - c0, reverse_cpu_seconds=c2 - c1)
-    return HyperGradient(lr=_to_shape(d_lr, opt.lr_shape),
-                         momentum=_to_shape(d_mom, opt.momentum_shape),
-                         weight_decay=wd_grad, init_scale=init_scale, theta0=dw,
-                         val_loss=float(val_loss), final_theta=final_theta,
-                         train_loss=train_loss, groups=tuple(layout.groups), stats=stats)
+    return _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats)

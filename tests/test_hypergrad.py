@@ -242,3 +242,95 @@ def test_checkpointed_bptt_reverses_exactly_and_agrees():
     for a, b in ((chk.lr, std.lr), (chk.momentum, std.momentum), (chk.theta0, std.theta0),
                  (chk.init_scale, std.init_scale)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+# ------------------------------------------------------------------ divergence
+def test_divergent_training_raises_instead_of_returning():
+    model, data, val, theta0 = _problem(rt.RNN, seed=11)
+    with pytest.raises(rt.DivergenceError, match=r"iteration t=\d+ .*smaller learning rate") as e:
+        rt.hypergradient(model, rt.ExactSGD(1e9, 0.9), theta0, lambda t: data[t], val, N_ITERS)
+    assert isinstance(e.value, FloatingPointError)
+    assert isinstance(e.value.step, int) and 1 <= e.value.step <= N_ITERS
+    assert f"step {e.value.step} of {N_ITERS}" in str(e.value)
+    assert e.value.loss > 10 * model.loss(theta0, *data[0])
+
+
+class _Scripted:
+    """A model whose training losses on ``data`` (and validation loss) are replaced."""
+
+    def __init__(self, model, data, losses, val=None, val_loss=None, hvp_scale=1.0):
+        self.model, self.data, self.losses = model, data, losses
+        self.val, self.val_loss, self.hvp_scale = val, val_loss, hvp_scale
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def loss_and_grad(self, theta, x, y, bptt=None):
+        loss, g = self.model.loss_and_grad(theta, x, y, bptt=bptt)
+        if self.val is not None and x is self.val[0]:
+            return self.val_loss, g
+        t = next((i for i, (xb, _) in enumerate(self.data) if xb is x), None)
+        return (loss, g) if t is None else (self.losses[t], g)
+
+    def hvp(self, theta, x, y, v):
+        return self.model.hvp(theta, x, y, v) * self.hvp_scale
+
+
+def _hg(model, data, val, theta0, opt=None):
+    return rt.hypergradient(model, opt or rt.ExactSGD(0.3, 0.9), theta0, lambda t: data[t],
+                            val, N_ITERS)
+
+
+def test_divergence_rules_loss_ratio_and_softmax_floor():
+    model, data, val, theta0 = _problem(rt.RNN, seed=12)       # softmax, n_out = 4
+    floor = 3 * np.log(4)                                      # 4.16
+    # 10x the first loss but below 3 log(n_out): a well-trained start, not divergence
+    losses = [0.1] * N_ITERS
+    losses[5] = 0.99 * floor
+    hg = _hg(_Scripted(model, data, losses), data, val, theta0)
+    assert hg.train_loss[5] == losses[5]
+    losses[5] = 1.01 * floor
+    with pytest.raises(rt.DivergenceError, match=r"iteration t=5 \(step 6 of 10\)") as e:
+        _hg(_Scripted(model, data, losses), data, val, theta0)
+    assert e.value.step == 6 and e.value.loss == losses[5]
+    # above 3 log(n_out) but within 10x of the first: carries on
+    losses = [2.0] * N_ITERS
+    losses[7] = 19.9
+    assert _hg(_Scripted(model, data, losses), data, val, theta0).train_loss[7] == 19.9
+    losses[7] = 20.1
+    with pytest.raises(rt.DivergenceError, match="above 20 "):
+        _hg(_Scripted(model, data, losses), data, val, theta0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_training_or_validation_loss_raises(bad):
+    model, data, val, theta0 = _problem(rt.RNN, seed=13)
+    losses = [1.0] * N_ITERS
+    losses[0] = bad                                            # the very first one too
+    with pytest.raises(rt.DivergenceError, match=r"iteration t=0 .*training loss is") as e:
+        _hg(_Scripted(model, data, losses), data, val, theta0)
+    assert e.value.step == 1
+    with pytest.raises(rt.DivergenceError, match="after 10 iterations the validation loss") as e:
+        _hg(_Scripted(model, data, [1.0] * N_ITERS, val, bad), data, val, theta0)
+    assert e.value.step == N_ITERS
+
+
+def test_reverse_pass_overflow_is_a_divergence_error():
+    model, data, val, theta0 = _problem(rt.RNN, seed=14)
+    scripted = _Scripted(model, data, [1.0] * N_ITERS, hvp_scale=1e300)
+    with pytest.raises(rt.DivergenceError, match="overflowed going back through iteration t=8"):
+        _hg(scripted, data, val, theta0)
+
+
+def test_final_check_names_a_non_zero_velocity(monkeypatch):
+    model, data, val, theta0 = _problem(rt.RNN, seed=15)
+    real = rt.ExactSGD.unstep_velocity
+
+    def off_by_one_at_0(self, pending, grad):
+        state = real(self, pending, grad)
+        return state._replace(v=state.v + 1) if pending.t == 0 else state
+
+    monkeypatch.setattr(rt.ExactSGD, "unstep_velocity", off_by_one_at_0)
+    with pytest.raises(rt.ReversalError, match=r"velocity v_0 \(must be 0; \d+ of \d+") as e:
+        _hg(model, data, val, theta0)
+    assert "w_0 (" not in str(e.value)
