@@ -12,16 +12,16 @@ every product in one pool. Generic over float64 and complex128.
 import numpy as np
 from numba import njit
 
-_opts = dict(cache=True, error_model="numpy")
+from ._options import NJIT_OPTS
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def matmul_into(A, B, out):
     """``out = A @ B``.  A : (m, k).  B : (k, n).  out : (m, n) (C-contiguous)."""
     np.dot(A, B, out)
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def matmul_tn_add(A, B, out, tmp):
     """``out += A.T @ B``.  A : (m, k).  B : (m, n).  out, tmp : (k, n); ``tmp`` is scratch."""
     np.dot(A.T, B, tmp)

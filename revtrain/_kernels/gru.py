@@ -14,12 +14,11 @@ transposed products. Generic over float64 and complex128 (complex step).
 import numpy as np
 from numba import njit
 
+from ._options import NJIT_OPTS
 from .mathfn import sigmoid_, tanh_
 
-_opts = dict(cache=True, error_model="numpy")
 
-
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def gru_forward(P, Wzr, Wn, b, hs, zr, n, rh):
     """Run ``k`` GRU steps, storing what the backward pass needs.
 
@@ -58,7 +57,7 @@ def gru_forward(P, Wzr, Wn, b, hs, zr, n, rh):
                 ht[i, j] = (1.0 - z) * nn + z * hp[i, j]
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def gru_backward(hs, zr, n, dH, Wzr, Wn, dh, dP, tmp):
     """Backpropagate through ``k`` GRU steps held by :func:`gru_forward`.
 

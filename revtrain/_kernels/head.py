@@ -7,12 +7,11 @@ step). Every kernel *adds* to ``dU`` and ``dby`` and *writes* ``dh``.
 import numpy as np
 from numba import njit
 
+from ._options import NJIT_OPTS, INLINE_OPTS
 from .mathfn import exp_, log_, real_
 
-_opts = dict(cache=True, error_model="numpy")
 
-
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(**INLINE_OPTS)
 def _backprop_output(h, U, dz, dh, dU, dby):
     """Through ``z = h @ U + by`` given ``dz`` = dL/dz (N, O): ``dby += sum_n dz[n]``,
     ``dU += h.T @ dz``, ``dh = dz @ U.T``."""
@@ -26,7 +25,7 @@ def _backprop_output(h, U, dz, dh, dU, dby):
     np.dot(dz, U.T, dh)
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
     """Softmax cross-entropy summed over rows, times ``scale``; gradients added.
 
@@ -70,7 +69,7 @@ def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
     return loss * scale
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def mse_head(h, U, by, target, scale, work, dh, dU, dby):
     """Squared error ``L = scale * sum_{n,k} (z[n,k] - target[n,k])**2``, ``z = h @ U + by``.
 
@@ -89,7 +88,7 @@ def mse_head(h, U, by, target, scale, work, dh, dU, dby):
     return loss * scale
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def softmax_probs(h, U, by, out):
     """``out[n] = softmax(h[n] @ U + by)``; ``h`` (N, H), ``out`` (N, O) float64."""
     N, O = out.shape
@@ -107,7 +106,7 @@ def softmax_probs(h, U, by, out):
             out[n, k] /= s
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def linear_out(h, U, by, out):
     """``out = h @ U + by``."""
     np.dot(h, U, out)

@@ -1,10 +1,10 @@
 """Input projections for token ids: gather rows of the input weights, scatter-add their gradients."""
 from numba import njit
 
-_opts = dict(cache=True, error_model="numpy")
+from ._options import NJIT_OPTS
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def gather_rows(tok, V, out):
     """``out[t, b, :] = V[tok[t, b], :]`` (the product of one-hot inputs with ``V``).
 
@@ -19,7 +19,7 @@ def gather_rows(tok, V, out):
                 out[t, b, j] = V[r, j]
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def scatter_add_rows(tok, dA, dV):
     """``dV[tok[t, b], :] += dA[t, b, :]`` in a fixed order (deterministic).
 

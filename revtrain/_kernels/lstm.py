@@ -15,12 +15,11 @@ or ``4H`` values (loops LLVM vectorises with the fast functions of
 import numpy as np
 from numba import njit
 
+from ._options import NJIT_OPTS
 from .mathfn import sigmoid_, tanh_
 
-_opts = dict(cache=True, error_model="numpy")
 
-
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def lstm_forward(G, W_h, b, hs, cs, tc, Z):
     """Run ``k`` steps, keeping what :func:`lstm_backward` needs.
 
@@ -66,7 +65,7 @@ def lstm_forward(G, W_h, b, hs, cs, tc, Z):
                 hn[j] = ao[j] * tt[j]
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def lstm_backward(G, cs, tc, dH, W_h, dh, dc):
     """Backpropagate through ``k`` steps held by :func:`lstm_forward`.
 

@@ -48,7 +48,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import overload, intrinsic
 
-_fast = dict(cache=True, inline="always", error_model="numpy")
+from ._options import INLINE_OPTS
 
 
 def tanh_(z):
@@ -142,13 +142,13 @@ _C12 = 1.0 / 479001600.0
 _C13 = 1.0 / 6227020800.0
 
 
-@njit(**_fast)
+@njit(**INLINE_OPTS)
 def _pow2(t):
     """``2**k`` for ``t = k + _SHIFT`` (``k`` an integer in [-1022, 1023])."""
     return _i64_as_f64((_f64_as_i64(t) + _BIAS) << 52)
 
 
-@njit(**_fast)
+@njit(**INLINE_OPTS)
 def _expm1_poly(r):
     """``expm1(r) - r = r^2/2! + ... + r^13/13!`` for ``|r| <= ln(2)/2`` (Horner, FMA)."""
     p = _C13
@@ -166,7 +166,7 @@ def _expm1_poly(r):
     return (r * r) * p
 
 
-@njit(**_fast)
+@njit(**INLINE_OPTS)
 def exp_fast(x):
     """exp(x) for float64, vectorisable (see the module docstring)."""
     x = _where(x < 710.0, x, 710.0)
@@ -181,7 +181,7 @@ def exp_fast(x):
     return (p * _pow2(t1)) * _pow2(t2)
 
 
-@njit(**_fast)
+@njit(**INLINE_OPTS)
 def tanh_fast(x):
     """tanh(x) for float64, vectorisable (see the module docstring)."""
     a = _where(x >= 0.0, x, -x)
@@ -197,7 +197,7 @@ def tanh_fast(x):
     return _where(x >= 0.0, th, -th)
 
 
-@njit(**_fast)
+@njit(**INLINE_OPTS)
 def sigmoid_fast(x):
     """1 / (1 + exp(-x)) for float64, vectorisable (see the module docstring)."""
     a = _where(x >= 0.0, x, -x)
@@ -206,7 +206,7 @@ def sigmoid_fast(x):
     return _where(x >= 0.0, s, e * s)
 
 
-@njit(**_fast)
+@njit(**INLINE_OPTS)
 def _sigmoid_real(a):
     return sigmoid_fast(a)
 

@@ -22,12 +22,11 @@ Generic over float64 and complex128 (complex step).
 import numpy as np
 from numba import njit
 
+from ._options import NJIT_OPTS
 from .mathfn import tanh_
 
-_opts = dict(cache=True, error_model="numpy")
 
-
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def _add_into(dst, src, n):
     """``dst[:n] += src[:n]`` for 2-D arrays."""
     H = dst.shape[1]
@@ -36,7 +35,7 @@ def _add_into(dst, src, n):
             dst[r, j] += src[r, j]
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def _neighbours(d, off, i0s, base):
     """Runs of diagonal ``d`` and their neighbours on diagonal ``d - 1``.
 
@@ -60,7 +59,7 @@ def _neighbours(d, off, i0s, base):
     return north_dst, north_src, max(n_north, 0), west_dst, west_src, max(n_west, 0)
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def mdrnn_wavefront_forward(S, Wn, Ww, b, off, i0s, d_first, d_last, base, tmp):
     """Forward sweep over the anti-diagonals ``d_first .. d_last-1``, in place.
 
@@ -95,7 +94,7 @@ def mdrnn_wavefront_forward(S, Wn, Ww, b, off, i0s, d_first, d_last, base, tmp):
                 S2[r, j] = tanh_(S2[r, j] + b[j])
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def mdrnn_wavefront_backward(S, dS, Wn, Ww, off, i0s, d_first, d_last, base, dWn, dWw,
                              tmp, tmpHH):
     """Backward sweep over the anti-diagonals ``d_last-1`` down to ``d_first``.
@@ -144,7 +143,7 @@ def mdrnn_wavefront_backward(S, dS, Wn, Ww, off, i0s, d_first, d_last, base, dWn
                 dWw += tmpHH
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def mdrnn_raster_forward(S, Wn, Ww, b, tmp):
     """Forward cell by cell in row-major order, in place.
 
@@ -166,7 +165,7 @@ def mdrnn_raster_forward(S, Wn, Ww, b, tmp):
                     a[r, c] = tanh_(a[r, c] + b[c])
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def mdrnn_raster_backward(S, dS, Wn, Ww, dWn, dWw, tmp, tmpHH):
     """Backward cell by cell in reverse row-major order.
 

@@ -27,17 +27,15 @@ import numpy as np
 from numba import njit, int64, types
 from numba.extending import overload
 
+from ._options import NJIT_OPTS, INLINE_OPTS
 from .exact import mul_ratio_elem, overflows
 from .rans import buffer_kernel, buffer_op
 
 #: Largest magnitude a fixed-point state element may reach (exclusive).
 LIMIT = 1 << 62
 
-_opts = dict(cache=True, error_model="numpy")
-_inline = dict(cache=True, inline="always", error_model="numpy")
 
-
-@njit(**_inline)
+@njit(**INLINE_OPTS)
 def quant_gate(gate, D, nmin):
     """``n = clip(rint(gate * D), nmin, D)``: a gate in (0, 1] as the ratio ``n / D``.
 
@@ -51,7 +49,7 @@ def quant_gate(gate, D, nmin):
     return int64(x)
 
 
-@njit(**_inline)
+@njit(**INLINE_OPTS)
 def fixed_inc(value, scale):
     """``rint(value * scale)`` as int64 for a value with ``|value| <= 1`` (``scale = 2**F``)."""
     return int64(np.rint(value * scale))
@@ -142,7 +140,7 @@ def forget_add_undo(q, n, inc, D, states, counts, words, info, log2tab):
     return -1
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def add_checked(q, v, sign):
     """In place ``q += sign * v`` (sign = +1 or -1); returns -1 or the first flat index leaving ``|q| < LIMIT``.
 
@@ -163,7 +161,7 @@ def add_checked(q, v, sign):
     return -1
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def quantise_forget_add(gate, value, D, nmin, scale, n, inc):
     """Ratios and increments of ``q <- q * gate + value``: ``n = quant(gate)``, ``inc = rint(value * 2**F)``.
 
@@ -176,7 +174,7 @@ def quantise_forget_add(gate, value, D, nmin, scale, n, inc):
             inc[i, j] = fixed_inc(value[i, j], scale)
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def quantise_convex(gate, target, D, nmin, scale, n, inc):
     """Ratios and increments of ``q <- gate*q + (1-gate)*target`` with the quantised gate.
 

@@ -22,6 +22,7 @@ out of bounds.
 import numpy as np
 from numba import njit, uint64, int64
 
+from ._options import BUFFER_KERNEL_OPTS, BUFFER_OP_OPTS
 from .bits import bit_length, trailing_zeros
 
 PROB_BITS = 16
@@ -41,10 +42,10 @@ SPLIT_LIMIT = 1 << SPLIT_BITS
 #: and inlined. Put the per-element loop that pushes and pops in a kernel
 #: compiled with :data:`buffer_kernel` (no allocation inside, preallocated
 #: arrays in); called from an ordinary kernel they are correct but slower.
-buffer_op = njit(cache=True, _nrt=False, inline="always")
+buffer_op = njit(**BUFFER_OP_OPTS)
 
 #: Decorator for loop kernels that call :data:`buffer_op` routines per element.
-buffer_kernel = njit(cache=True, _nrt=False)
+buffer_kernel = njit(**BUFFER_KERNEL_OPTS)
 
 
 @njit(cache=True, inline="always")

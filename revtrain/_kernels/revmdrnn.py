@@ -23,10 +23,9 @@ error code instead of raising: ``-1`` = fine, otherwise the flat index
 """
 from numba import njit
 
+from ._options import NJIT_OPTS
 from .quantize import forget_add_elem, forget_add_undo_elem
 from .rans import buffer_kernel
-
-_opts = dict(cache=True, error_model="numpy")
 
 
 @buffer_kernel
@@ -91,7 +90,7 @@ def diag_forget_add_undo(q, n, inc, B, D, states, counts, words, info, log2tab):
     return -1
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def store_cells(src, d, c0, c1, dst):
     """Copy a diagonal's frontier rows into a per-cell array.
 
@@ -108,7 +107,7 @@ def store_cells(src, d, c0, c1, dst):
                 dst[i, c, b, j] = src[r, j]
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def load_cells(src, d, c0, c1, mult, out):
     """Gather the cells ``(d - c, c)``, ``c`` in ``[c0, c1]``, from a per-cell array.
 

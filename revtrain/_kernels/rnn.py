@@ -6,12 +6,11 @@ product per step; everything else is elementwise.
 import numpy as np
 from numba import njit
 
+from ._options import NJIT_OPTS
 from .mathfn import tanh_
 
-_opts = dict(cache=True, error_model="numpy")
 
-
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def rnn_forward(P, W, b, hs):
     """Run ``k`` steps.
 
@@ -27,7 +26,7 @@ def rnn_forward(P, W, b, hs):
                 ht[i, j] = tanh_(ht[i, j] + P[t, i, j] + b[j])
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def rnn_backward(hs, dH, W, dh, dA):
     """Backpropagate through ``k`` steps.
 

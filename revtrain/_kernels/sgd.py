@@ -16,10 +16,17 @@ The inverse subtracts the same ``w`` increment (computed from the same ``v``),
 then, given the gradient at the recovered ``w``, adds the same ``v`` increment
 back and multiplies by ``2**16 / n_j`` with the digits read from the buffer.
 
-**The exact multiply** is DESIGN §1 with ``d = 2**16``: ``r = q mod 2**16`` is
-pushed with :func:`~revtrain._kernels.rans.rans_push` (a power of two: exactly
-16 bits), then the new low digit ``s`` in ``[0, n)`` is popped. That pop is
-coded here with a wider quantised distribution, of total ``M = 2**24``
+**The exact multiply** of ``q`` by ``n / d`` with ``d = 2**16`` (Maclaurin,
+Duvenaud & Adams 2015, Algorithm 3)::
+
+    r = q mod d              floor mod, 0 <= r < d also for q < 0; pushed
+    q = (q - r) // d         exact
+    q = q * n + s            s in [0, n) popped from the buffer
+
+and its inverse is the same with ``n`` and ``d`` swapped. Here
+``r = q mod 2**16`` is pushed with :func:`~revtrain._kernels.rans.rans_push`
+(a power of two: exactly 16 bits), then the new low digit ``s`` is popped.
+That pop is coded here with a wider quantised distribution, of total ``M = 2**24``
 (frequencies ``2**24 // n`` or one more), on the same stack and state, instead
 of the ``2**16`` of ``rans_pop``: with ``M = 2**16`` a base ``n`` close to
 ``2**16`` must be split into digits whose coarse quantised frequencies waste
@@ -43,6 +50,7 @@ changing anything: 1 = non-finite gradient, 2 = a result would not fit int64.
 import numpy as np
 from numba import int64, uint64, njit
 
+from ._options import NJIT_OPTS
 from .rans import buffer_kernel, buffer_op, rans_push, rans_pop, _emit_word, _read_word, STATE_LOW
 
 #: Momentum is held as ``n / 2**MOMENTUM_BITS``.
@@ -250,7 +258,7 @@ def sgd_unstep_velocity(w, v, g, gidx, n, wq, we, cv, wd, inv_w, chunk,
     return 0, -1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**NJIT_OPTS)
 def group_dot(a, b, gidx, out):
     """``out[j] = sum_{i: gidx[i] == j} a[i] * b[i]`` (``out`` zeroed by the caller)."""
     for i in range(a.shape[0]):

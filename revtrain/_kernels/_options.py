@@ -1,0 +1,39 @@
+"""Numba compilation options shared by the kernel modules.
+
+Use as ``@njit(**NJIT_OPTS)`` (loop kernels) or ``@njit(**INLINE_OPTS)``
+(small element routines that other kernels call per element).
+
+``cache=True``
+    The compiled machine code is cached on disk next to the module
+    (``__pycache__/*.nbi``, ``*.nbc``), so a new process does not recompile
+    every kernel; the cache is invalidated when the module's source changes.
+``error_model="numpy"``
+    Floating-point division by zero gives ``inf``/``nan`` as numpy does
+    instead of raising ``ZeroDivisionError``, so Numba emits no exception
+    check inside the loops (faster, and vectorisable). Integer ``//`` and
+    ``%`` by zero give 0 instead of raising, so callers must pass positive
+    divisors (a zero must be rejected before the kernel is called).
+``inline="always"``
+    The routine is inlined into its caller at the Numba IR level, so a
+    per-element call costs nothing.
+
+``_nrt=False`` (:data:`BUFFER_KERNEL_OPTS`, :data:`BUFFER_OP_OPTS`)
+    Compiled without the Numba runtime (NRT): no reference counting of the
+    array arguments, which for the information-buffer routines called per
+    element would cost several times their work. Such code must not allocate.
+    Used through the decorators ``buffer_kernel`` and ``buffer_op`` of
+    :mod:`revtrain._kernels.rans` (see there); they keep Numba's default
+    error model (integer arithmetic only).
+"""
+
+#: Options for loop kernels: ``@njit(**NJIT_OPTS)``.
+NJIT_OPTS = dict(cache=True, error_model="numpy")
+
+#: Options for per-element routines inlined into their caller.
+INLINE_OPTS = dict(NJIT_OPTS, inline="always")
+
+#: Options of ``rans.buffer_kernel``: loop kernels that push/pop per element.
+BUFFER_KERNEL_OPTS = dict(cache=True, _nrt=False)
+
+#: Options of ``rans.buffer_op``: per-element buffer routines, inlined.
+BUFFER_OP_OPTS = dict(BUFFER_KERNEL_OPTS, inline="always")

@@ -1,0 +1,47 @@
+"""Every Numba kernel is compiled with the shared options of revtrain._kernels._options."""
+import importlib
+import pkgutil
+
+import pytest
+from numba.core.registry import CPUDispatcher
+
+import revtrain._kernels as kernels
+from revtrain._kernels._options import NJIT_OPTS, INLINE_OPTS, BUFFER_KERNEL_OPTS
+
+#: Integer bit tricks that keep Numba's default error model on purpose.
+DEFAULT_ERROR_MODEL = {"bits.trailing_zeros", "bits.bit_length", "rans.small_floordiv"}
+
+
+def _dispatchers():
+    """(module.name, dispatcher) for every @njit function defined in a kernel module."""
+    for info in pkgutil.iter_modules(kernels.__path__):
+        mod = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == mod.__name__:
+                yield f"{info.name}.{name}", obj
+
+
+KERNELS = dict(_dispatchers())
+
+
+def test_the_options_say_what_the_docstring_says():
+    assert NJIT_OPTS == {"cache": True, "error_model": "numpy"}
+    assert INLINE_OPTS == {**NJIT_OPTS, "inline": "always"}
+    assert BUFFER_KERNEL_OPTS == {"cache": True, "_nrt": False}
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernel_is_cached_on_disk_and_uses_the_shared_error_model(name):
+    disp = KERNELS[name]
+    assert type(disp._cache).__name__ == "FunctionCache", f"{name} is not cache=True"
+    opts = disp.targetoptions
+    if name in DEFAULT_ERROR_MODEL or opts.get("_nrt") is False:
+        assert "error_model" not in opts
+    else:
+        assert opts.get("error_model") == "numpy", f"{name}: {opts}"
+
+
+def test_all_kernel_modules_were_found():
+    modules = {name.split(".")[0] for name in KERNELS}
+    assert {"rnn", "lstm", "gru", "mdrnn", "revlstm", "revgru", "revmdrnn", "momentum_rnn",
+            "head", "gemm", "inputs", "quantize", "mathfn", "sgd", "rans"} <= modules
