@@ -6,15 +6,18 @@ import revtrain as rt
 from test_reversible import CELLS, make, data, ref_step, ref_proj, _sig, MomentumRNN, RevLSTM
 
 
-def _run_with_fault(m, theta, x, y, fault):
-    """Reversible BPTT with ``fault(q, buf)`` applied just before the first step is undone."""
+def _run_with_fault(m, theta, x, y, fault, after_last=False):
+    """Reversible BPTT with ``fault(q, buf)`` applied just before the first step is undone
+    (with ``after_last``: just after the last step, t = 0, is undone)."""
     orig = m._fixed_unstep
     T = x.shape[0]
 
     def unstep(p, P, q, buf, t, cache):
-        if t == T - 1:
+        if t == T - 1 and not after_last:
             fault(q, buf)
         orig(p, P, q, buf, t, cache)
+        if t == 0 and after_last:
+            fault(q, buf)
 
     m._fixed_unstep = unstep
     try:
@@ -61,6 +64,50 @@ def test_one_flipped_bit_raises_reversal_error(cell):
     for fault in faults:
         with pytest.raises(rt.ReversalError):
             _run_with_fault(m, theta, x, y, fault)
+
+
+def _reversal_message(cell, fault, after_last=False):
+    """The ReversalError message of ``cell``'s reversible BPTT under ``fault``."""
+    m = make(cell)
+    theta = m.init_params(seed=1)
+    x, y = data(2, 30, 3, 5, 4)
+    with pytest.raises(rt.ReversalError) as info:
+        _run_with_fault(m, theta, x, y, fault, after_last)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_flipped_deep_word_is_reported_as_a_wrong_rans_state(cell):
+    """The bottom word is read last: every word is consumed (0 left), the rANS state is off.
+
+    The message names the failed check and does not claim a non-empty buffer."""
+    msg = _reversal_message(cell, _flip_word(0, 0, 5))
+    assert f"{type(make(cell)).__name__}: reversible BPTT failed" in msg
+    assert "the rANS state of 1 of 3 buffer streams is not back at its initial value" in msg
+    assert "words" not in msg
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_wrong_recovered_state_is_reported_as_a_differing_state(cell):
+    """A bit of h_0 flipped after the last step is undone: only the state check fails."""
+    msg = _reversal_message(cell, _flip_q(0, 1, 2, 0), after_last=True)
+    assert "the recovered initial state differs from the true one" in msg
+    assert "rANS" not in msg and "words" not in msg
+    # flipped before the reversal, the error also disturbs what is popped from the buffer
+    msg = _reversal_message(cell, _flip_q(0, 1, 2, 0))
+    assert "initial state differs" in msg and "rANS state of 1 of 3" in msg
+
+
+def test_check_reversal_names_only_the_failed_checks():
+    buf = rt.InfoBuffer(3)
+    rt.errors.check_reversal("X", True, buf)                   # everything fine: no error
+    with pytest.raises(rt.ReversalError) as info:
+        rt.errors.check_reversal("X", False, buf)
+    assert "initial state differs" in str(info.value) and "rANS" not in str(info.value)
+    buf.push(np.array([5, 6, 7]), 1000)
+    with pytest.raises(rt.ReversalError, match="rANS state of 3 of 3") as info:
+        rt.errors.check_reversal("X", True, buf)
+    assert "differs" not in str(info.value)
 
 
 # ------------------------------------------------------------ negative control

@@ -348,6 +348,18 @@ def test_one_flipped_bit_raises_reversal_error():
             _run_with_fault(m, theta, x, y, fault)
 
 
+def test_a_flipped_deep_word_is_reported_as_a_wrong_rans_state():
+    """The bottom word is read last: no word is left, the rANS state check fails."""
+    m = RevMDRNN(5, 4, 4)
+    theta = m.init_params(seed=1)
+    x, y = grid_data(2, 6, 5, 3, 5, 4)
+    with pytest.raises(rt.ReversalError) as info:
+        _run_with_fault(m, theta, x, y, _flip_word(0, 0, 5))
+    msg = str(info.value)
+    assert msg.startswith("RevMDRNN: reversible BPTT failed")
+    assert "rANS state of 1 of" in msg and "words" not in msg
+
+
 # ------------------------------------------------------------ negative control
 def test_float_arithmetic_does_not_reconstruct():
     """The same recurrence in float64, inverted row by row, loses row 0; fixed point does not."""

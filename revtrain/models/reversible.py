@@ -36,7 +36,7 @@ import numpy as np
 
 from .base import RecurrentModel
 from ..buffer import InfoBuffer
-from ..errors import FixedPointError, ReversalError
+from ..errors import FixedPointError, ReversalError, check_reversal
 from ..fixed_point import to_fixed
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import scatter_add_rows
@@ -358,14 +358,7 @@ class ReversibleModel(RecurrentModel):
             s_new = s_prev
         if mode == "reversible":
             same = all(np.array_equal(q[nm], q0[nm]) for nm in q0)
-            if not (same and buf.is_empty()):
-                what = [] if same else ["the recovered initial state differs from the true one"]
-                if not buf.is_empty():
-                    what.append(f"the information buffer is not empty "
-                                f"({int(buf.counts.sum())} words left)")
-                raise ReversalError(f"{type(self).__name__}: reversible BPTT failed: "
-                                    + " and ".join(what) + " (corrupted buffer or kept state); "
-                                    "no gradient is returned")
+            check_reversal(f"{type(self).__name__}: reversible BPTT", same, buf)
         return loss, grad, {"stored_bytes": stored, "buffer_bytes": buffer_bytes,
                             "info_bits": info_bits, "final_state": final_state}
 

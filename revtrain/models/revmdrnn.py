@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..buffer import InfoBuffer
-from ..errors import FixedPointError, ReversalError
+from ..errors import FixedPointError, ReversalError, check_reversal
 from .momentum_rnn import MomentumCoupled
 from .reversible import REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
 from .._kernels.head import softmax_xent_head, mse_head
@@ -396,14 +396,8 @@ class RevMDRNN(MomentumCoupled):
             self._float_back(p, g, xd, tokens, fr, c0, c1, B, w, ds_h, ds_v)
         if mode == "reversible":
             zero = not (qh.any() or qv.any())
-            if not (zero and buf.is_empty()):
-                what = [] if zero else ["the recovered initial frontier is not zero"]
-                if not buf.is_empty():
-                    what.append(f"the information buffer is not empty "
-                                f"({int(buf.counts.sum())} words left)")
-                raise ReversalError("RevMDRNN: reversible BPTT failed: " + " and ".join(what)
-                                    + " (corrupted buffer or kept state); no gradient is "
-                                    "returned")
+            check_reversal("RevMDRNN: reversible BPTT", zero, buf,
+                           what="initial frontier (all zeros)")
         return loss, grad, {"stored_bytes": stored, "buffer_bytes": buffer_bytes,
                             "info_bits": info_bits, "final_state": final_state}
 
