@@ -16,7 +16,8 @@ import time
 
 import revtrain as rt
 from revtrain.data import adding_task
-from revtrain.trainer import Trainer, find_class
+from revtrain.model_file import find_class
+from revtrain.trainer import Trainer
 
 
 def main(argv=None):

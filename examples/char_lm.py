@@ -15,7 +15,8 @@ import time
 
 import revtrain as rt
 from revtrain.data import char_corpus
-from revtrain.trainer import Trainer, find_class
+from revtrain.model_file import find_class
+from revtrain.trainer import Trainer
 
 
 def run(cls, corpus, a, bptt):

@@ -17,7 +17,9 @@ from .optim import ExactSGD, ExactSGDState, Adam, AdamState
 from .hypergrad import hypergradient, HyperGradient, HyperStats
 from .data import (DataError, CharVocab, TextCorpus, builtin_text, load_text, char_corpus,
                    text_windows, adding_task, copy_task, digits_task, GridTask)
-from .trainer import Trainer, History, ModelFileError, StopTraining
+from .history import History
+from .model_file import ModelFileError
+from .trainer import Trainer, StopTraining
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import revtrain as rt
-import revtrain.trainer as trainer_mod
+import revtrain.model_file as model_file
+from revtrain.trainer import Trainer
 from revtrain.cli import build_parser, main
 
 COMMANDS = ("train", "sample", "profile", "hypertune")
@@ -81,8 +82,8 @@ def test_bad_data_files(tmp_path, capsys):
 
 
 def test_missing_model_class_is_reported(monkeypatch, capsys):
-    real = trainer_mod.find_class
-    monkeypatch.setattr(trainer_mod, "find_class",
+    real = model_file.find_class
+    monkeypatch.setattr(model_file, "find_class",
                         lambda name: None if name == "RevLSTM" else real(name))
     code, _, err = run(["train", "--quiet"], capsys)
     assert code == 1 and "RevLSTM is not available" in err
@@ -99,12 +100,12 @@ def test_tiny_train_then_sample(tmp_path, text_file, capsys):
     for needle in ("summary (RNN, hidden 8, standard BPTT, 4 steps, seed 0)",
                    "validation", "bits/char", "memory for BPTT", "saved to"):
         assert needle in out
-    tr = trainer_mod.Trainer.load(out_file)
+    tr = Trainer.load(out_file)
     assert tr.steps_done == 4 and tr.bptt == "standard"
     # same seed, same bits
     code, out2, _ = run(argv(tmp_path / "m2.npz"), capsys)
     assert code == 0
-    assert np.array_equal(trainer_mod.Trainer.load(tmp_path / "m2.npz").theta, tr.theta)
+    assert np.array_equal(Trainer.load(tmp_path / "m2.npz").theta, tr.theta)
 
     code, out, err = run(["sample", "--model-file", str(out_file), "--length", "30",
                           "--prime", "the ", "--seed", "1"], capsys)

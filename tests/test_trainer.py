@@ -10,8 +10,9 @@ import pytest
 
 import revtrain as rt
 from revtrain.data import CharVocab, TextCorpus, adding_task, text_windows
-from revtrain.trainer import (FORMAT_VERSION, ModelFileError, StopTraining, Trainer,
-                              constructor_args, find_class)
+from revtrain import model_file
+from revtrain.model_file import FORMAT_VERSION, ModelFileError, constructor_args, find_class
+from revtrain.trainer import StopTraining, Trainer
 
 TEXT = ("the quick brown fox jumps over the lazy dog; " * 40
         + "pack my box with five dozen liquor jugs. " * 40)
@@ -252,7 +253,8 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.npz"]
 
 
-def _rewrite(src, dst, meta_fn=None, theta_fn=None):
+def _rewrite(src, dst, meta_fn=None, theta_fn=None, fix_checksum=True):
+    """Edit a saved file; by default recompute its checksum (to reach the later checks)."""
     with np.load(src, allow_pickle=False) as z:
         d = {k: np.array(z[k]) for k in z.files}
     meta = json.loads(str(d["meta"][()]))
@@ -260,6 +262,9 @@ def _rewrite(src, dst, meta_fn=None, theta_fn=None):
         meta_fn(meta)
     if theta_fn:
         d["theta"] = theta_fn(d["theta"])
+    if fix_checksum:
+        meta.pop("checksum")
+        meta["checksum"] = model_file.checksum(meta, {k: v for k, v in d.items() if k != "meta"})
     d["meta"] = np.array(json.dumps(meta))
     with open(dst, "wb") as f:
         np.savez(f, **d)
@@ -305,9 +310,15 @@ def test_load_errors(tmp_path):
     _rewrite(good, tmp_path / "u.npz", unknown)
     with pytest.raises(ModelFileError, match="NoSuchNet"):
         Trainer.load(tmp_path / "u.npz")
-    _rewrite(good, tmp_path / "c.npz", theta_fn=lambda t: t + 1e-9)
+    _rewrite(good, tmp_path / "c.npz", theta_fn=lambda t: t + 1e-9, fix_checksum=False)
     with pytest.raises(ModelFileError, match="checksum"):
         Trainer.load(tmp_path / "c.npz")
+
+    def more_steps(m):
+        m["steps_done"] += 1
+    _rewrite(good, tmp_path / "s.npz", more_steps, fix_checksum=False)
+    with pytest.raises(ModelFileError, match="checksum"):     # the metadata is covered too
+        Trainer.load(tmp_path / "s.npz")
 
     def drop(m):
         del m["history"]

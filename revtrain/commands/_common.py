@@ -1,8 +1,6 @@
 """What the ``revtrain`` subcommands share: model names, defaults, errors, argument types."""
 import argparse
 import math
-import os
-import tempfile
 
 MODELS = {  # command-line name -> class name (looked up in revtrain at call time)
     "rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "momentum-rnn": "MomentumRNN",
@@ -64,7 +62,7 @@ fraction = arg_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
 # ---------------------------------------------------------------- helpers
 def model_class(name, what="model"):
-    from ..trainer import find_class
+    from ..model_file import find_class
     cls = find_class(name)
     if cls is None:
         raise Unavailable(f"{what} {name} is not available in this revtrain install yet")
@@ -95,33 +93,13 @@ def say(quiet, *a):
 def check_out_path(path, option="--out"):
     """Check, before any work, that a file can be written at ``path``; return it.
 
-    The folder must exist and be writable, ``path`` must not be a folder, and
-    no part of the folder path may be a plain file (``lic.txt/m.npz``); a
-    probe file is created and removed in the folder. Raises
-    :class:`UsageError` naming ``option`` and the user's path (never a temp
-    file).
+    See :func:`revtrain.model_file.check_writable`; its ValueError becomes a
+    :class:`UsageError` naming ``option`` and the user's path.
     """
+    from ..model_file import check_writable
     if not path:
         return path
-    if os.path.isdir(path):
-        raise UsageError(f"{option}: {path!r} is a folder; give a file name such as "
-                         f"{os.path.join(path, 'revtrain_model.npz')!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    probe = folder
-    while probe and not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if os.path.exists(probe) and not os.path.isdir(probe):
-        raise UsageError(f"{option}: cannot write {path!r}: {probe!r} is a file, not a folder")
-    if not os.path.isdir(folder):
-        raise UsageError(f"{option}: cannot write {path!r}: folder {folder!r} does not exist")
-    try:     # the truest test (root passes os.access everywhere, /proc refuses new files)
-        fd, probe = tempfile.mkstemp(prefix=".revtrain-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"{option}: cannot write {path!r}: folder {folder!r} does not take "
-                         f"new files ({e.strerror or e})") from None
-    return path
+    try:
+        return check_writable(path)
+    except ValueError as e:
+        raise UsageError(f"{option}: {e}") from None
