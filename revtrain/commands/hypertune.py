@@ -1,20 +1,44 @@
-"""``revtrain hypertune``: learn a learning-rate schedule by hypergradient."""
+"""``revtrain hypertune``: learn a learning-rate schedule by hypergradient.
+
+Meta-iteration ``k`` trains ``--iters`` steps of exact SGD with momentum with
+the rates ``lr = exp(log_lr)`` (one per iteration) and reverses the run to
+get ``d val_loss / d log_lr = lr * d val_loss / d lr``; an Adam step of size
+``--meta-lr`` on ``log_lr`` gives the next schedule. The best schedule seen is
+kept. If a run diverges, the search stops there and keeps the best schedule
+found before it (exit 0 with a warning); if the very first run, at the
+constant ``--lr``, diverges, there is nothing to keep (exit 3).
+"""
 import math
+import re
+import sys
 
 from ._common import (MODELS, UsageError, Unavailable, pos_int, nonneg_int, pos_float,
-                      fraction, model_class, say)
+                      fraction, model_class, say, check_out_path)
+
+#: Exit code when training diverges at the starting --lr (no schedule to keep).
+EXIT_DIVERGED = 3
+#: The library's own advice at the end of its divergence messages (it names Python
+#: arguments, lr or frac_bits, that this command does not have).
+_LIBRARY_HINT = re.compile(r"\s*[;.]?\s*(try|use) a smaller learning rate.*$",
+                           re.IGNORECASE | re.DOTALL)
 
 
-def run(a):
-    import numpy as np
-    import revtrain
-    hypergradient = getattr(revtrain, "hypergradient", None)
-    if hypergradient is None:
-        try:
-            from ..hypergrad import hypergradient
-        except ImportError:
-            raise Unavailable("hypergradients (revtrain.hypergrad.hypergradient) are not "
-                              "available in this revtrain install yet") from None
+class _Diverged(Exception):
+    """A meta-iteration's training left the usable range; ``reason`` says how."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _reason(e):
+    """The library's message without its hint (which names options this CLI lacks)."""
+    msg = re.sub(r"^(un)?step: ", "", str(e).replace("; nothing was changed", ""))
+    return _LIBRARY_HINT.sub("", msg).rstrip(" ;.")
+
+
+def _problem(a):
+    """``(model, theta0, train_batch, val)`` for the corpus and sizes in ``a``."""
     from ..data import char_corpus, DataError, stream_matrix
     try:
         corpus = char_corpus(a.data)
@@ -22,7 +46,7 @@ def run(a):
         Sv = stream_matrix(corpus.val, a.batch_size)
     except DataError as e:
         raise UsageError(f"--data: {e}") from None
-    T, n = a.seq_len, a.iters
+    T = a.seq_len
     if S.shape[0] < T + 2 or Sv.shape[0] < T + 2:
         raise UsageError(f"--seq-len {T} is too long for the text with --batch-size "
                          f"{a.batch_size}")
@@ -39,38 +63,114 @@ def run(a):
         model = model_class(MODELS[a.model])(V, a.hidden, V)
     except ValueError as e:
         raise UsageError(f"--hidden {a.hidden}: {e}") from None
+    return model, model.init_params(seed=a.seed), train_batch, val
+
+
+def _hypergradient():
+    import revtrain
+    fn = getattr(revtrain, "hypergradient", None)
+    if fn is None:
+        raise Unavailable("hypergradients (revtrain.hypergrad.hypergradient) are not "
+                          "available in this revtrain install yet")
+    return fn
+
+
+def _evaluate(a, model, theta0, train_batch, val, lr):
+    """``(val_loss, d val_loss / d log lr (n,))`` of one training run with rates ``lr``.
+
+    Raises :class:`_Diverged` if the run diverges (the library's DivergenceError,
+    or its FixedPointError: weights or velocity out of fixed-point range).
+    """
+    import numpy as np
+    from ..errors import DivergenceError, FixedPointError
+    if not (np.isfinite(lr).all() and (lr > 0).all()):
+        raise _Diverged("the meta step took some learning rates out of the float range")
     ExactSGD = model_class("ExactSGD", "optimizer")
-    theta0 = model.init_params(seed=a.seed)
+    try:
+        hg = _hypergradient()(model, ExactSGD(lr, a.momentum), theta0, train_batch, val,
+                              lr.shape[0])
+    except (DivergenceError, FixedPointError) as e:
+        raise _Diverged(_reason(e)) from None
+    d_lr = np.asarray(hg.lr, dtype=float).reshape(lr.shape[0], -1).sum(axis=1)
+    return float(hg.val_loss), d_lr * lr
+
+
+class _MetaAdam:
+    """Adam on the log learning rates: ``log_lr -= meta_lr * mhat / (sqrt(vhat) + 1e-12)``."""
+
+    def __init__(self, n, meta_lr):
+        import numpy as np
+        self.m, self.v, self.k, self.meta_lr = np.zeros(n), np.zeros(n), 0, meta_lr
+
+    def step(self, log_lr, g):
+        import numpy as np
+        self.k += 1
+        self.m = 0.9 * self.m + 0.1 * g
+        self.v = 0.999 * self.v + 0.001 * g * g
+        mhat = self.m / (1.0 - 0.9 ** self.k)
+        vhat = self.v / (1.0 - 0.999 ** self.k)
+        return log_lr - self.meta_lr * mhat / (np.sqrt(vhat) + 1e-12)
+
+
+def _search(a, model, theta0, train_batch, val):
+    """Run the meta-iterations; returns ``(best_loss, best_lr, best_k, first_loss, stopped)``.
+
+    ``stopped`` is None, or the one-line warning when a meta-iteration ``k >= 1``
+    diverged. Raises :class:`_Diverged` if meta-iteration 0 does.
+    """
+    import numpy as np
+    n = a.iters
     log_lr = np.full(n, math.log(a.lr))
-    m = np.zeros(n)
-    v = np.zeros(n)
-    say(False, f"learning a {n}-iteration learning-rate schedule for {type(model).__name__}"
-         f"(hidden={a.hidden}) by hypergradient ({a.meta_iters} meta-iterations, "
-         f"momentum {a.momentum})")
-    best = (math.inf, log_lr.copy())
+    adam = _MetaAdam(n, a.meta_lr)
+    best = (math.inf, None, -1)
+    first = None
     for k in range(a.meta_iters + 1):
-        lr = np.exp(log_lr)
-        hg = hypergradient(model, ExactSGD(lr, a.momentum), theta0, train_batch, val, n)
-        vl = float(hg.val_loss)
+        with np.errstate(over="ignore", under="ignore"):
+            lr = np.exp(log_lr)                 # out of range: _evaluate says so
+        try:
+            vl, g = _evaluate(a, model, theta0, train_batch, val, lr)
+        except _Diverged as e:
+            if k == 0:
+                raise
+            return best + (first, f"meta-iteration {k} diverged ({e.reason}); stopped the "
+                           f"search and kept the best schedule found before it (meta-iteration "
+                           f"{best[2]}, validation loss {best[0]:.4f}); a smaller --meta-lr "
+                           f"(or --lr) avoids this")
         say(False, f"meta-iteration {k:3d}: validation loss {vl:.4f}  "
              f"(lr mean {lr.mean():.4g}, min {lr.min():.4g}, max {lr.max():.4g})")
-        if k == 0:
-            first = vl
+        first = vl if k == 0 else first
         if vl < best[0]:
-            best = (vl, log_lr.copy())
-        if k == a.meta_iters:
-            break
-        g = np.asarray(hg.lr, dtype=float).reshape(n, -1).sum(axis=1) * lr  # d loss / d log lr
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        log_lr -= a.meta_lr * (m / (1 - 0.9 ** (k + 1))) / (np.sqrt(v / (1 - 0.999 ** (k + 1)))
-                                                             + 1e-12)
-    lr = np.exp(best[1])
-    print(f"best validation loss {best[0]:.4f} (constant lr {a.lr}: {first:.4f}); learned "
+            best = (vl, lr, k)
+        if k < a.meta_iters:
+            log_lr = adam.step(log_lr, g)
+    return best + (first, None)
+
+
+def run(a):
+    check_out_path(a.out, "--out")
+    model, theta0, train_batch, val = _problem(a)
+    _hypergradient()
+    say(False, f"learning a {a.iters}-iteration learning-rate schedule for "
+         f"{type(model).__name__}(hidden={a.hidden}) by hypergradient ({a.meta_iters} "
+         f"meta-iterations, momentum {a.momentum})")
+    try:
+        best_loss, lr, best_k, first, stopped = _search(a, model, theta0, train_batch, val)
+    except _Diverged as e:
+        print(f"revtrain hypertune: error: meta-iteration 0, at the constant --lr {a.lr:g}: "
+              f"{e.reason}; no schedule was learned: use a smaller --lr", file=sys.stderr)
+        return EXIT_DIVERGED
+    if stopped:
+        print(f"revtrain hypertune: warning: {stopped}", file=sys.stderr, flush=True)
+    print(f"best validation loss {best_loss:.4f} (constant lr {a.lr}: {first:.4f}); learned "
           f"rates: first 10 iterations mean {lr[:10].mean():.4g}, last 10 mean "
           f"{lr[-10:].mean():.4g}")
     if a.out:
-        np.savetxt(a.out, lr[:, None], header="learning rate per iteration", fmt="%.8g")
+        from ..schedule import save_lr_schedule
+        save_lr_schedule(a.out, lr, a.momentum, model=a.model, hidden=a.hidden,
+                         seq_len=a.seq_len, batch_size=a.batch_size, seed=a.seed,
+                         data=a.data, start_lr=a.lr, meta_lr=a.meta_lr,
+                         meta_iteration=best_k, val_loss=best_loss,
+                         val_loss_constant_lr=first, stopped_early=stopped is not None)
         print(f"learned schedule written to {a.out}")
     return 0
 
@@ -80,7 +180,10 @@ def add_parser(sub):
     h = sub.add_parser("hypertune", help="learn a learning-rate schedule by hypergradient",
                        description="Learn a per-iteration learning-rate schedule of exact "
                        "SGD with momentum by hypergradients through reversed training "
-                       "(Maclaurin et al. 2015) on the built-in corpus.")
+                       "(Maclaurin et al. 2015) on the built-in corpus. Exit codes: 0 done "
+                       "(also when a later meta-iteration diverged: the best schedule before "
+                       "it is kept, with a warning), 2 bad arguments, 3 training diverged at "
+                       "the starting --lr.")
     h.add_argument("--model", choices=list(MODELS), default="rnn",
                    help="(default: %(default)s)")
     h.add_argument("--hidden", type=pos_int, default=16, help="(default: %(default)s)")
@@ -100,5 +203,6 @@ def add_parser(sub):
     h.add_argument("--data", default=None, metavar="PATH",
                    help="a UTF-8 text file (default: the built-in corpus)")
     h.add_argument("--out", default=None, metavar="PATH",
-                   help="write the learned schedule (text, one rate per line)")
+                   help="write the learned schedule: one rate per line after a '#' JSON "
+                   "header (momentum, iterations, model, ...); np.loadtxt reads it")
     h.set_defaults(func=run)
