@@ -28,10 +28,16 @@ class DivergenceError(FloatingPointError):
         The (1-based) training step or iteration at which it was detected.
     loss : float or None
         The loss that triggered the stop (may be NaN or inf).
+    reason : str
+        What happened, without the advice (a command line gives its own, naming its options).
+    hint : str or None
+        What to try, in the library's terms; ``str(e)`` is ``reason (hint)``.
     """
 
-    def __init__(self, message, step=None, loss=None):
-        super().__init__(message)
+    def __init__(self, message, step=None, loss=None, hint=None):
+        super().__init__(message if hint is None else f"{message} ({hint})")
+        self.reason = message
+        self.hint = hint
         self.step = step
         self.loss = loss
 

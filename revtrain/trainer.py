@@ -28,6 +28,7 @@ from .sources import START, Position, advance, check_sizes, make_source
 from ._checks import positive_int
 
 LN2 = math.log(2.0)
+_HINT = "try a smaller learning rate or grad_clip"
 
 
 class StopTraining(Exception):
@@ -390,12 +391,11 @@ class Trainer:
                 self.theta, x, y, bptt=self.bptt, checkpoint_every=self.checkpoint_every,
                 return_stats=True, initial_state=carry)
         except FloatingPointError as e:
-            raise DivergenceError(f"training diverged at step {step}: {e} (try a smaller "
-                                  "learning rate or grad_clip)", step=step) from None
+            raise DivergenceError(f"training diverged at step {step}: {e}",
+                                  step=step, hint=_HINT) from None
         if not np.all(np.isfinite(grad)):
             raise DivergenceError(f"training diverged at step {step}: the gradient has NaN or "
-                                  "inf (try a smaller learning rate or grad_clip)", step=step,
-                                  loss=float(loss))
+                                  "inf", step=step, loss=float(loss), hint=_HINT)
         return float(loss), grad, stats
 
     def _loss_limit(self, first_loss, factor):
@@ -411,13 +411,12 @@ class Trainer:
     @staticmethod
     def _check_loss(loss, limit, step, what):
         if not math.isfinite(loss):
-            raise DivergenceError(f"training diverged at step {step}: the {what} is {loss} "
-                                  "(try a smaller learning rate or grad_clip)", step=step,
-                                  loss=loss)
+            raise DivergenceError(f"training diverged at step {step}: the {what} is {loss}",
+                                  step=step, loss=loss, hint=_HINT)
         if limit is not None and loss > limit:
             raise DivergenceError(f"training diverged at step {step}: the {what} {loss:.4g} is "
-                                  f"above {limit:.4g}, far above where training started (try a "
-                                  "smaller learning rate or grad_clip)", step=step, loss=loss)
+                                  f"above {limit:.4g}, far above where training started",
+                                  step=step, loss=loss, hint=_HINT)
 
     def _update(self, grad, grad_clip, step):
         if grad_clip is not None:
@@ -428,12 +427,12 @@ class Trainer:
             opt_state = self.optimizer.step(self._state.opt_state, grad)
         except FixedPointError as e:
             raise DivergenceError(f"training diverged at step {step}: the optimizer's weights "
-                                  f"or velocity left the fixed-point range ({e}); try a smaller "
-                                  "learning rate", step=step) from None
+                                  "or velocity left the fixed-point range", step=step,
+                                  hint=f"{e}") from None
         theta = np.asarray(self.optimizer.params(opt_state), dtype=np.float64)
         if not np.isfinite(theta).all():
             raise DivergenceError(f"training diverged at step {step}: the parameters are no "
-                                  "longer finite (try a smaller learning rate)", step=step)
+                                  "longer finite", step=step, hint=_HINT)
         return theta, opt_state
 
     def _run_callbacks(self, callbacks, rec):

@@ -57,6 +57,7 @@ def arg_type(convert, ok, what):
 pos_int = arg_type(int, lambda v: v >= 1, "a positive int")
 nonneg_int = arg_type(int, lambda v: v >= 0, "an int >= 0")
 pos_float = arg_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+nonneg_float = arg_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 fraction = arg_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
 
@@ -103,3 +104,24 @@ def check_out_path(path, option="--out"):
         return check_writable(path)
     except ValueError as e:
         raise UsageError(f"{option}: {e}") from None
+
+
+def load_char_model(path, option="--model-file"):
+    """The :class:`~revtrain.Trainer` of a character model saved at ``path``.
+
+    A missing file or a folder, or a model that is not a character model, is
+    a :class:`UsageError`; a corrupt file a RuntimeError (exit code 1).
+    """
+    import os
+    from ..model_file import ModelFileError
+    from ..trainer import Trainer
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise UsageError(f"{option}: {path!r} {what}")
+    try:
+        tr = Trainer.load(path)
+    except ModelFileError as e:
+        raise RuntimeError(str(e)) from None
+    if tr.vocab is None:
+        raise UsageError(f"{option}: {path!r} is not a character model")
+    return tr

@@ -1,84 +1,233 @@
-"""``revtrain train``: train a character-level model and print a summary."""
+"""``revtrain train``: train (or resume) a character-level model and print a summary.
+
+Exit codes: 0 done, 1 failure while running, 2 usage error, 3 training
+diverged (the last good checkpoint is kept), 130 interrupted (the last
+completed step is saved).
+"""
 import os
 import time
 
 from ._common import (MODELS, BPTT_MODES, DEFAULT_LR, DEFAULT_STATE, SGD_LR_FACTOR,
                       TRAIN_DEFAULTS, UsageError, pos_int, nonneg_int, pos_float, model_class,
-                      make_optimizer, fmt_bytes, say)
+                      make_optimizer, fmt_bytes, say, check_out_path)
+
+#: Exit code of a run stopped because training diverged.
+EXIT_DIVERGED = 3
+#: Exit code of a run stopped by SIGINT (Ctrl-C), after saving the last completed step.
+EXIT_INTERRUPTED = 130
+#: Options a resumed run takes from the model file (given again, they must agree with it).
+SAVED_OPTIONS = ("model", "hidden", "seq_len", "batch_size", "bptt", "lr", "optimizer",
+                 "grad_clip", "state", "seed", "data", "val_chars", "lr_schedule")
 
 
-def run(a):
-    from ..data import char_corpus, DataError, text_windows
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+# --------------------------------------------------------------- options
+def _resolve(a):
+    """The options of a new run: what was given, defaults for the rest (a dict)."""
+    o = {k: getattr(a, k) for k in SAVED_OPTIONS}
+    for k in ("model", "hidden", "seq_len", "batch_size", "grad_clip", "seed", "val_chars"):
+        if o[k] is None:
+            o[k] = TRAIN_DEFAULTS[k]
+    if o["data"] is not None:
+        o["data"] = os.path.abspath(o["data"])
+    if o["lr_schedule"] is not None:
+        if o["optimizer"] == "adam":
+            raise UsageError("--lr-schedule sets exact SGD's per-step learning rates; it does "
+                             "not go with --optimizer adam")
+        if o["lr"] is not None:
+            raise UsageError("give --lr or --lr-schedule, not both")
+        o["lr_schedule"] = os.path.abspath(o["lr_schedule"])
+        o["optimizer"] = "sgd"
+    if o["optimizer"] is None:
+        o["optimizer"] = "adam"
+    if o["lr"] is None and o["lr_schedule"] is None:
+        o["lr"] = DEFAULT_LR.get(o["model"], 0.01) * (1.0 if o["optimizer"] == "adam"
+                                                     else SGD_LR_FACTOR)
+    if o["state"] is None:
+        o["state"] = DEFAULT_STATE.get(o["model"], "carry")
+    cls = model_class(MODELS[o["model"]])
+    modes = tuple(getattr(cls, "bptt_modes", BPTT_MODES))
+    if o["bptt"] is None:
+        o["bptt"] = "reversible" if "reversible" in modes else modes[0]
+    elif o["bptt"] not in modes:
+        raise UsageError(f"--bptt {o['bptt']} is not supported by {cls.__name__} "
+                         f"(it supports: {', '.join(modes)})")
+    o["steps"] = TRAIN_DEFAULTS["steps"] if a.steps is None else a.steps
+    return o
+
+
+def _resumed(a):
+    """``(options, trainer)`` of ``--resume``: the file's options; a contradiction is a usage error."""
+    from ..model_file import ModelFileError
     from ..trainer import Trainer
-
     try:
-        corpus = char_corpus(a.data)
-        n_needed = a.batch_size + 1
+        tr = Trainer.load(a.resume)
+    except ModelFileError as e:
+        raise UsageError(f"--resume: {e}") from None
+    o = tr.metadata.get("cli")
+    if not isinstance(o, dict) or not set(SAVED_OPTIONS) <= set(o):
+        raise UsageError(f"--resume: {a.resume!r} was not written by 'revtrain train' (it "
+                         "does not hold the run's options)")
+    for k in SAVED_OPTIONS:
+        given = getattr(a, k)
+        if given is None:
+            continue
+        if k in ("data", "lr_schedule"):
+            given = os.path.abspath(given)
+        if given != o[k]:
+            raise UsageError(f"{_flag(k)} {getattr(a, k)} contradicts the run in {a.resume!r} "
+                             f"({_flag(k)} {o[k]}); leave it out to use the file's")
+    o = dict(o)
+    o["steps"] = o["steps"] if a.steps is None else a.steps
+    if o["steps"] <= tr.steps_done:
+        raise UsageError(f"--steps {o['steps']}: the run in {a.resume!r} is already at step "
+                         f"{tr.steps_done}; give a larger total")
+    return o, tr
+
+
+def _corpus(o, batch_size):
+    from ..data import char_corpus, DataError
+    try:
+        corpus = char_corpus(o["data"])
+        n_needed = batch_size + 1
         if len(corpus.train) < n_needed or len(corpus.val) < 2:
             raise DataError(f"the text is too short: {len(corpus.train)} training characters "
-                            f"for --batch-size {a.batch_size} (needs at least {n_needed})")
+                            f"for --batch-size {batch_size} (needs at least {n_needed})")
     except DataError as e:
         raise UsageError(f"--data: {e}") from None
-    cls_name = MODELS[a.model]
-    cls = model_class(cls_name)
-    bptt = a.bptt
-    modes = tuple(getattr(cls, "bptt_modes", BPTT_MODES))
-    if bptt is None:
-        bptt = "reversible" if "reversible" in modes else modes[0]
-    elif bptt not in modes:
-        raise UsageError(f"--bptt {bptt} is not supported by {cls_name} "
-                         f"(it supports: {', '.join(modes)})")
-    out_dir = os.path.dirname(os.path.abspath(a.out)) if a.out else None
-    if out_dir and not os.path.isdir(out_dir):
-        raise UsageError(f"--out: folder {out_dir!r} does not exist")
-    if a.out and os.path.isdir(a.out):
-        raise UsageError(f"--out: {a.out!r} is a folder; give a file name such as "
-                         f"{os.path.join(a.out, 'revtrain_model.npz')!r}")
+    return corpus
 
+
+def _optimizer(o):
+    if o["lr_schedule"] is None:
+        return make_optimizer(o["optimizer"], o["lr"])
+    from ..schedule import load_lr_schedule
+    try:
+        lr, info = load_lr_schedule(o["lr_schedule"])
+    except ValueError as e:
+        raise UsageError(f"--lr-schedule: {e}") from None
+    if len(lr) < o["steps"]:
+        raise UsageError(f"--lr-schedule: the schedule has {len(lr)} rates, fewer than "
+                         f"--steps {o['steps']}")
+    return model_class("ExactSGD", "optimizer")(lr, info.get("momentum", 0.9))
+
+
+def _new_trainer(o, corpus):
+    from ..trainer import Trainer
     V = corpus.vocab.size
     try:
-        model = cls(V, a.hidden, V)
+        model = model_class(MODELS[o["model"]])(V, o["hidden"], V)
     except ValueError as e:
-        raise UsageError(f"--hidden {a.hidden}: {e}") from None
-    state = a.state or DEFAULT_STATE.get(a.model, "carry")
-    if a.lr is not None:
-        lr = a.lr
-    else:
-        lr = DEFAULT_LR.get(a.model, 0.01) * (1.0 if a.optimizer == "adam" else SGD_LR_FACTOR)
-    opt = make_optimizer(a.optimizer, lr)
-    trainer = Trainer(model, opt, bptt=bptt, seed=a.seed)
-    src = "built-in corpus (pydoc_data.topics)" if a.data is None else a.data
-    # the first window (windows are shorter than --seq-len when the text is)
-    x, y = next(text_windows(corpus.train, a.batch_size, a.seq_len))
-    win = x.shape[0]
-    say(a.quiet, f"training {cls_name}(hidden={a.hidden}) with {bptt} BPTT on {src}: "
-         f"{len(corpus.train)} train / {len(corpus.val)} validation chars, vocabulary {V}; "
-         f"{a.steps} steps of {win} x {a.batch_size}, {a.optimizer} lr {lr}"
-         + f", state {'reset every window' if state == 'reset' else 'carried between windows'}")
-    t0 = time.perf_counter()
-    hist = trainer.fit(corpus, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
-                       quiet=a.quiet, val_tokens=a.val_chars or None, grad_clip=a.grad_clip,
-                       eval_every=max(1, a.steps // 5), carry_state=state == "carry")
-    ev = trainer.evaluate(corpus.val, batch_size=a.batch_size, seq_len=a.seq_len,
-                          carry_state=state == "carry")
-    total = time.perf_counter() - t0
+        raise UsageError(f"--hidden {o['hidden']}: {e}") from None
+    return Trainer(model, _optimizer(o), bptt=o["bptt"], seed=o["seed"], metadata={"cli": o})
 
-    # what standard BPTT would hold for one window of the same size
+
+# ------------------------------------------------------------------- run
+def run(a):
+    if a.save_every is not None and a.out == "":
+        raise UsageError("--save-every needs a file to write: give --out PATH")
+    if a.resume:
+        o, trainer = _resumed(a)
+        out = a.resume if a.out is None else a.out
+    else:
+        o, trainer = _resolve(a), None
+        out = TRAIN_DEFAULTS["out"] if a.out is None else a.out
+    check_out_path(out, "--out")
+    if a.log:
+        check_out_path(a.log, "--log")
+    corpus = _corpus(o, o["batch_size"])
+    if trainer is None:
+        trainer = _new_trainer(o, corpus)
+    elif trainer.vocab != corpus.vocab:
+        raise UsageError(f"--resume: the text ({o['data'] or 'built-in corpus'}) no longer has "
+                         "the vocabulary the model was trained with")
+    trainer.metadata["cli"] = dict(o)
+    return _train(a, o, trainer, corpus, out)
+
+
+def _describe(o, trainer, corpus, resumed):
+    from ..data import text_windows
+    cls_name = type(trainer.model).__name__
+    src = "built-in corpus (pydoc_data.topics)" if o["data"] is None else o["data"]
+    x, _ = next(text_windows(corpus.train, o["batch_size"], o["seq_len"]))
+    opt = (f"{o['optimizer']} lr {o['lr']}" if o["lr_schedule"] is None
+           else f"sgd lr schedule {o['lr_schedule']}")
+    verb = f"resuming at step {trainer.steps_done + 1} of" if resumed else "training"
+    return (f"{verb} {cls_name}(hidden={o['hidden']}) with {o['bptt']} BPTT on {src}: "
+            f"{len(corpus.train)} train / {len(corpus.val)} validation chars, vocabulary "
+            f"{corpus.vocab.size}; {o['steps']} steps of {x.shape[0]} x {o['batch_size']}, "
+            f"{opt}, state "
+            + ("reset every window" if o["state"] == "reset" else "carried between windows"))
+
+
+def _train(a, o, trainer, corpus, out):
+    from ..errors import DivergenceError
+    resumed = trainer.steps_done > 0
+    say(a.quiet, _describe(o, trainer, corpus, resumed))
+    remaining = o["steps"] - trainer.steps_done
+    carry = o["state"] == "carry"
+    t0 = time.perf_counter()
+    print_every = a.print_every or max(1, remaining // 20)
+    try:
+        hist = trainer.fit(corpus, steps=remaining, batch_size=o["batch_size"],
+                           seq_len=o["seq_len"], quiet=a.quiet,
+                           val_tokens=o["val_chars"] or None, grad_clip=o["grad_clip"],
+                           eval_every=max(1, o["steps"] // 5), carry_state=carry,
+                           save_every=a.save_every, save_path=out or None, log=a.log,
+                           print_every=print_every)
+    except KeyboardInterrupt:
+        where = (f"saved step {trainer.steps_done} to {out}; continue with: revtrain train "
+                 f"--resume {out} --steps {o['steps']}") if out else "nothing saved (--out '')"
+        print(f"\nrevtrain train: interrupted after step {trainer.steps_done}: {where}",
+              flush=True)
+        return EXIT_INTERRUPTED
+    except DivergenceError as e:
+        return _diverged(e, o, out, a.save_every)
+    ev = trainer.evaluate(corpus.val, batch_size=o["batch_size"], seq_len=o["seq_len"],
+                          carry_state=carry)
+    total = time.perf_counter() - t0
+    if out:
+        trainer.save(out)
+    _summary(o, trainer, hist, ev, corpus, total, out)
+    return 0
+
+
+def _diverged(e, o, out, save_every):
+    import sys
+    from ..model_file import ModelFileError, read
+    hint = (f"try a smaller --lr (was {o['lr']})" if o["lr_schedule"] is None
+            else "try a schedule with smaller rates") + f" or --grad-clip (was {o['grad_clip']})"
+    kept = "nothing was saved"
+    if out and save_every and os.path.isfile(out):
+        try:
+            kept = f"the last good checkpoint (step {read(out)[0]['steps_done']}) is in {out}"
+        except ModelFileError:
+            pass
+    print(f"revtrain train: error: {e.reason}; {hint}. {kept[0].upper() + kept[1:]}.",
+          file=sys.stderr)
+    return EXIT_DIVERGED
+
+
+def _summary(o, trainer, hist, ev, corpus, total, out):
+    from ..data import text_windows
+    model, bptt = trainer.model, o["bptt"]
+    cls_name = type(model).__name__
+    x, y = next(text_windows(corpus.train, o["batch_size"], o["seq_len"]))
     held = max(hist.stored_bytes)
     if bptt == "standard":
         std = held
-    else:
+    else:   # what standard BPTT would hold for one window of the same size
         try:
             std = model.loss_and_grad(trainer.theta, x, y, bptt="standard",
                                       return_stats=True)[2].stored_bytes
         except (ValueError, NotImplementedError):
             std = None
-    if a.out:
-        trainer.save(a.out)
-
     last = hist.loss[-10:]
-    print(f"\nsummary ({cls_name}, hidden {a.hidden}, {bptt} BPTT, {len(hist.loss)} steps, "
-          f"seed {a.seed})")
+    print(f"\nsummary ({cls_name}, hidden {o['hidden']}, {bptt} BPTT, {len(hist.loss)} steps, "
+          f"seed {o['seed']})")
     print(f"  train loss        {hist.loss[-1]:.4f} nats/char (mean of last {len(last)} steps: "
           f"{sum(last) / len(last):.4f})")
     print(f"  validation        {ev['bpc']:.4f} bits/char "
@@ -86,53 +235,73 @@ def run(a):
     print(f"  time              {hist.time[-1]:.1f} s in training steps (first-call "
           f"compilation included), {total:.1f} s with validation")
     ratio = f" ({std / held:.1f}x more)" if std and held else ""
-    print(f"  memory for BPTT   {fmt_bytes(held)} held per {win}-step window ({bptt})")
+    print(f"  memory for BPTT   {fmt_bytes(held)} held per {x.shape[0]}-step window ({bptt})")
     if std is not None and bptt != "standard":
         print(f"  standard BPTT     would hold {fmt_bytes(std)}{ratio}")
-    if a.out:
-        print(f"  saved to          {a.out}")
-    return 0
+    if out:
+        print(f"  saved to          {out}")
 
 
+# ---------------------------------------------------------------- parser
 def add_parser(sub):
     """Add the subcommand to ``sub`` (an argparse subparsers object)."""
     d = TRAIN_DEFAULTS
     t = sub.add_parser("train", help="train a character-level model",
                        description="Train a character-level language model (default: RevLSTM "
                        "with reversible BPTT on the built-in corpus, the text of the standard "
-                       "library's pydoc_data.topics) and print a summary.")
-    t.add_argument("--model", choices=list(MODELS), default=d["model"],
-                   help="model family (default: %(default)s)")
-    t.add_argument("--hidden", type=pos_int, default=d["hidden"],
-                   help="hidden units (default: %(default)s)")
-    t.add_argument("--seq-len", type=pos_int, default=d["seq_len"],
-                   help="truncated-BPTT window length (default: %(default)s)")
-    t.add_argument("--batch-size", type=pos_int, default=d["batch_size"],
-                   help="parallel text streams (default: %(default)s)")
+                       "library's pydoc_data.topics) and print a summary. Exit codes: 0 done, "
+                       "1 failure, 2 usage error, 3 training diverged (the last good "
+                       "checkpoint is kept), 130 interrupted (the last completed step is "
+                       "saved to --out).")
+    t.add_argument("--model", choices=list(MODELS), default=None,
+                   help=f"model family (default: {d['model']})")
+    t.add_argument("--hidden", type=pos_int, default=None,
+                   help=f"hidden units (default: {d['hidden']})")
+    t.add_argument("--seq-len", type=pos_int, default=None,
+                   help=f"truncated-BPTT window length (default: {d['seq_len']})")
+    t.add_argument("--batch-size", type=pos_int, default=None,
+                   help=f"parallel text streams (default: {d['batch_size']})")
     t.add_argument("--bptt", choices=BPTT_MODES, default=None,
                    help="BPTT mode (default: reversible for reversible models, else standard)")
-    t.add_argument("--steps", type=pos_int, default=d["steps"],
-                   help="optimiser steps (default: %(default)s)")
-    t.add_argument("--lr", type=pos_float, default=d["lr"],
+    t.add_argument("--steps", type=pos_int, default=None,
+                   help=f"optimiser steps in all; with --resume, the total to reach "
+                   f"(default: {d['steps']}, or the resumed run's)")
+    t.add_argument("--lr", type=pos_float, default=None,
                    help="learning rate (default: per model, " + ", ".join(
-                       f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
-                   help="Adam or exact SGD with momentum 0.9 (default: %(default)s)")
-    t.add_argument("--grad-clip", type=pos_float, default=d["grad_clip"],
-                   help="clip the gradient to this global norm (default: %(default)s)")
+                       f"{k} {v}" for k, v in DEFAULT_LR.items()) + f"; x{SGD_LR_FACTOR:g} "
+                   "for sgd)")
+    t.add_argument("--lr-schedule", default=None, metavar="FILE",
+                   help="per-step learning rates for exact SGD, e.g. the file 'revtrain "
+                   "hypertune --out FILE' writes (implies --optimizer sgd)")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                   help="Adam or exact SGD with momentum 0.9 (default: adam)")
+    t.add_argument("--grad-clip", type=pos_float, default=None,
+                   help=f"clip the gradient to this global norm (default: {d['grad_clip']})")
+    reset = " and ".join(DEFAULT_STATE)
     t.add_argument("--state", choices=("carry", "reset"), default=None,
                    help="carry the final state of a window into the next one (truncated "
-                   "BPTT) or start every window from zeros (default: reset for "
-                   + " and ".join(DEFAULT_STATE) + ", carry for the others)")
-    t.add_argument("--seed", type=nonneg_int, default=d["seed"],
-                   help="seed of the initial weights (default: %(default)s)")
-    t.add_argument("--out", default=d["out"],
-                   help="where to save the trained model; '' to not save "
-                   "(default: %(default)s)")
+                   "BPTT) or start every window from zeros (default: "
+                   + (f"reset for {reset}, carry for the others)" if reset else "carry)"))
+    t.add_argument("--seed", type=nonneg_int, default=None,
+                   help=f"seed of the initial weights (default: {d['seed']})")
+    t.add_argument("--out", default=None,
+                   help="where to save the trained model and checkpoints; '' to not save "
+                   f"(default: {d['out']}, or the --resume file)")
+    t.add_argument("--save-every", type=pos_int, default=None, metavar="N",
+                   help="also write a checkpoint to --out every N steps")
+    t.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue the run saved in PATH (its data, model and options) to "
+                   "--steps in all")
     t.add_argument("--data", default=None, metavar="PATH",
                    help="a UTF-8 text file to train on (default: the built-in corpus)")
-    t.add_argument("--val-chars", type=nonneg_int, default=d["val_chars"],
+    t.add_argument("--val-chars", type=nonneg_int, default=None,
                    help="validate during training on at most this many characters, 0 for "
-                   "all; the final summary uses all (default: %(default)s)")
+                   f"all; the final summary uses all (default: {d['val_chars']})")
+    t.add_argument("--log", default=None, metavar="FILE",
+                   help="append one JSON line per validation to FILE (step, loss, "
+                   "validation loss and bits/char, time)")
+    t.add_argument("--print-every", type=pos_int, default=None, metavar="N",
+                   help="when the output is not a terminal, print a progress line every N "
+                   "steps (default: 20 lines per run)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=run)
