@@ -15,12 +15,11 @@ Step counters ``state.t`` are Python ``int`` in every state these optimisers
 return, whatever integer type they were given (a state read back from a file
 may hold ``np.int64``), and the results do not depend on that type.
 """
-import math
 from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import positive_int
+from ._checks import number_in_range, positive_int, positive_number
 from .buffer import InfoBuffer
 from .errors import FixedPointError
 from .fixed_point import DEFAULT_FRAC_BITS, from_fixed, to_fixed, _check_frac_bits
@@ -235,11 +234,7 @@ class ExactSGD:
         if velocity_frac_bits is None:
             velocity_frac_bits = min(self.frac_bits + 16, 62)
         self.velocity_frac_bits = _check_frac_bits(velocity_frac_bits)
-        if n_streams is not None and (isinstance(n_streams, bool) or
-                                      not isinstance(n_streams, (int, np.integer))
-                                      or n_streams < 1):
-            raise ValueError(f"n_streams must be a positive int or None, got {n_streams!r}")
-        self.n_streams = None if n_streams is None else int(n_streams)
+        self.n_streams = positive_int(n_streams, "n_streams", none_ok=True)
         lens = [a.shape[0] for a, s in ((self._lr, self.lr_shape),
                                         (self._gam, self.momentum_shape)) if len(s) >= 1]
         if len(set(lens)) > 1:
@@ -681,14 +676,9 @@ class Adam:
     """
 
     def __init__(self, lr, b1=0.9, b2=0.999, eps=1e-8):
-        for name, val, lo, hi in (("lr", lr, 0.0, math.inf), ("eps", eps, 0.0, math.inf)):
-            if not (isinstance(val, (int, float, np.floating, np.integer))
-                    and math.isfinite(val) and lo < val < hi):
-                raise ValueError(f"{name} must be a positive finite number, got {val!r}")
-        for name, val in (("b1", b1), ("b2", b2)):
-            if not (isinstance(val, (int, float, np.floating, np.integer)) and 0 <= val < 1):
-                raise ValueError(f"{name} must be in [0, 1), got {val!r}")
-        self.lr, self.b1, self.b2, self.eps = float(lr), float(b1), float(b2), float(eps)
+        self.lr, self.eps = positive_number(lr, "lr"), positive_number(eps, "eps")
+        self.b1 = number_in_range(b1, "b1", 0, 1, hi_open=True)
+        self.b2 = number_in_range(b2, "b2", 0, 1, hi_open=True)
 
     def init(self, theta):
         """State with ``theta`` copied (float64 array of any shape) and zero moments."""

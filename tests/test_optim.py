@@ -238,6 +238,11 @@ def test_adam_matches_reference_and_minimises_a_quadratic():
         Adam(-1.0)
     with pytest.raises(ValueError, match="b2"):
         Adam(0.1, b2=1.0)
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got True"):
+        Adam(True)                               # a flag is not a rate
+    with pytest.raises(ValueError, match=r"b1 must be in \[0, 1\), got True"):
+        Adam(0.1, b1=True)
+    assert type(Adam(np.float32(0.5)).lr) is float
     with pytest.raises(ValueError, match="shape"):
         opt.step(state, np.ones(5))
 
