@@ -13,6 +13,8 @@ forward pass and the backward pass that undoes it run under the same limit.
 """
 from contextlib import contextmanager
 
+from ._checks import positive_int
+
 _state = {"threads": 1, "controller": None}
 
 
@@ -21,8 +23,7 @@ def set_blas_threads(n):
 
     Returns the previous setting.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    n = positive_int(n, "n", none_ok=True)
     old = _state["threads"]
     _state["threads"] = n
     return old

@@ -1,6 +1,7 @@
 """The information buffer: an rANS stack of uniform symbols, one state per stream."""
 import numpy as np
 
+from ._checks import positive_int
 from ._kernels.rans import INITIAL_STATE, PROB_TOTAL, push_streams, pop_streams
 
 MAX_BASE = PROB_TOTAL
@@ -58,10 +59,7 @@ class InfoBuffer:
     """
 
     def __init__(self, n_streams, capacity=0):
-        if isinstance(n_streams, bool) or not isinstance(n_streams, (int, np.integer)) \
-                or n_streams < 1:
-            raise ValueError(f"n_streams must be a positive int, got {n_streams!r}")
-        S = int(n_streams)
+        S = positive_int(n_streams, "n_streams")
         self.states = np.full(S, INITIAL_STATE, dtype=np.uint64)
         self.counts = np.zeros(S, dtype=np.int64)
         self.words = np.zeros((S, max(int(capacity), 0)), dtype=np.uint32)

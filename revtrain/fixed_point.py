@@ -8,6 +8,7 @@ Values that are NaN, infinite or too large for int64 at that radix raise
 """
 import numpy as np
 
+from ._checks import is_int, int_in_range
 from .errors import FixedPointError
 
 DEFAULT_FRAC_BITS = 32
@@ -15,11 +16,10 @@ _TWO63 = 2.0 ** 63
 
 
 def _check_frac_bits(frac_bits):
-    if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)):
+    """``int(frac_bits)``: TypeError unless an int, ValueError unless in [0, 62]."""
+    if not is_int(frac_bits):
         raise TypeError(f"frac_bits must be an int, got {type(frac_bits).__name__}")
-    if not 0 <= frac_bits <= 62:
-        raise ValueError(f"frac_bits must be in [0, 62], got {frac_bits}")
-    return int(frac_bits)
+    return int_in_range(frac_bits, "frac_bits", 0, 62)
 
 
 def _describe_bad(x, bad, what):
@@ -105,8 +105,7 @@ def ratio_from_float(factor, bits=16):
     -------
     n : int64 (scalar or array like ``factor``); the ratio is ``n / 2**bits``
     """
-    if not 1 <= int(bits) <= 16:
-        raise ValueError(f"bits must be in [1, 16], got {bits}")
+    bits = int_in_range(bits, "bits", 1, 16)
     f = np.asarray(factor, dtype=np.float64)
     bad = ~((f > 0) & (f <= 1))
     if bad.any():

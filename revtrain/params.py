@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._checks import nonneg_int, positive_number
+
 
 class ParamSpec(NamedTuple):
     """One named parameter block.
@@ -116,11 +118,8 @@ class ParamLayout:
         -------
         theta : ndarray of float64, shape (size,)
         """
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-                or not (np.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        seed = nonneg_int(seed, "seed")
+        scale = positive_number(scale, "scale")
         rng = np.random.default_rng(seed)
         theta = np.zeros(self.size)
         v = self.views(theta)

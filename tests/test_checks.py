@@ -52,3 +52,41 @@ def test_none_ok_passes_none_through():
     assert positive_number(None, "clip", none_ok=True) is None
     with pytest.raises(ValueError):
         positive_int(None, "n")
+
+
+# ------------------------------------------- the library's call sites use them
+import revtrain as rt  # noqa: E402
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: rt.InfoBuffer(True), ValueError, "n_streams must be a positive int, got True"),
+    (lambda: rt.to_fixed(1.0, 63), ValueError, r"frac_bits must be an int in \[0, 62\], got 63"),
+    (lambda: rt.to_fixed(1.0, 32.0), TypeError, "frac_bits must be an int, got float"),
+    (lambda: rt.ratio_from_float(0.5, bits=17), ValueError, r"bits must be an int in \[1, 16\]"),
+    (lambda: rt.RNN(2, 3, 2).init_params(seed=-1), ValueError, "seed must be an int >= 0"),
+    (lambda: rt.RNN(2, 3, 2).init_params(scale=True), ValueError,
+     "scale must be a positive finite number, got True"),
+    (lambda: rt.set_blas_threads(0), ValueError, "n must be a positive int or None, got 0"),
+    (lambda: rt.RevLSTM(2, 3, 2), ValueError, "n_hidden must be even for RevLSTM"),
+    (lambda: rt.RevGRU(2, 4, 2, frac_bits=True), ValueError,
+     r"frac_bits must be an int in \[8, 52\], got True"),
+    (lambda: rt.RevGRU(2, 4, 2, gate_bits=8, max_forget_bits=9), ValueError,
+     r"max_forget_bits must be an int in \[1, 8\], got 9"),
+    (lambda: rt.copy_task(2, -1, 3), ValueError, "delay must be an int >= 0, got -1"),
+    (lambda: rt.digits_task(val_fraction=1.0), ValueError, r"val_fraction must be in \(0, 1\)"),
+])
+def test_library_arguments_are_checked_with_the_shared_messages(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_numpy_integers_are_stored_as_python_ints():
+    m = rt.RevGRU(2, np.int64(4), 2, frac_bits=np.int32(40), gate_bits=np.uint8(12))
+    assert type(m.frac_bits) is int and type(m.gate_bits) is int and type(m.n_hidden) is int
+    old = rt.set_blas_threads(np.int64(1))
+    try:
+        assert type(rt.get_blas_threads()) is int
+    finally:
+        rt.set_blas_threads(old)
+    assert np.array_equal(rt.RNN(2, 3, 2).init_params(seed=np.int16(4), scale=np.float32(2)),
+                          rt.RNN(2, 3, 2).init_params(seed=4, scale=2.0))

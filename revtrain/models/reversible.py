@@ -36,6 +36,7 @@ import numpy as np
 
 from .base import RecurrentModel
 from ..buffer import InfoBuffer
+from .._checks import is_int, int_in_range
 from ..errors import FixedPointError, ReversalError, check_reversal
 from ..fixed_point import to_fixed
 from .._kernels.head import softmax_xent_head, mse_head
@@ -48,12 +49,6 @@ REV_FRAC_BITS = 32
 GATE_BITS = 12
 #: Default bound on the bits one forget-type multiply may destroy per unit and step.
 MAX_FORGET_BITS = 3
-
-
-def _int_in(v, lo, hi, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
-    return int(v)
 
 
 class ReversibleModel(RecurrentModel):
@@ -102,13 +97,12 @@ class ReversibleModel(RecurrentModel):
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
                  max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
-        if self.two_halves and isinstance(n_hidden, (int, np.integer)) \
-                and not isinstance(n_hidden, bool) and n_hidden % 2:
+        if self.two_halves and is_int(n_hidden) and n_hidden % 2:
             raise ValueError(f"n_hidden must be even for {type(self).__name__} (two halves), "
                              f"got {n_hidden}")
-        self.frac_bits = _int_in(frac_bits, 8, 52, "frac_bits")
-        self.gate_bits = _int_in(gate_bits, 1, 16, "gate_bits")
-        self.max_forget_bits = _int_in(max_forget_bits, 1, self.gate_bits, "max_forget_bits")
+        self.frac_bits = int_in_range(frac_bits, "frac_bits", 8, 52)
+        self.gate_bits = int_in_range(gate_bits, "gate_bits", 1, 16)
+        self.max_forget_bits = int_in_range(max_forget_bits, "max_forget_bits", 1, self.gate_bits)
         self.D = 1 << self.gate_bits
         self.nmin = self.D >> self.max_forget_bits
         self.floor = 2.0 ** -self.max_forget_bits
