@@ -17,7 +17,7 @@ after one window is the right initial state for the next one.
 from typing import NamedTuple
 
 import numpy as np
-from ._checks import positive_int
+from ._checks import positive_int, nonneg_int, int_at_least, number_in_range
 
 
 class DataError(ValueError):
@@ -55,7 +55,9 @@ def load_text(path):
     ------
     DataError
         The file does not exist, is a directory, cannot be read, is not valid
-        UTF-8 (the byte offset is given) or holds fewer than 2 characters.
+        UTF-8 (the byte offset is given) or is empty (no character after an
+        optional byte-order mark). A text too short to split is reported by
+        :func:`split_ids` / :func:`char_corpus`, which know ``val_fraction``.
     """
     import os
     p = os.fspath(path)
@@ -75,9 +77,8 @@ def load_text(path):
                         f"{e.reason})") from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    if len(text) < 2:
-        raise DataError(f"data file {p!r} is empty (needs at least 2 characters, "
-                        f"got {len(text)})")
+    if not text:
+        raise DataError(f"data file {p!r} is empty")
     return text
 
 
@@ -160,20 +161,57 @@ class TextCorpus(NamedTuple):
     name: str
 
 
+def _n_val(n, val_fraction):
+    """Validation length of an ``n``-token split: ``round(n * val_fraction)`` (half to even)."""
+    return int(round(n * val_fraction))
+
+
+def _splits(n, val_fraction):
+    """True if ``n`` tokens leave at least 2 on each side of the split."""
+    n_val = _n_val(n, val_fraction)
+    return n_val >= 2 and n - n_val >= 2
+
+
+def min_split_length(val_fraction):
+    """The fewest tokens :func:`split_ids` can split with ``val_fraction`` (at least 4).
+
+    The smallest ``n`` with ``n_val = round(n * f) >= 2`` and ``n - n_val >= 2``
+    (``f = val_fraction`` in (0, 1)). Both need ``n * f >= 1.5`` and
+    ``n * (1 - f) >= 1.5``, so the search starts just below
+    ``max(1.5 / f, 1.5 / (1 - f))`` and takes a few steps (rounding half to even).
+    For example 15 for ``f = 0.1``, 4 for ``f = 0.5`` and 16 for ``f = 0.9``
+    (``15 * 0.9 = 13.5`` rounds to 14, leaving 1 for training).
+    """
+    f = number_in_range(val_fraction, "val_fraction", 0, 1, lo_open=True, hi_open=True)
+    n = max(4, int(1.5 / f) - 1, int(1.5 / (1.0 - f)) - 1)
+    while not _splits(n, f):
+        n += 1
+    return n
+
+
 def split_ids(ids, val_fraction=0.1):
     """Fixed split of a token stream: the first part trains, the last ``val_fraction`` validates.
+
+    ``n_val = round(len(ids) * val_fraction)``; both parts must hold at least 2
+    tokens, so ``len(ids) >= min_split_length(val_fraction)``.
 
     Returns
     -------
     train, val : ndarray of int64
+
+    Raises
+    ------
+    DataError
+        The stream is too short; the message gives its length and the minimum.
     """
     ids = np.asarray(ids)
-    if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    n_val = int(round(len(ids) * val_fraction))
-    if n_val < 2 or len(ids) - n_val < 2:
-        raise DataError(f"text too short to split: {len(ids)} characters with "
-                        f"val_fraction={val_fraction} (need at least 2 on each side)")
+    val_fraction = number_in_range(val_fraction, "val_fraction", 0, 1, lo_open=True, hi_open=True)
+    if not _splits(len(ids), val_fraction):
+        raise DataError(f"text too short to split into training and validation parts: "
+                        f"{len(ids)} character{'' if len(ids) == 1 else 's'}, needs at least "
+                        f"{min_split_length(val_fraction)} with val_fraction={val_fraction:g} "
+                        f"(at least 2 on each side)")
+    n_val = _n_val(len(ids), val_fraction)
     return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
 
 
@@ -195,12 +233,15 @@ def char_corpus(path=None, val_fraction=0.1, max_chars=None):
     """
     text = builtin_text() if path is None else load_text(path)
     if max_chars is not None:
-        if isinstance(max_chars, bool) or not isinstance(max_chars, (int, np.integer)) \
-                or max_chars < 4:
-            raise ValueError(f"max_chars must be an int >= 4, got {max_chars!r}")
-        text = text[:int(max_chars)]
+        max_chars = int_at_least(max_chars, "max_chars", 4)
+        text = text[:max_chars]
     vocab = CharVocab.from_text(text)
-    train, val = split_ids(vocab.encode(text), val_fraction)
+    try:
+        train, val = split_ids(vocab.encode(text), val_fraction)
+    except DataError as e:
+        where = "the built-in corpus" if path is None else f"data file {str(path)!r}"
+        first = "" if max_chars is None else f" (its first max_chars={max_chars} characters)"
+        raise DataError(f"{where}{first}: {e}") from None
     return TextCorpus(train, val, vocab, "builtin" if path is None else str(path))
 
 
@@ -315,12 +356,11 @@ def copy_task(n_copy, delay, batch_size, n_symbols=8, seed=0):
         Labels in ``[0, n_symbols + 1)`` (the model's ``n_out``).
     """
     n_copy = positive_int(n_copy, "n_copy")
-    if isinstance(delay, bool) or not isinstance(delay, (int, np.integer)) or delay < 0:
-        raise ValueError(f"delay must be an int >= 0, got {delay!r}")
+    delay = nonneg_int(delay, "delay")
     B = positive_int(batch_size, "batch_size")
     n_symbols = positive_int(n_symbols, "n_symbols")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    T = 2 * n_copy + int(delay)
+    T = 2 * n_copy + delay
     sym = rng.integers(1, n_symbols + 1, size=(n_copy, B))
     x = np.zeros((T, B), dtype=np.int64)
     y = np.zeros((T, B), dtype=np.int64)
@@ -401,8 +441,7 @@ def digits_task(n=None, val_fraction=0.2, seed=0, source="auto"):
     """
     if source not in ("auto", "sklearn", "generated"):
         raise ValueError(f"source must be 'auto', 'sklearn' or 'generated', got {source!r}")
-    if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    val_fraction = number_in_range(val_fraction, "val_fraction", 0, 1, lo_open=True, hi_open=True)
     images = None
     if source in ("auto", "sklearn"):
         try:

@@ -4,7 +4,7 @@ import pytest
 
 from revtrain.data import (CharVocab, DataError, adding_task, builtin_text, char_corpus,
                            copy_task, digits_task, generated_digits, load_text, n_windows,
-                           split_ids, stream_matrix, text_windows)
+                           min_split_length, split_ids, stream_matrix, text_windows)
 
 
 def test_builtin_text_is_deterministic_and_sorted_topics():
@@ -74,6 +74,49 @@ def test_split_errors():
         split_ids(np.arange(100), 1.5)
     with pytest.raises(DataError, match="too short"):
         split_ids(np.arange(3), 0.1)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\), got True"):
+        split_ids(np.arange(100), True)
+
+
+@pytest.mark.parametrize("f, n_min", [(0.1, 15), (0.5, 4), (0.9, 16), (0.2, 8)])  # 15 * 0.9 = 13.5 -> 14
+def test_min_split_length_is_the_shortest_text_that_splits(f, n_min):
+    assert min_split_length(f) == n_min
+    train, val = split_ids(np.arange(n_min), f)
+    assert len(train) >= 2 and len(val) >= 2
+    with pytest.raises(DataError, match=f"{n_min - 1} characters, needs at least {n_min} "):
+        split_ids(np.arange(n_min - 1), f)
+
+
+def test_an_empty_data_file_is_reported_as_empty(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_bytes(b"\xef\xbb\xbf")                  # only a byte-order mark
+    with pytest.raises(DataError, match=r"data file .*empty\.txt' is empty$"):
+        char_corpus(p)
+
+
+@pytest.mark.parametrize("text", ["x", "xy", "xyz", "abcdefghijklmn"])
+def test_a_short_data_file_is_reported_as_too_short_to_split(tmp_path, text):
+    """Not "empty ... got 1": the file is named, with its length and the minimum."""
+    p = tmp_path / "short.txt"
+    p.write_text(text, encoding="utf-8")
+    assert load_text(p) == text
+    with pytest.raises(DataError) as info:
+        char_corpus(p)
+    msg = str(info.value)
+    n = len(text)
+    assert msg.startswith(f"data file {str(p)!r}: text too short to split into training "
+                          "and validation parts")
+    assert f": {n} character{'s' if n > 1 else ''}, needs at least 15 with val_fraction=0.1" in msg
+    assert "empty" not in msg
+
+
+def test_max_chars_too_short_names_the_truncation():
+    with pytest.raises(DataError, match=r"^the built-in corpus \(its first max_chars=10 "
+                                        r"characters\): text too short.*10 characters"):
+        char_corpus(max_chars=10)
+    with pytest.raises(ValueError, match="max_chars must be an int >= 4, got 3"):
+        char_corpus(max_chars=3)
+    assert len(char_corpus(max_chars=np.int32(40)).train) == 36
 
 
 def test_windows_shapes_and_continuity():
