@@ -10,7 +10,7 @@ import revtrain.model_file as model_file
 from revtrain.trainer import Trainer
 from revtrain.cli import build_parser, main
 
-COMMANDS = ("train", "sample", "profile", "hypertune")
+COMMANDS = ("train", "evaluate", "sample", "profile", "hypertune")
 
 
 def run(argv, capsys):
@@ -54,13 +54,14 @@ def test_help_through_the_installed_module():
     (["train", "--bptt", "magic"], "invalid choice: 'magic'"),
     (["train", "--model", "rnn", "--bptt", "reversible"], "not supported by RNN"),
     (["train", "--data", "/no/such/file.txt"], "does not exist"),
-    (["train", "--model", "rnn", "--out", "/no/such/dir/m.npz"], "--out: folder"),
+    (["train", "--model", "rnn", "--out", "/no/such/dir/m.npz"],
+     "--out: cannot save to '/no/such/dir/m.npz': folder"),
     (["sample"], "required: --model-file"),
     (["sample", "--model-file", "/no/such.npz"], "does not exist"),
-    (["sample", "--model-file", "x", "--temperature", "0"], "--temperature"),
+    (["sample", "--model-file", "x", "--temperature", "-1"], "--temperature"),
     (["sample", "--model-file", "x", "--prime", ""], "--prime: must not be empty"),
     (["sample", "--model-file", "."], "'.' is a folder"),
-    (["train", "--model", "rnn", "--out", "."], "--out: '.' is a folder"),
+    (["train", "--model", "rnn", "--out", "."], "--out: cannot save to '.': it is a folder"),
     (["hypertune", "--model", "revlstm", "--hidden", "5"], "--hidden 5: n_hidden must be even"),
     (["profile", "--lengths"], "expected at least one argument"),
     (["profile", "--lengths", "4", "--models", "LSTM", "Foo"], "--models: unknown Foo (choose from"),
@@ -142,8 +143,11 @@ def test_checkpoint_mode_reports_standard_memory(tmp_path, text_file, capsys):
 
 
 def test_parser_defaults_match_the_documented_target():
+    from revtrain.commands.train import _resolve
     a = build_parser().parse_args(["train"])
-    assert a.model == "revlstm" and a.bptt is None and a.data is None
+    assert a.model is None and a.data is None     # None: not given (checked against --resume)
+    o = _resolve(a)
+    assert (o["model"], o["bptt"], o["data"], o["steps"]) == ("revlstm", "reversible", None, 300)
 
 
 def test_tiny_hypertune_and_profile(tmp_path, text_file, capsys):

@@ -1,0 +1,189 @@
+"""revtrain train as a user runs it: checkpoints, kill -9 and Ctrl-C, resume, divergence,
+outputs checked before work, evaluate, schedules, progress lines and logs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import revtrain as rt
+from revtrain.cli import main
+from revtrain.schedule import save_lr_schedule
+from revtrain.trainer import Trainer
+
+TINY = ["--model", "rnn", "--hidden", "8", "--seq-len", "10", "--batch-size", "2"]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "data.txt"
+    p.write_text("a small text for a small model. " * 30 + "the end.\n", encoding="utf-8")
+    return p
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def cli(*args):
+    return [sys.executable, "-m", "revtrain.cli", *map(str, args)]
+
+
+def same_file_bits(a, b):
+    ta, tb = Trainer.load(a), Trainer.load(b)
+    assert ta.steps_done == tb.steps_done
+    assert ta.theta.tobytes() == tb.theta.tobytes()
+    for x, y in zip(ta.opt_state, tb.opt_state):
+        assert np.array_equal(x, y)
+    assert ta.history.loss == tb.history.loss
+
+
+def _stop_when(proc, step, sig):
+    """Read progress lines until ``step`` is reported, then send ``sig``; the lines read."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        parts = line.split()
+        if len(parts) > 2 and parts[1] == "step" and int(parts[2]) >= step:
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=300)
+    return "".join(lines) + out, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_to_the_same_bits(tmp_path, text_file, sig):
+    steps = 1500
+    ref, ck = tmp_path / "ref.npz", tmp_path / "ck.npz"
+    args = [*TINY, "--data", text_file, "--steps", steps, "--save-every", 25, "--print-every", 5]
+    r = subprocess.run(cli("train", *args, "--out", ref), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.Popen(cli("train", *args, "--out", ck), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    out, err = _stop_when(p, 100, sig)
+    if sig == signal.SIGKILL:
+        assert p.returncode == -signal.SIGKILL
+    else:
+        assert p.returncode == 130, err
+        n = Trainer.load(ck).steps_done
+        assert f"interrupted after step {n}: saved step {n} to {ck}" in out
+        assert f"revtrain train --resume {ck} --steps {steps}" in out
+    done = Trainer.load(ck).steps_done
+    assert 0 < done < steps
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+    r = subprocess.run(cli("train", "--resume", ck, "--steps", steps, "--quiet"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    same_file_bits(ck, ref)
+
+
+def test_resume_refuses_contradicting_options(tmp_path, text_file, capsys):
+    out = tmp_path / "m.npz"
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "3", "--out",
+                        str(out), "--quiet"], capsys)
+    assert code == 0, err
+    for extra, needle in ((["--hidden", "9"], "--hidden 9 contradicts"),
+                          (["--optimizer", "sgd"], "--optimizer sgd contradicts"),
+                          (["--steps", "2"], "already at step 3")):
+        code, _, err = run(["train", "--resume", str(out), *extra], capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1
+    # the same value again is not a contradiction
+    code, _, err = run(["train", "--resume", str(out), "--hidden", "8", "--steps", "5",
+                        "--quiet"], capsys)
+    assert code == 0, err
+    assert Trainer.load(out).steps_done == 5
+
+
+def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    code, _, err = run(["train", "--model", "lstm", "--hidden", "16", "--lr", "1e6",
+                        "--steps", "40", "--out", str(out), "--quiet"], capsys)
+    assert code == 3
+    assert "training diverged at step" in err and "--lr" in err and "frac_bits" not in err
+    assert "Nothing was saved" in err and not out.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--out", "/proc/m.npz"], "--out: cannot save to '/proc/m.npz'"),
+    (["--out", "LICENSE/m.npz"], "is a file, not a folder"),
+    (["--log", "/nonexistent/l.jsonl"], "--log: cannot save to '/nonexistent/l.jsonl'"),
+    (["--save-every", "5", "--out", ""], "--save-every needs a file"),
+    (["--lr-schedule", "/no/such.txt"], "--lr-schedule"),
+])
+def test_outputs_are_checked_before_any_work(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))     # LICENSE is a file here
+    code, out, err = run(["train", *TINY, "--steps", "100000", *argv], capsys)
+    assert code == 2 and needle in err and ".revtrain-" not in err and "step" not in out
+
+
+def test_evaluate_and_version(tmp_path, text_file, capsys):
+    out = tmp_path / "m.npz"
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "3",
+                        "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    code, o, err = run(["evaluate", "--model-file", str(out)], capsys)
+    assert code == 0 and "bits/char" in o and "validation part of" in o
+    held = tmp_path / "held.txt"
+    held.write_text("the small model. " * 5, encoding="utf-8")
+    code, o, err = run(["evaluate", "--model-file", str(out), "--data", str(held)], capsys)
+    bpc = float(o.split()[0])
+    tr = Trainer.load(out)
+    assert code == 0 and bpc == pytest.approx(tr.evaluate(held.read_text(), batch_size=2,
+                                                           seq_len=10)["bpc"], abs=1e-4)
+    held.write_text("Zebras!", encoding="utf-8")
+    code, _, err = run(["evaluate", "--model-file", str(out), "--data", str(held)], capsys)
+    assert code == 2 and "not in the model's vocabulary" in err and "'!Zb'" in err
+    r = subprocess.run(cli("--version"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"revtrain {rt.__version__}"
+
+
+def test_lr_schedule_log_and_progress_lines(tmp_path, text_file, capsys):
+    sched = tmp_path / "lr.txt"
+    save_lr_schedule(sched, np.linspace(0.5, 1.0, 6), 0.8, model="rnn")
+    log = tmp_path / "l.jsonl"
+    code, out, err = run(["train", *TINY, "--data", str(text_file), "--steps", "5",
+                          "--lr-schedule", str(sched), "--out", str(tmp_path / "m.npz"),
+                          "--log", str(log), "--print-every", "2"], capsys)
+    assert code == 0, err
+    assert "sgd lr schedule" in out
+    assert [ln.split()[2] for ln in out.splitlines() if ln.startswith("RNN step")] == \
+        ["2", "4", "5"]
+    recs = [json.loads(s) for s in log.read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5] and "val_bpc" in recs[0]
+    tr = Trainer.load(tmp_path / "m.npz")
+    assert type(tr.optimizer).__name__ == "ExactSGD"
+    lr, mom, _ = tr.optimizer.hyperparameters(4)
+    assert lr[0] == np.linspace(0.5, 1.0, 6)[4] and mom[0] == round(0.8 * 2**16) / 2**16
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "7",
+                        "--lr-schedule", str(sched), "--out", ""], capsys)
+    assert code == 2 and "6 rates, fewer than --steps 7" in err
+    code, _, err = run(["train", *TINY, "--steps", "2", "--lr-schedule", str(sched),
+                        "--optimizer", "adam"], capsys)
+    assert code == 2 and "does not go with --optimizer adam" in err
+
+
+def test_sample_greedy_and_reset_state(tmp_path, text_file, capsys):
+    out = tmp_path / "m.npz"
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "3", "--state",
+                        "reset", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    outs = []
+    for seed in ("1", "2"):
+        code, o, err = run(["sample", "--model-file", str(out), "--temperature", "0",
+                            "--length", "20", "--seed", seed], capsys)
+        assert code == 0, err
+        outs.append(o)
+    assert outs[0] == outs[1]
+    tr = Trainer.load(out)
+    assert tr.fit_options["carry_state"] is False
+    text = "\n" + tr.generate(20, prime="\n", temperature=0, carry_state=False)
+    assert outs[0] == text + ("" if text.endswith("\n") else "\n")
