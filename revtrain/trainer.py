@@ -25,7 +25,7 @@ from .history import History
 from .model_file import ModelFileError, constructor_args, find_class  # noqa: F401 (re-exported)
 from .progress import JsonLog, Progress
 from .sources import START, Position, advance, check_sizes, make_source
-from ._checks import positive_int
+from ._checks import nonneg_int, number_in_range, positive_int, positive_number
 
 LN2 = math.log(2.0)
 _HINT = "try a smaller learning rate or grad_clip"
@@ -64,15 +64,6 @@ class TrainState(NamedTuple):
     data_key: Optional[tuple]
     rng_state: dict
     hist_len: Optional[dict]
-
-
-def _number(v, name, allow_none=True):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive number, got {v!r}")
-    return float(v)
 
 
 class Trainer:
@@ -128,8 +119,7 @@ class Trainer:
         if bptt is not None and modes is not None and bptt not in modes:
             raise ValueError(f"bptt must be one of {tuple(modes)} for {type(model).__name__}, "
                              f"got {bptt!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        seed = nonneg_int(seed, "seed")
         self.model = model
         self.optimizer = optimizer
         self.bptt = bptt if bptt is not None else (modes[0] if modes else None)
@@ -282,8 +272,8 @@ class Trainer:
         if steps is not None and epochs is not None:
             raise ValueError(f"give steps or epochs, not both (got steps={steps}, epochs={epochs})")
         B, T = check_sizes(batch_size, seq_len)
-        grad_clip = _number(grad_clip, "grad_clip")
-        divergence_factor = _number(divergence_factor, "divergence_factor")
+        grad_clip = positive_number(grad_clip, "grad_clip", none_ok=True)
+        divergence_factor = positive_number(divergence_factor, "divergence_factor", none_ok=True)
         src, val, char_loss = self._sources(data, val_data)
         per_epoch = src.per_epoch(B, T)
         if steps is None:
@@ -536,12 +526,8 @@ class Trainer:
         """
         if self.vocab is None:
             raise ValueError("generate needs a character model (train on text first)")
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
-            raise ValueError(f"length must be an int >= 0, got {length!r}")
-        if isinstance(temperature, bool) or not (
-                isinstance(temperature, (int, float, np.integer, np.floating))
-                and np.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        length = nonneg_int(length, "length")
+        temperature = number_in_range(temperature, "temperature", 0.0, math.inf, hi_open=True)
         if not isinstance(prime, str) or not prime:
             raise ValueError("prime must be a non-empty str")
         if carry_state is None:
@@ -552,7 +538,7 @@ class Trainer:
         m, theta, V = self.model, self.theta, self.vocab.size
         state, x = None, np.array(ids, dtype=np.int64)[:, None]
         out = []
-        for _ in range(int(length)):
+        for _ in range(length):
             if not carry_state:
                 x, state = np.array(ids[-context:], dtype=np.int64)[:, None], None
             probs = m.predict(theta, x, initial_state=state)[-1, 0, :V]

@@ -377,7 +377,8 @@ def test_fit_argument_errors_are_clear():
     x, y = rng.integers(0, 5, (6, 8)), rng.integers(0, 3, (6, 8))
     tr = Trainer(rt.RNN(5, 4, 3), rt.Adam(0.01), seed=0)
     kw = dict(steps=1, batch_size=4, quiet=True)
-    with pytest.raises(ValueError, match="grad_clip must be a positive number, got '1'"):
+    with pytest.raises(ValueError,
+                       match="grad_clip must be a positive finite number or None, got .1."):
         tr.fit((x, y), grad_clip="1", **kw)
     with pytest.raises(ValueError, match=r"must return a pair \(x, y\), got ndarray"):
         tr.fit(lambda r, b: x, **kw)
