@@ -25,7 +25,7 @@ from ._kernels.sgd import group_dot
 DIVERGED_RATIO = 10.0
 #: A softmax loss above this many times log(n_out) (that of a uniform guess) may be divergence.
 DIVERGED_SOFTMAX = 3.0
-_TRY = "try a smaller learning rate (lr)"
+_HINT = "try a smaller learning rate"
 
 
 class HyperStats(NamedTuple):
@@ -171,15 +171,27 @@ def _train_gradient(model, w, x, y, bptt, t, n_iters):
     except DivergenceError:
         raise
     except FloatingPointError as e:
-        raise DivergenceError(f"{where}: {e}; {_TRY}", step=t + 1, loss=None) from e
+        raise DivergenceError(f"{where}: {e}", step=t + 1, hint=_HINT) from e
     loss = float(loss)
     if not math.isfinite(loss):
-        raise DivergenceError(f"{where}: the training loss is {loss}; {_TRY}",
-                              step=t + 1, loss=loss)
+        raise DivergenceError(f"{where}: the training loss is {loss}", step=t + 1, loss=loss,
+                              hint=_HINT)
     if not np.isfinite(g).all():
         raise DivergenceError(f"{where}: the training gradient has NaN or inf "
-                              f"(loss {loss:.4g}); {_TRY}", step=t + 1, loss=loss)
+                              f"(loss {loss:.4g})", step=t + 1, loss=loss, hint=_HINT)
     return loss, g
+
+
+def _step(opt, state, g, t, n_iters):
+    """``opt.step``; leaving the fixed-point range there is divergence (DivergenceError)."""
+    try:
+        return opt.step(state, g)
+    except FixedPointError as e:
+        raise DivergenceError(f"training diverged at iteration t={t} (step {t + 1} of "
+                              f"{n_iters}): the weights or velocity would leave the optimiser's "
+                              f"fixed-point range", step=t + 1,
+                              hint="try a smaller learning rate, or fewer (velocity_)frac_bits "
+                              "for more range") from e
 
 
 def _forward(model, opt, theta0, batch, n_iters, bptt):
@@ -205,9 +217,9 @@ def _forward(model, opt, theta0, batch, n_iters, bptt):
             raise DivergenceError(
                 f"training diverged at iteration t={t} (step {t + 1} of {n_iters}): the "
                 f"training loss {loss:.4g} is above {limit:.4g} (the first iteration's was "
-                f"{train_loss[0]:.4g}); {_TRY}", step=t + 1, loss=loss)
+                f"{train_loss[0]:.4g})", step=t + 1, loss=loss, hint=_HINT)
         train_loss[t] = loss
-        state = opt.step(state, g)
+        state = _step(opt, state, g, t, n_iters)
     return state, w_init, train_loss
 
 
@@ -217,12 +229,13 @@ def _validation(model, theta, val_data, n_iters):
     try:
         val_loss, dw = model.loss_and_grad(theta, *val_data)
     except FloatingPointError as e:
-        raise DivergenceError(f"{where} the validation loss cannot be computed ({e}); {_TRY}",
-                              step=n_iters, loss=None) from e
+        raise DivergenceError(f"{where} the validation loss cannot be computed ({e})",
+                              step=n_iters, hint=_HINT) from e
     val_loss = float(val_loss)
     if not (math.isfinite(val_loss) and np.isfinite(dw).all()):
         raise DivergenceError(f"{where} the validation loss is {val_loss:.4g} (or its "
-                              f"gradient is not finite); {_TRY}", step=n_iters, loss=val_loss)
+                              f"gradient is not finite)", step=n_iters, loss=val_loss,
+                              hint=_HINT)
     return val_loss, np.array(dw, dtype=np.float64)
 
 
@@ -297,8 +310,7 @@ def _reverse_step(model, opt, state, t, batch, bptt, adj):
         raise DivergenceError(
             f"the hypergradient overflowed going back through iteration t={t}: the "
             "training run is chaotic (learning rate or momentum too large for it) and "
-            f"its hypergradients do not exist in any useful sense; {_TRY}",
-            step=t + 1, loss=None)
+            "its hypergradients do not exist in any useful sense", step=t + 1, hint=_HINT)
     return state
 
 
@@ -364,7 +376,8 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
 
     Training that diverges is stopped, not differentiated: the forward pass
     raises :class:`~revtrain.DivergenceError` when a training loss or gradient
-    is not finite, or a training loss exceeds ``10`` times the first
+    is not finite, a step leaves the optimiser's fixed-point range, or a
+    training loss exceeds ``10`` times the first
     iteration's (for a softmax model, ``loss_kind == "softmax"``, only when it
     is also above ``3 * log(n_out)``, three times the loss of a uniform
     guess), and after training when the validation loss is not finite.
@@ -399,15 +412,14 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     Raises
     ------
     DivergenceError
-        (a ``FloatingPointError``) If training diverged, as above; its
-        ``step`` is the 1-based iteration (``t + 1``; ``n_iters`` for the
-        validation loss), ``loss`` the loss that stopped it. Also when the
-        reverse accumulation overflows (a chaotic training run, whose
-        hypergradient does not exist in any useful sense; ``loss`` is None).
-        The message names the iteration; try a smaller learning rate.
-    FixedPointError
-        If a step would take the weights or velocity outside the optimiser's
-        fixed-point range (also a sign of divergence; nothing is returned).
+        (a ``FloatingPointError``) If training diverged, as above, or a step
+        would take the weights or velocity outside the optimiser's fixed-point
+        range; also when the reverse accumulation overflows (a chaotic
+        training run, whose hypergradient does not exist in any useful
+        sense). ``e.step`` is the 1-based iteration (``t + 1``; ``n_iters``
+        for the validation loss), ``e.loss`` the loss that stopped it (or
+        None); the message names the iteration, ``e.reason`` is it without
+        the advice, ``e.hint`` the advice (a smaller learning rate).
     ReversalError
         If the reverse pass does not recover the initial weights, a zero
         velocity and an empty buffer bit for bit (``train_batch`` or the

@@ -253,6 +253,14 @@ def test_divergent_training_raises_instead_of_returning():
     assert isinstance(e.value.step, int) and 1 <= e.value.step <= N_ITERS
     assert f"step {e.value.step} of {N_ITERS}" in str(e.value)
     assert e.value.loss > 10 * model.loss(theta0, *data[0])
+    assert e.value.hint == "try a smaller learning rate"
+    assert str(e.value) == f"{e.value.reason} ({e.value.hint})" and "smaller" not in e.value.reason
+    # a first step that throws the weights out of the fixed-point range (|w| < 2**31)
+    with pytest.raises(rt.DivergenceError, match=r"t=0 \(step 1 of 10\): the weights or "
+                                                 r"velocity would leave") as e:
+        rt.hypergradient(model, rt.ExactSGD(1e12, 0.9), theta0, lambda t: data[t], val, N_ITERS)
+    assert e.value.step == 1 and "frac_bits" in e.value.hint
+    assert isinstance(e.value.__cause__, rt.FixedPointError)
 
 
 class _Scripted:
