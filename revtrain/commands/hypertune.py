@@ -15,12 +15,10 @@ import sys
 from ._common import (MODELS, UsageError, Unavailable, pos_int, nonneg_int, pos_float,
                       fraction, model_class, say, check_out_path)
 
-#: Exit code when training diverges at the starting --lr (no schedule to keep).
-EXIT_DIVERGED = 3
-#: The library's own advice at the end of its divergence messages (it names Python
-#: arguments, lr or frac_bits, that this command does not have).
-_LIBRARY_HINT = re.compile(r"\s*[;.]?\s*(try|use) a smaller learning rate.*$",
-                           re.IGNORECASE | re.DOTALL)
+#: Advice inside library messages, in the library's terms (``lr``, ``frac_bits``, init
+#: scale): a trailing "; use ..." / ". Try ..." clause or a "(try ...)" aside.
+_ADVICE = (re.compile(r"\s*\((?:try|use) [^()]*\)", re.IGNORECASE),
+           re.compile(r"\s*[;.]\s*(?:try|use) .*$", re.IGNORECASE | re.DOTALL))
 
 
 class _Diverged(Exception):
@@ -32,9 +30,16 @@ class _Diverged(Exception):
 
 
 def _reason(e):
-    """The library's message without its hint (which names options this CLI lacks)."""
-    msg = re.sub(r"^(un)?step: ", "", str(e).replace("; nothing was changed", ""))
-    return _LIBRARY_HINT.sub("", msg).rstrip(" ;.")
+    """What went wrong, without the library's advice (it names options this CLI lacks).
+
+    A DivergenceError carries it as ``e.reason``; other messages (a model's or
+    the optimiser's FixedPointError) have their advice clauses removed.
+    """
+    msg = getattr(e, "reason", None) or str(e)
+    msg = re.sub(r"^(un)?step: ", "", msg.replace("; nothing was changed", ""))
+    for pattern in _ADVICE:
+        msg = pattern.sub("", msg)
+    return msg.rstrip(" ;.")
 
 
 def _problem(a):
@@ -147,6 +152,7 @@ def _search(a, model, theta0, train_batch, val):
 
 
 def run(a):
+    from ..errors import DivergenceError
     check_out_path(a.out, "--out")
     model, theta0, train_batch, val = _problem(a)
     _hypergradient()
@@ -155,10 +161,9 @@ def run(a):
          f"meta-iterations, momentum {a.momentum})")
     try:
         best_loss, lr, best_k, first, stopped = _search(a, model, theta0, train_batch, val)
-    except _Diverged as e:
-        print(f"revtrain hypertune: error: meta-iteration 0, at the constant --lr {a.lr:g}: "
-              f"{e.reason}; no schedule was learned: use a smaller --lr", file=sys.stderr)
-        return EXIT_DIVERGED
+    except _Diverged as e:                     # the command exits with code 3
+        raise DivergenceError(f"meta-iteration 0, at the constant --lr {a.lr:g}: {e.reason}; "
+                              "no schedule was learned", hint="use a smaller --lr") from None
     if stopped:
         print(f"revtrain hypertune: warning: {stopped}", file=sys.stderr, flush=True)
     print(f"best validation loss {best_loss:.4f} (constant lr {a.lr}: {first:.4f}); learned "
