@@ -331,9 +331,10 @@ def check_writable(path):
 
 
 def atomic_write(path, write_fn):
-    """Write ``path`` atomically: ``write_fn(f)`` into a temporary file in the same folder,
-    flush and fsync it, give it the mode the umask allows, then ``os.replace`` it over
-    ``path``. On any error the temporary file is removed and ``path`` is left as it was.
+    """Write ``path`` atomically: ``write_fn(f)`` (``f`` a binary file) into a temporary
+    file in the same folder, flush and fsync it, give it the mode the umask allows,
+    ``os.replace`` it over ``path`` and fsync the folder. On any error the temporary
+    file is removed and ``path`` is left as it was.
 
     Raises
     ------
@@ -368,7 +369,22 @@ def atomic_write(path, write_fn):
         if isinstance(e, OSError) and getattr(e, "filename", None) is not None:
             raise OSError(f"cannot save to {path!r}: {e.strerror or e}") from None
         raise
+    _fsync_folder(folder)
     return path
+
+
+def _fsync_folder(folder):
+    """Make the rename durable: fsync the folder (where the platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write(path, meta, arrays):

@@ -16,11 +16,11 @@ a header (``#`` lines that are not a JSON header are comments).
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from ._checks import is_number
+from .model_file import atomic_write
 
 #: The ``format`` field of the header.
 FORMAT = "revtrain-lr-schedule"
@@ -71,48 +71,6 @@ def _json_value(v):
     raise TypeError(f"{type(v).__name__} is not JSON serialisable")
 
 
-def _umask():
-    """The process's umask (read by setting it and setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path, text):
-    """Write ``text`` (UTF-8) to ``path`` so that readers see the old file or the new one.
-
-    A temporary file in the same folder is written, flushed and fsynced, given
-    the mode a new file gets (``0o666`` less the umask), then moved onto
-    ``path`` with ``os.replace``; the folder is fsynced where that is possible.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
 def save_lr_schedule(path, lr, momentum, **info):
     """Write a learning-rate schedule: a JSON ``#`` header, then one rate per line.
 
@@ -159,7 +117,7 @@ def save_lr_schedule(path, lr, momentum, **info):
         raise ValueError(f"save_lr_schedule: the metadata must be JSON values (no NaN or "
                          f"inf): {e}") from None
     text = "# " + header + "\n" + "".join(repr(float(x)) + "\n" for x in rates)
-    _write_atomic(path, text)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _read_text(path):

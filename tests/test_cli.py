@@ -8,25 +8,10 @@ import pytest
 import revtrain as rt
 import revtrain.model_file as model_file
 from revtrain.trainer import Trainer
-from revtrain.cli import build_parser, main
+from cli_run import run
+from revtrain.cli import build_parser
 
 COMMANDS = ("train", "evaluate", "sample", "profile", "hypertune")
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "data.txt"
-    p.write_text("a small text for a small model. " * 30 + "the end.\n", encoding="utf-8")
-    return p
 
 
 def test_help_of_every_command(capsys):

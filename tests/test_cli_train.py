@@ -10,27 +10,11 @@ import numpy as np
 import pytest
 
 import revtrain as rt
-from revtrain.cli import main
+from cli_run import run
 from revtrain.schedule import save_lr_schedule
 from revtrain.trainer import Trainer
 
 TINY = ["--model", "rnn", "--hidden", "8", "--seq-len", "10", "--batch-size", "2"]
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "data.txt"
-    p.write_text("a small text for a small model. " * 30 + "the end.\n", encoding="utf-8")
-    return p
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def cli(*args):

@@ -7,26 +7,10 @@ import pytest
 
 import revtrain as rt
 import revtrain.commands.hypertune as hypertune
-from revtrain.cli import main
+from cli_run import run
 from revtrain.schedule import load_lr_schedule, save_lr_schedule
 
 TINY = ["hypertune", "--iters", "3", "--hidden", "3", "--seq-len", "4", "--batch-size", "2"]
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    p = tmp_path / "data.txt"
-    p.write_text("a small text for a small model. " * 30 + "the end.\n", encoding="utf-8")
-    return p
 
 
 # ---------------------------------------------------------------- the command
