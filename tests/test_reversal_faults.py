@@ -95,7 +95,12 @@ def test_a_wrong_recovered_state_is_reported_as_a_differing_state(cell):
     assert "rANS" not in msg and "words" not in msg
     # flipped before the reversal, the error also disturbs what is popped from the buffer
     msg = _reversal_message(cell, _flip_q(0, 1, 2, 0))
-    assert "initial state differs" in msg and "rANS state of 1 of 3" in msg
+    if cell == "momentum":
+        # undoing a step multiplies an error by up to 1/(beta gamma) ~ 17 at init
+        # (beta = 1/4, gamma ~ 0.23): over 30 steps a flipped low bit leaves the range
+        assert "produced an impossible value in state part" in msg
+    else:
+        assert "initial state differs" in msg and "rANS state of 1 of 3" in msg
 
 
 def test_check_reversal_names_only_the_failed_checks():
@@ -117,7 +122,7 @@ def _float_unstep(m, p, s, P):
     s = dict(s)
     if isinstance(m, MomentumRNN):
         H = m.n_hidden
-        h = s["h"] - s["v"]
+        h = (s["h"] - (1 - m.beta) * s["v"]) / m.beta
         A = h @ p["W"] + P
         g = np.tanh(A[:, :H] + p["b"])
         gam = F + (1 - F) * _sig(A[:, H:] + p["b_g"]) if m.learned else m.gamma

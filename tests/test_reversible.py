@@ -25,7 +25,7 @@ import revtrain as rt
 from revtrain import MomentumRNN, RevGRU, RevLSTM
 
 CELLS = {"momentum": lambda *a, **k: MomentumRNN(*a, **k),
-         "momentum_const": lambda *a, **k: MomentumRNN(*a, gamma=0.6, **k),
+         "momentum_const": lambda *a, **k: MomentumRNN(*a, gamma=0.6, beta=0.6, **k),
          "revlstm": lambda *a, **k: RevLSTM(*a, **k),
          "revgru": lambda *a, **k: RevGRU(*a, **k)}
 
@@ -59,7 +59,7 @@ def ref_step(m, p, s, P, delta=None, target=None):
         g = np.tanh(A[:, :H] + p["b"])
         gam = F + (1 - F) * _sig(A[:, H:] + p["b_g"]) if m.learned else m.gamma
         v = put("v", gam * s["v"] + (1 - gam) * g)
-        put("h", s["h"] + v)
+        put("h", m.beta * s["h"] + (1 - m.beta) * v)
         return new, raw
     Hh = m.n_hidden // 2
     if isinstance(m, RevLSTM):
@@ -241,7 +241,7 @@ def test_high_precision_model_is_close_to_float_model(cell):
 def test_long_sequence_reconstructs_exactly(cell):
     """T = 10**4 at small H: the reversal recovers every bit (else ReversalError)."""
     T, B, D, O = 10_000, 2, 3, 3
-    # mse on the last step: MomentumRNN's h integrates v and may grow like T
+    # mse on the last step
     m = make(cell, D, 2, O, loss="mse")
     theta = m.init_params(seed=11, scale=2.0)
     x, _ = data(12, T, B, D, O)
@@ -300,17 +300,33 @@ def test_predict_and_final_state_follow_the_fixed_point_trajectory(cell):
 
 
 def test_overflow_raises_fixed_point_error():
-    """A state driven past 2**(62 - frac_bits) raises FixedPointError, never wraps."""
+    """A state value past 2**(62 - frac_bits) raises FixedPointError, never wraps.
+
+    MomentumRNN's updates are convex, so the run that used to overflow (h = h + v
+    from 1000 in the range +-1024) now stays in range; the driver's guard is
+    then driven directly.
+    """
+    from revtrain._kernels.quantize import LIMIT
     m = MomentumRNN(2, 2, 2, frac_bits=52)        # range +-1024
     theta = m.init_params(seed=0)
     m.params(theta)["W"][...] = 0.0
-    m.params(theta)["b"][...] = 8.0               # candidate ~ +1: h grows by ~1 per step
+    m.params(theta)["b"][...] = 8.0               # candidate ~ +1
     m.params(theta)["b_g"][...] = -8.0            # small momentum: v ~ g quickly
     x = np.zeros((200, 1), dtype=np.int64)
     y = np.zeros((200, 1), dtype=np.int64)
     s0 = np.array([[1000.0, 1000.0, 0.0, 0.0]])
-    with pytest.raises(rt.FixedPointError, match="overflowed the fixed-point range"):
-        m.loss_and_grad(theta, x, y, initial_state=s0)
+    fin = m.final_state(theta, x, initial_state=s0)
+    assert np.abs(fin).max() <= 1000.0 and np.isfinite(m.loss(theta, x, y, initial_state=s0))
+    q = np.array([[LIMIT - 10, 5]], dtype=np.int64)
+    n = np.full((1, 2), m.D, dtype=np.int64)
+    inc = np.array([[0, 0]], dtype=np.int64)
+    buf = rt.InfoBuffer(1)
+    m._reserve_step(buf)
+    m._forget(q, n, inc, buf, 3, "h")               # in range: fine
+    inc[0, 0] = 20
+    with pytest.raises(rt.FixedPointError, match="'h' overflowed the fixed-point range at "
+                                                 "step 7, batch row 0, unit 0"):
+        m._forget(q, n, inc, buf, 7, "h")
     with pytest.raises(rt.FixedPointError, match="initial_state"):
         m.loss_and_grad(theta, x, y, initial_state=s0 * 4)
 
@@ -337,7 +353,7 @@ def test_bad_arguments():
 
 
 def test_huge_logits_give_the_finite_loss():
-    """Logit gaps beyond exp's range (a MomentumRNN's h integrates) still give the exact loss."""
+    """Logit gaps beyond exp's range (large output weights) still give the exact loss."""
     T, B, D, O = 5, 2, 3, 4
     m = MomentumRNN(D, 4, O)
     theta = m.init_params(seed=1)

@@ -1,4 +1,4 @@
-"""MomentumRNN cell kernels (generic over float64 and complex128).
+"""Momentum-coupled cell kernels (MomentumRNN, RevMDRNN; generic over float64 and complex128).
 
 Step (row-vector convention, ``A = h_{t-1} @ W``, ``P = x_t @ V``)::
 
@@ -6,22 +6,24 @@ Step (row-vector convention, ``A = h_{t-1} @ W``, ``P = x_t @ V``)::
     gamma_t = floor + (1 - floor) * sigmoid(A[:, H:] + P[:, H:] + b_g)   (learned gate)
               or a constant in [floor, 1]
     v_t     = gamma_t * v_{t-1} + (1 - gamma_t) * g_t
-    h_t     = h_{t-1} + v_t
+    h_t     = h_{t-1} + v_t                          (RevMDRNN: momentum_snap, momentum_back)
+    h_t     = beta * h_{t-1} + (1 - beta) * v_t      (MomentumRNN: leaky_*)
 
-In fixed point the multiply by ``gamma_t`` is exact (quantised to ``n / 2**m``,
-see :mod:`revtrain._kernels.quantize`) and ``(1 - n/2**m) * g_t`` is rounded
-and added; the float kernels here serve the fixed-point gates (forward and
-reverse call the same kernel, so the increments are bit-identical) and the
-straight-through recompute and backward pass.
+In fixed point the multiplies by ``gamma_t`` and ``beta`` are exact (quantised
+to ``n / 2**m``, see :mod:`revtrain._kernels.quantize`) and the added terms
+``(1 - n/2**m) * g_t``, ``(1 - n_b/2**m) * v_t`` are rounded; the float
+kernels here serve the fixed-point gates (forward and reverse call the same
+kernel, so the increments are bit-identical) and the straight-through
+recompute and backward pass.
 """
-from numba import njit
+import numpy as np
+from numba import njit, int64
 
+from ._options import NJIT_OPTS
 from .mathfn import tanh_, sigmoid_
 
-_opts = dict(cache=True, error_model="numpy")
 
-
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def momentum_gates(A, P, b, bg, floor, gamma, learned, g, gam, sig):
     """Candidate and momentum gate of one step.
 
@@ -44,7 +46,7 @@ def momentum_gates(A, P, b, bg, floor, gamma, learned, g, gam, sig):
                 gam[i, j] = gamma
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def momentum_snap(h_prev, v_prev, g, gam, h_new, v_new):
     """Give ``h_new``, ``v_new`` (complex, real part = fixed-point values) the imaginary part of the float update."""
     B, H = g.shape
@@ -55,7 +57,7 @@ def momentum_snap(h_prev, v_prev, g, gam, h_new, v_new):
             h_new[i, j] = complex(h_new[i, j].real, (h_prev[i, j] + vf).imag)
 
 
-@njit(**_opts)
+@njit(**NJIT_OPTS)
 def momentum_back(g, gam, sig, v_prev, floor, learned, dh, dv, dA):
     """Backpropagate through the elementwise part of one step.
 
@@ -74,3 +76,60 @@ def momentum_back(g, gam, sig, v_prev, floor, learned, dh, dv, dA):
             if learned:
                 s = sig[i, j]
                 dA[i, H + j] = dvt * (v_prev[i, j] - gg) * ((1.0 - floor) * s * (1.0 - s))
+
+
+# ------------------------------------------------- MomentumRNN's leaky position
+# MomentumRNN adds h_t = beta h_{t-1} + (1 - beta) v_t after the velocity update
+# above (RevMDRNN keeps h = h + v and the kernels above).
+
+@njit(**NJIT_OPTS)
+def leaky_h_inc(v, c, inc):
+    """Increments of ``h <- (n_b/D) h + (1 - n_b/D) v`` in fixed point.
+
+    v : int64 (B, H), the *new* fixed-point velocity ``v_t``.  c : float,
+    ``1 - n_b/D`` (dyadic, exact).  inc : int64 (B, H) output,
+    ``rint(c * v)`` (same units as ``v``; one rounding, so forward and reverse
+    get the same integers from the same ``v_t``).
+    """
+    B, H = v.shape
+    for i in range(B):
+        for j in range(H):
+            inc[i, j] = int64(np.rint(c * float(v[i, j])))
+
+
+@njit(**NJIT_OPTS)
+def leaky_snap(h_prev, v_prev, g, gam, beta, h_new, v_new):
+    """Give ``h_new``, ``v_new`` (complex, real part = fixed-point values) the imaginary
+    part of the float update ``v = gam v_prev + (1 - gam) g``, ``h = beta h_prev + (1 - beta) v``.
+    """
+    B, H = g.shape
+    for i in range(B):
+        for j in range(H):
+            vf = gam[i, j] * v_prev[i, j] + (1.0 - gam[i, j]) * g[i, j]
+            v_new[i, j] = complex(v_new[i, j].real, vf.imag)
+            hf = beta * h_prev[i, j] + (1.0 - beta) * vf
+            h_new[i, j] = complex(h_new[i, j].real, hf.imag)
+
+
+@njit(**NJIT_OPTS)
+def leaky_back(g, gam, sig, v_prev, floor, learned, beta, dh, dv, dA):
+    """Backpropagate through one step of ``v = gam v + (1 - gam) g``, ``h = beta h + (1 - beta) v``.
+
+    On entry ``dh``, ``dv`` (B, H) are dL/dh_t, dL/dv_t. On exit ``dv`` is
+    dL/dv_{t-1} and ``dh`` is ``beta * dL/dh_t``, the direct part of
+    dL/dh_{t-1} (the caller adds ``dA @ W.T``). ``dA`` (B, G) receives
+    dL/d(pre-activations): columns ``[candidate | gate]`` (gate only if ``learned``).
+    """
+    B, H = g.shape
+    c1 = 1.0 - floor
+    for i in range(B):
+        for j in range(H):
+            dvt = dv[i, j] + (1.0 - beta) * dh[i, j]
+            dh[i, j] = beta * dh[i, j]
+            gm = gam[i, j]
+            gg = g[i, j]
+            dv[i, j] = dvt * gm
+            dA[i, j] = dvt * (1.0 - gm) * (1.0 - gg * gg)
+            if learned:
+                s = sig[i, j]
+                dA[i, H + j] = dvt * (v_prev[i, j] - gg) * (c1 * s * (1.0 - s))
