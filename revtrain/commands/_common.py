@@ -11,7 +11,7 @@ BPTT_MODES = ("standard", "checkpoint", "reversible")
 
 #: Default Adam learning rate per model.
 #: momentum-rnn 0.015: on the built-in corpus (300 steps, H=128, carried state) 0.01 gave
-#: 2.78, 0.015 2.38-2.48 (4 seeds), 0.02 2.50-2.63 and 0.025 3.28 validation bits/char.
+#: 2.78, 0.015 2.37-2.48 (seeds 0-3), 0.02 2.50-2.63 (seeds 0-1), 0.025 2.85 validation bits/char.
 DEFAULT_LR = {"rnn": 0.01, "lstm": 0.02, "gru": 0.02, "momentum-rnn": 0.015,
               "revgru": 0.01, "revlstm": 0.01}
 #: Default handling of the recurrent state between truncated-BPTT windows (model -> "reset");
