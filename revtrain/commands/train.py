@@ -191,7 +191,7 @@ def _train(a, o, trainer, corpus, out):
     total = time.perf_counter() - t0
     if out:
         trainer.save(out)
-    _summary(o, trainer, hist, ev, corpus, total, out)
+    _summary(o, trainer, hist, ev, corpus, total, out, resumed)
     return 0
 
 
@@ -211,7 +211,7 @@ def _diverged(e, o, out, save_every):
     return EXIT_DIVERGED
 
 
-def _summary(o, trainer, hist, ev, corpus, total, out):
+def _summary(o, trainer, hist, ev, corpus, total, out, resumed):
     from ..data import text_windows
     model, bptt = trainer.model, o["bptt"]
     cls_name = type(model).__name__
@@ -233,7 +233,8 @@ def _summary(o, trainer, hist, ev, corpus, total, out):
     print(f"  validation        {ev['bpc']:.4f} bits/char "
           f"(loss {ev['loss']:.4f} nats, all {len(corpus.val)} validation chars)")
     print(f"  time              {hist.time[-1]:.1f} s in training steps (first-call "
-          f"compilation included), {total:.1f} s with validation")
+          f"compilation included" + (", all runs" if resumed else "")
+          + f"), {total:.1f} s {'for this run ' if resumed else ''}with validation")
     ratio = f" ({std / held:.1f}x more)" if std and held else ""
     print(f"  memory for BPTT   {fmt_bytes(held)} held per {x.shape[0]}-step window ({bptt})")
     if std is not None and bptt != "standard":
