@@ -21,13 +21,13 @@ import numpy as np
 from . import model_file
 from .data import CharVocab
 from .errors import DivergenceError, FixedPointError
+from .evaluation import loss_on, sample_ids
 from .history import History
 from .model_file import ModelFileError, constructor_args, find_class  # noqa: F401 (re-exported)
 from .progress import JsonLog, Progress
 from .sources import START, Position, advance, check_sizes, make_source
 from ._checks import nonneg_int, number_in_range, positive_int, positive_number
 
-LN2 = math.log(2.0)
 _HINT = "try a smaller learning rate or grad_clip"
 
 
@@ -469,36 +469,8 @@ class Trainer:
                               self.theta)
 
     def _evaluate(self, src, batch_size, seq_len, max_tokens, char_loss, carry_state, theta):
-        from .data import text_windows
-        m = self.model
-        if src.kind == "text":
-            ids = src.ids if max_tokens is None else src.ids[:max_tokens]
-            B = min(batch_size, max(1, (len(ids) - 1) // max(seq_len, 1)))
-            total, count, state = 0.0, 0, None
-            for x, y in text_windows(ids, B, seq_len):
-                n = y.size
-                total += m.loss(theta, x, y, initial_state=state) * n
-                count += n
-                if carry_state:
-                    state = m.final_state(theta, x, initial_state=state)
-            out = {"loss": float(total / count)}
-            if char_loss:
-                out["bpc"] = out["loss"] / LN2
-            return out
-        total, count, correct = 0.0, 0, 0
-        last_labels = getattr(m, "loss_kind", None) == "softmax" and src.y.ndim == 1
-        for x, y in src.in_order(batch_size):
-            n = x.shape[src.axis]
-            total += m.loss(theta, x, y) * n
-            count += n
-            if last_labels:
-                p = m.predict(theta, x)
-                last = p.reshape(-1, n, p.shape[-1])[-1]
-                correct += int(np.sum(np.argmax(last, axis=1) == y))
-        out = {"loss": float(total / count)}
-        if last_labels:
-            out["acc"] = correct / count
-        return out
+        return loss_on(self.model, theta, src, batch_size, seq_len, max_tokens, char_loss,
+                       carry_state)
 
     # -------------------------------------------------------- generate
     def generate(self, length, prime="\n", temperature=1.0, seed=0, carry_state=None):
@@ -533,22 +505,9 @@ class Trainer:
         if carry_state is None:
             carry_state = self.fit_options.get("carry_state", True)
         context = max(1, self.fit_options.get("seq_len", 64) - 1)
-        ids = list(self.vocab.encode(prime))
-        rng = np.random.default_rng(seed)
-        m, theta, V = self.model, self.theta, self.vocab.size
-        state, x = None, np.array(ids, dtype=np.int64)[:, None]
-        out = []
-        for _ in range(length):
-            if not carry_state:
-                x, state = np.array(ids[-context:], dtype=np.int64)[:, None], None
-            probs = m.predict(theta, x, initial_state=state)[-1, 0, :V]
-            if carry_state:
-                state = m.final_state(theta, x, initial_state=state)
-            c = _choose(probs, temperature, rng)
-            out.append(c)
-            ids.append(c)
-            x = np.array([[c]], dtype=np.int64)
-        return self.vocab.decode(out)
+        ids = sample_ids(self.model, self.theta, self.vocab.size, self.vocab.encode(prime),
+                         length, temperature, np.random.default_rng(seed), carry_state, context)
+        return self.vocab.decode(ids)
 
     # ------------------------------------------------------ save, load
     def _write(self, path, st):
@@ -642,15 +601,6 @@ class Trainer:
     def __repr__(self):
         return (f"Trainer({self.model!r}, {type(self.optimizer).__name__}, bptt={self.bptt!r}, "
                 f"seed={self.seed}, steps_done={self.steps_done})")
-
-
-def _choose(probs, temperature, rng):
-    """A token drawn from ``probs ** (1/temperature)`` (the argmax when temperature is 0)."""
-    if temperature == 0:
-        return int(np.argmax(probs))
-    logp = np.log(np.maximum(probs, 1e-300)) / temperature
-    p = np.exp(logp - logp.max())
-    return int(rng.choice(len(p), p=p / p.sum()))
 
 
 def _version():
