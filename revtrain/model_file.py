@@ -366,7 +366,7 @@ def atomic_write(path, write_fn):
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and getattr(e, "filename", None) is not None:
+        if isinstance(e, OSError):
             raise OSError(f"cannot save to {path!r}: {e.strerror or e}") from None
         raise
     _fsync_folder(folder)

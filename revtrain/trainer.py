@@ -137,6 +137,8 @@ class Trainer:
         self.vocab = None
         self.metadata = dict(metadata or {})
         self.fit_options = {}
+        #: ``(path, step)`` of the last file this trainer wrote (None before any).
+        self.last_saved = None
         self._rng = np.random.default_rng([self.seed, 1])
         opt_state = optimizer.init(theta)
         self._commit(np.asarray(optimizer.params(opt_state), dtype=np.float64), opt_state, 0,
@@ -157,6 +159,12 @@ class Trainer:
     def opt_state(self):
         """The optimiser's current state."""
         return self._state.opt_state
+
+    @property
+    def data_fingerprint(self):
+        """Digest of the data the saved position refers to (None before any fit)."""
+        key = self._state.data_key
+        return None if key is None else key[0]
 
     @property
     def steps_done(self):
@@ -534,7 +542,9 @@ class Trainer:
         arrays["theta"] = st.theta
         if st.carry is not None:
             arrays["carry"] = st.carry
-        return model_file.write(path, meta, arrays)
+        out = model_file.write(path, meta, arrays)
+        self.last_saved = (out, st.steps_done)
+        return out
 
     def save(self, path):
         """Write the trainer to ``path`` (one ``.npz`` file, no pickle) atomically.
@@ -591,6 +601,7 @@ class Trainer:
             carry = arrays.get("carry")
             tr._commit(theta, opt_state, int(meta["steps_done"]),
                        Position(int(p["epoch"]), int(p["index"])), carry, key, None)
+            tr.last_saved = (path, tr.steps_done)
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -59,8 +59,8 @@ def test_interrupted_run_resumes_to_the_same_bits(tmp_path, text_file, sig):
     else:
         assert p.returncode == 130, err
         n = Trainer.load(ck).steps_done
-        assert f"interrupted after step {n}: saved step {n} to {ck}" in out
-        assert f"revtrain train --resume {ck} --steps {steps}" in out
+        assert f"interrupted after step {n}: saved step {n} to {ck}" in err
+        assert f"revtrain train --resume {ck} --steps {steps}" in err
     done = Trainer.load(ck).steps_done
     assert 0 < done < steps
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
@@ -171,3 +171,67 @@ def test_sample_greedy_and_reset_state(tmp_path, text_file, capsys):
     assert tr.fit_options["carry_state"] is False
     text = "\n" + tr.generate(20, prime="\n", temperature=0, carry_state=False)
     assert outs[0] == text + ("" if text.endswith("\n") else "\n")
+
+
+def test_ctrl_c_in_the_final_validation_still_saves(tmp_path, text_file, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "evaluate", interrupted)
+    out = tmp_path / "m.npz"
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "3", "--out",
+                        str(out), "--quiet"], capsys)
+    assert code == 130 and f"interrupted after step 3: saved step 3 to {out}" in err
+    assert Trainer.load(out).steps_done == 3
+
+
+def test_resume_checks_the_schedule_and_the_text(tmp_path, text_file, capsys):
+    sched = tmp_path / "lr.txt"
+    save_lr_schedule(sched, np.full(4, 0.5), 0.9)
+    out = tmp_path / "m.npz"
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "2",
+                        "--lr-schedule", str(sched), "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "--resume", str(out), "--steps", "6"], capsys)
+    assert code == 2 and "beyond the run's learning-rate schedule of 4 rates" in err
+    moved = tmp_path / "moved.txt"                       # the same text elsewhere: fine
+    moved.write_bytes(text_file.read_bytes())
+    code, _, err = run(["train", "--resume", str(out), "--data", str(moved), "--steps", "3",
+                        "--quiet"], capsys)
+    assert code == 0, err
+    text_file.write_text(text_file.read_text().replace("small", "smell"), encoding="utf-8")
+    code, _, err = run(["train", "--resume", str(out), "--data", str(text_file), "--steps",
+                        "4"], capsys)
+    assert code == 2 and "is not the text the run" in err and "it changed" in err
+
+
+def test_outputs_must_not_overwrite_inputs_and_old_files_are_not_claimed(tmp_path, text_file,
+                                                                         capsys):
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--out", str(text_file)],
+                       capsys)
+    assert code == 2 and "--out and --data name the same file" in err
+    old = tmp_path / "old.npz"
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "2", "--out",
+                        str(old), "--quiet"], capsys)
+    assert code == 0
+    code, _, err = run(["train", "--model", "lstm", "--hidden", "16", "--lr", "1e6", "--steps",
+                        "40", "--save-every", "10", "--out", str(old), "--quiet"], capsys)
+    assert code == 3 and "Nothing was saved" in err and "checkpoint" not in err
+    assert Trainer.load(old).steps_done == 2
+
+
+def test_profile_output_folder_is_checked_first(tmp_path, capsys):
+    f = tmp_path / "file.bak"
+    f.write_text("x")
+    for bad, needle in (("/proc/x", "cannot write into '/proc/x'"),
+                        (str(f), "is a file, not a folder")):
+        code, out, err = run(["profile", "--lengths", "4", "--models", "RNN", "--out", bad],
+                             capsys)
+        assert code == 2 and needle in err and out == ""
+
+
+def test_evaluate_a_model_saved_from_python_needs_data(tmp_path, capsys):
+    tr = Trainer(rt.RNN(20, 4, 20), rt.Adam(0.01), seed=0)
+    tr.fit("abcdefghij" * 20, steps=1, batch_size=2, seq_len=5, quiet=True)
+    tr.save(tmp_path / "py.npz")
+    code, _, err = run(["evaluate", "--model-file", str(tmp_path / "py.npz")], capsys)
+    assert code == 2 and "does not say what text it was trained on" in err and "None" not in err

@@ -126,3 +126,30 @@ def load_char_model(path, option="--model-file"):
     if tr.vocab is None:
         raise UsageError(f"{option}: {path!r} is not a character model")
     return tr
+
+
+def check_out_dir(path, option="--out"):
+    """Check, before any work, that ``path`` is (or can be made) a folder that takes files.
+
+    An existing plain file, or a path under one, or a place that refuses new
+    files is a :class:`UsageError` naming ``option`` and ``path``.
+    """
+    import os
+    from ..model_file import check_writable
+    if not path:
+        return path
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option}: {path!r} is a file, not a folder")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        check_writable(os.path.join(probe, "probe"))
+    except ValueError as e:
+        raise UsageError(f"{option}: cannot write into {path!r}: {e}") from None
+    return path
+
+
+def show(value, none="none"):
+    """An option's value for a message (``none`` for None)."""
+    return none if value is None else str(value)

@@ -1,18 +1,28 @@
 """``revtrain evaluate``: bits per character of a saved model on held-out text."""
-from ._common import UsageError, load_char_model, pos_int
+from ._common import UsageError, load_char_model, pos_int, show
 
 
 def _text(a, tr):
-    """``(text, what)``: the file's whole text, or the validation part of the training data."""
+    """``(text, what)``: the file's whole text, or the validation part of the training text."""
     from ..data import DataError, char_corpus, load_text
+    if a.data is not None:
+        try:
+            return load_text(a.data), repr(a.data)
+        except DataError as e:
+            raise UsageError(f"--data: {e}") from None
+    cli = tr.metadata.get("cli")
+    if not isinstance(cli, dict) or "data" not in cli:
+        raise UsageError(f"--model-file: {a.model_file!r} does not say what text it was "
+                         "trained on (it was saved from Python); give the text with --data")
+    name = show(cli["data"], "the built-in corpus")
     try:
-        if a.data is not None:
-            return load_text(a.data), a.data
-        cli = tr.metadata.get("cli", {})
-        corpus = char_corpus(cli.get("data"))
+        corpus = char_corpus(cli["data"])
     except DataError as e:
-        raise UsageError(f"--data: {e}") from None
-    name = cli.get("data") or "the built-in corpus"
+        raise UsageError(f"the training text {name} cannot be read ({e}); give the text "
+                         "with --data") from None
+    if corpus.vocab != tr.vocab:
+        raise UsageError(f"the training text {name} has changed since the model was trained "
+                         "(its characters differ); give held-out text with --data")
     return corpus.vocab.decode(corpus.val), f"the validation part of {name}"
 
 
@@ -21,10 +31,10 @@ def run(a):
     text, what = _text(a, tr)
     missing = sorted(set(text) - set(tr.vocab.chars))
     if missing:
-        raise UsageError(f"--data: {len(missing)} characters of {a.data!r} are not in the "
+        raise UsageError(f"--data: {len(missing)} characters of {what} are not in the "
                          f"model's vocabulary of {tr.vocab.size}: {''.join(missing[:20])!r}")
     if len(text) < 2:
-        raise UsageError(f"--data: {a.data!r} has {len(text)} character(s); evaluation needs "
+        raise UsageError(f"--data: {what} has {len(text)} character(s); evaluation needs "
                          "at least 2 (an input and its next character)")
     opts = tr.fit_options
     B = a.batch_size or opts.get("batch_size", 32)

@@ -1,10 +1,11 @@
 """``revtrain profile``: memory and time of standard, checkpointed and reversible BPTT."""
 import sys
 
-from ._common import UsageError, Unavailable, pos_int, pos_float
+from ._common import UsageError, Unavailable, check_out_dir, pos_int, pos_float
 
 
 def run(a):
+    check_out_dir(a.out, "--out")
     import inspect
     try:
         from ..profile import run_profile

@@ -9,7 +9,7 @@ import time
 
 from ._common import (MODELS, BPTT_MODES, DEFAULT_LR, DEFAULT_STATE, SGD_LR_FACTOR,
                       TRAIN_DEFAULTS, UsageError, pos_int, nonneg_int, pos_float, model_class,
-                      make_optimizer, fmt_bytes, say, check_out_path)
+                      make_optimizer, fmt_bytes, say, check_out_path, show)
 
 #: Exit code of a run stopped because training diverged.
 EXIT_DIVERGED = 3
@@ -63,10 +63,13 @@ def _resumed(a):
     """``(options, trainer)`` of ``--resume``: the file's options; a contradiction is a usage error."""
     from ..model_file import ModelFileError
     from ..trainer import Trainer
+    if not os.path.isfile(a.resume):
+        what = "is a folder" if os.path.isdir(a.resume) else "does not exist"
+        raise UsageError(f"--resume: {a.resume!r} {what}")
     try:
         tr = Trainer.load(a.resume)
     except ModelFileError as e:
-        raise UsageError(f"--resume: {e}") from None
+        raise RuntimeError(f"--resume: {e}") from None
     o = tr.metadata.get("cli")
     if not isinstance(o, dict) or not set(SAVED_OPTIONS) <= set(o):
         raise UsageError(f"--resume: {a.resume!r} was not written by 'revtrain train' (it "
@@ -77,14 +80,23 @@ def _resumed(a):
             continue
         if k in ("data", "lr_schedule"):
             given = os.path.abspath(given)
+        if k == "data" and o[k] is not None:
+            continue        # the text may have moved: its content is checked against the run
         if given != o[k]:
+            shown = show(o[k], "the built-in corpus" if k == "data" else "none")
             raise UsageError(f"{_flag(k)} {getattr(a, k)} contradicts the run in {a.resume!r} "
-                             f"({_flag(k)} {o[k]}); leave it out to use the file's")
+                             f"({_flag(k)} {shown}); leave it out to use the file's")
     o = dict(o)
+    if a.data is not None:
+        o["data"] = os.path.abspath(a.data)
     o["steps"] = o["steps"] if a.steps is None else a.steps
     if o["steps"] <= tr.steps_done:
         raise UsageError(f"--steps {o['steps']}: the run in {a.resume!r} is already at step "
                          f"{tr.steps_done}; give a larger total")
+    n_rates = getattr(tr.optimizer, "n_iters", None)
+    if n_rates is not None and o["steps"] > n_rates:
+        raise UsageError(f"--steps {o['steps']} is beyond the run's learning-rate schedule of "
+                         f"{n_rates} rates")
     return o, tr
 
 
@@ -138,14 +150,38 @@ def run(a):
     check_out_path(out, "--out")
     if a.log:
         check_out_path(a.log, "--log")
+    _check_distinct(out, a.log, o["data"])
     corpus = _corpus(o, o["batch_size"])
     if trainer is None:
         trainer = _new_trainer(o, corpus)
-    elif trainer.vocab != corpus.vocab:
-        raise UsageError(f"--resume: the text ({o['data'] or 'built-in corpus'}) no longer has "
-                         "the vocabulary the model was trained with")
+    else:
+        _check_same_text(trainer, corpus, o, a.resume)
     trainer.metadata["cli"] = dict(o)
     return _train(a, o, trainer, corpus, out)
+
+
+def _check_distinct(out, log, data):
+    """--out, --log and --data must be different files (else one would overwrite another)."""
+    paths = {"--out": out, "--log": log, "--data": data}
+    named = [(k, os.path.abspath(v)) for k, v in paths.items() if v]
+    for i, (k1, p1) in enumerate(named):
+        for k2, p2 in named[i + 1:]:
+            if p1 == p2 or (os.path.exists(p1) and os.path.exists(p2)
+                            and os.path.samefile(p1, p2)):
+                raise UsageError(f"{k1} and {k2} name the same file {p1!r}; writing one would "
+                                 "destroy the other")
+
+
+def _check_same_text(trainer, corpus, o, resume):
+    """A resumed run must read the text it was trained on (same characters, same content)."""
+    from ..sources import TextSource
+    name = show(o["data"], "the built-in corpus")
+    if trainer.vocab != corpus.vocab or (
+            trainer.data_fingerprint is not None
+            and TextSource(corpus.train).fingerprint() != trainer.data_fingerprint):
+        raise UsageError(f"--resume: the text in {name} is not the text the run in {resume!r} "
+                         "was trained on (it changed); resuming would not continue that run. "
+                         "Give the original text with --data")
 
 
 def _describe(o, trainer, corpus, resumed):
@@ -179,33 +215,50 @@ def _train(a, o, trainer, corpus, out):
                            save_every=a.save_every, save_path=out or None, log=a.log,
                            print_every=print_every)
     except KeyboardInterrupt:
-        where = (f"saved step {trainer.steps_done} to {out}; continue with: revtrain train "
-                 f"--resume {out} --steps {o['steps']}") if out else "nothing saved (--out '')"
-        print(f"\nrevtrain train: interrupted after step {trainer.steps_done}: {where}",
-              flush=True)
-        return EXIT_INTERRUPTED
+        return _interrupted(trainer, o, out)
     except DivergenceError as e:
-        return _diverged(e, o, out, a.save_every)
-    ev = trainer.evaluate(corpus.val, batch_size=o["batch_size"], seq_len=o["seq_len"],
-                          carry_state=carry)
-    total = time.perf_counter() - t0
-    if out:
-        trainer.save(out)
+        return _diverged(e, o, out, trainer)
+    try:
+        ev = trainer.evaluate(corpus.val, batch_size=o["batch_size"], seq_len=o["seq_len"],
+                              carry_state=carry)
+        total = time.perf_counter() - t0
+        if out:
+            _save_final(trainer, out)
+    except KeyboardInterrupt:
+        return _interrupted(trainer, o, out)
     _summary(o, trainer, hist, ev, corpus, total, out, resumed)
     return 0
 
 
-def _diverged(e, o, out, save_every):
+def _save_final(trainer, out):
+    try:
+        trainer.save(out)
+    except OSError as e:
+        raise RuntimeError(f"{e}; the trained model was NOT saved") from None
+
+
+def _interrupted(trainer, o, out):
+    """Ctrl-C: make sure the last completed step is in ``out`` and say how to go on."""
     import sys
-    from ..model_file import ModelFileError, read
+    n = trainer.steps_done
+    if out and trainer.last_saved != (out, n):
+        try:
+            trainer.save(out)
+        except (OSError, KeyboardInterrupt):
+            out = None
+    where = (f"saved step {n} to {out}; continue with: revtrain train --resume {out} "
+             f"--steps {o['steps']}") if out else "nothing saved"
+    print(f"\nrevtrain train: interrupted after step {n}: {where}", file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
+
+
+def _diverged(e, o, out, trainer):
+    import sys
     hint = (f"try a smaller --lr (was {o['lr']})" if o["lr_schedule"] is None
             else "try a schedule with smaller rates") + f" or --grad-clip (was {o['grad_clip']})"
     kept = "nothing was saved"
-    if out and save_every and os.path.isfile(out):
-        try:
-            kept = f"the last good checkpoint (step {read(out)[0]['steps_done']}) is in {out}"
-        except ModelFileError:
-            pass
+    if trainer.last_saved is not None and out and trainer.last_saved[0] == out:
+        kept = f"the last good checkpoint (step {trainer.last_saved[1]}) is in {out}"
     print(f"revtrain train: error: {e.reason}; {hint}. {kept[0].upper() + kept[1:]}.",
           file=sys.stderr)
     return EXIT_DIVERGED
