@@ -6,8 +6,9 @@ Step (row-vector convention, ``A = h_{t-1} @ W``, ``P = x_t @ V``)::
     gamma_t = floor + (1 - floor) * sigmoid(A[:, H:] + P[:, H:] + b_g)   (learned gate)
               or a constant in [floor, 1]
     v_t     = gamma_t * v_{t-1} + (1 - gamma_t) * g_t
-    h_t     = h_{t-1} + v_t                          (RevMDRNN: momentum_snap, momentum_back)
-    h_t     = beta * h_{t-1} + (1 - beta) * v_t      (MomentumRNN: leaky_*)
+    h_t     = h_{t-1} + v_t                          (RevMDRNN: h_decay = v_weight = 1)
+    h_t     = beta * h_{t-1} + (1 - beta) * v_t      (MomentumRNN: h_decay = beta,
+                                                      v_weight = 1 - beta; leaky_h_inc)
 
 In fixed point the multiplies by ``gamma_t`` and ``beta`` are exact (quantised
 to ``n / 2**m``, see :mod:`revtrain._kernels.quantize`) and the added terms
@@ -47,40 +48,49 @@ def momentum_gates(A, P, b, bg, floor, gamma, learned, g, gam, sig):
 
 
 @njit(**NJIT_OPTS)
-def momentum_snap(h_prev, v_prev, g, gam, h_new, v_new):
-    """Give ``h_new``, ``v_new`` (complex, real part = fixed-point values) the imaginary part of the float update."""
+def momentum_snap(h_prev, v_prev, g, gam, h_decay, v_weight, h_new, v_new):
+    """Give ``h_new``, ``v_new`` (complex, real part = fixed-point values) the imaginary part
+    of the float update ``v = gam v_prev + (1 - gam) g``, ``h = h_decay h_prev + v_weight v``.
+
+    ``(h_decay, v_weight)`` is ``(1, 1)`` for RevMDRNN's ``h = h + v`` and
+    ``(beta, 1 - beta)`` for MomentumRNN's ``h = beta h + (1 - beta) v``.
+    """
     B, H = g.shape
     for i in range(B):
         for j in range(H):
             vf = gam[i, j] * v_prev[i, j] + (1.0 - gam[i, j]) * g[i, j]
             v_new[i, j] = complex(v_new[i, j].real, vf.imag)
-            h_new[i, j] = complex(h_new[i, j].real, (h_prev[i, j] + vf).imag)
+            hf = h_decay * h_prev[i, j] + v_weight * vf
+            h_new[i, j] = complex(h_new[i, j].real, hf.imag)
 
 
 @njit(**NJIT_OPTS)
-def momentum_back(g, gam, sig, v_prev, floor, learned, dh, dv, dA):
-    """Backpropagate through the elementwise part of one step.
+def momentum_back(g, gam, sig, v_prev, floor, learned, h_decay, v_weight, dh, dv, dA):
+    """Backpropagate through one step of ``v = gam v + (1 - gam) g``, ``h = h_decay h + v_weight v``.
 
     On entry ``dh``, ``dv`` (B, H) are dL/dh_t, dL/dv_t. On exit ``dv`` is
-    dL/dv_{t-1}; ``dh`` is unchanged (the caller adds ``dA @ W.T`` to make it
-    dL/dh_{t-1}). ``dA`` (B, G) receives dL/d(pre-activations).
+    dL/dv_{t-1} and ``dh`` is ``h_decay * dL/dh_t``, the direct part of
+    dL/dh_{t-1} (the caller adds ``dA @ W.T``). ``dA`` (B, G) receives
+    dL/d(pre-activations): columns ``[candidate | gate]`` (gate only if ``learned``).
     """
     B, H = g.shape
+    c1 = 1.0 - floor
     for i in range(B):
         for j in range(H):
-            dvt = dv[i, j] + dh[i, j]
+            dvt = dv[i, j] + v_weight * dh[i, j]
+            dh[i, j] = h_decay * dh[i, j]
             gm = gam[i, j]
             gg = g[i, j]
             dv[i, j] = dvt * gm
             dA[i, j] = dvt * (1.0 - gm) * (1.0 - gg * gg)
             if learned:
                 s = sig[i, j]
-                dA[i, H + j] = dvt * (v_prev[i, j] - gg) * ((1.0 - floor) * s * (1.0 - s))
+                dA[i, H + j] = dvt * (v_prev[i, j] - gg) * (c1 * s * (1.0 - s))
 
 
 # ------------------------------------------------- MomentumRNN's leaky position
-# MomentumRNN adds h_t = beta h_{t-1} + (1 - beta) v_t after the velocity update
-# above (RevMDRNN keeps h = h + v and the kernels above).
+# MomentumRNN's h_t = beta h_{t-1} + (1 - beta) v_t needs its increment in fixed point
+# (RevMDRNN's h = h + v adds v itself).
 
 @njit(**NJIT_OPTS)
 def leaky_h_inc(v, c, inc):
@@ -95,41 +105,3 @@ def leaky_h_inc(v, c, inc):
     for i in range(B):
         for j in range(H):
             inc[i, j] = int64(np.rint(c * float(v[i, j])))
-
-
-@njit(**NJIT_OPTS)
-def leaky_snap(h_prev, v_prev, g, gam, beta, h_new, v_new):
-    """Give ``h_new``, ``v_new`` (complex, real part = fixed-point values) the imaginary
-    part of the float update ``v = gam v_prev + (1 - gam) g``, ``h = beta h_prev + (1 - beta) v``.
-    """
-    B, H = g.shape
-    for i in range(B):
-        for j in range(H):
-            vf = gam[i, j] * v_prev[i, j] + (1.0 - gam[i, j]) * g[i, j]
-            v_new[i, j] = complex(v_new[i, j].real, vf.imag)
-            hf = beta * h_prev[i, j] + (1.0 - beta) * vf
-            h_new[i, j] = complex(h_new[i, j].real, hf.imag)
-
-
-@njit(**NJIT_OPTS)
-def leaky_back(g, gam, sig, v_prev, floor, learned, beta, dh, dv, dA):
-    """Backpropagate through one step of ``v = gam v + (1 - gam) g``, ``h = beta h + (1 - beta) v``.
-
-    On entry ``dh``, ``dv`` (B, H) are dL/dh_t, dL/dv_t. On exit ``dv`` is
-    dL/dv_{t-1} and ``dh`` is ``beta * dL/dh_t``, the direct part of
-    dL/dh_{t-1} (the caller adds ``dA @ W.T``). ``dA`` (B, G) receives
-    dL/d(pre-activations): columns ``[candidate | gate]`` (gate only if ``learned``).
-    """
-    B, H = g.shape
-    c1 = 1.0 - floor
-    for i in range(B):
-        for j in range(H):
-            dvt = dv[i, j] + (1.0 - beta) * dh[i, j]
-            dh[i, j] = beta * dh[i, j]
-            gm = gam[i, j]
-            gg = g[i, j]
-            dv[i, j] = dvt * gm
-            dA[i, j] = dvt * (1.0 - gm) * (1.0 - gg * gg)
-            if learned:
-                s = sig[i, j]
-                dA[i, H + j] = dvt * (v_prev[i, j] - gg) * (c1 * s * (1.0 - s))

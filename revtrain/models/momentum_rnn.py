@@ -4,7 +4,7 @@ import numpy as np
 from .._checks import is_number
 from ..params import ParamSpec
 from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
-from .._kernels.momentum_rnn import momentum_gates, leaky_h_inc, leaky_snap, leaky_back
+from .._kernels.momentum_rnn import momentum_gates, leaky_h_inc, momentum_snap, momentum_back
 from .._kernels.quantize import quantise_convex
 
 
@@ -233,13 +233,13 @@ class MomentumRNN(MomentumCoupled):
         if not have_gates:
             self._gates(p, P, s_prev["h"], cache)
         if np.iscomplexobj(s_new["h"]):
-            leaky_snap(s_prev["h"], s_prev["v"], cache["g"], cache["gam"], self.beta,
-                       s_new["h"], s_new["v"])
+            momentum_snap(s_prev["h"], s_prev["v"], cache["g"], cache["gam"], self.beta,
+                          1.0 - self.beta, s_new["h"], s_new["v"])
 
     def _float_back(self, p, g, s_prev, s_new, cache, ds, dP):
         H = self.n_hidden
-        leaky_back(cache["g"], cache["gam"], cache["sig"], s_prev["v"], self.floor,
-                   self.learned, self.beta, ds["h"], ds["v"], dP)
+        momentum_back(cache["g"], cache["gam"], cache["sig"], s_prev["v"], self.floor,
+                      self.learned, self.beta, 1.0 - self.beta, ds["h"], ds["v"], dP)
         g["W"] += np.dot(s_prev["h"].T, dP)
         g["b"] += dP[:, :H].sum(axis=0)
         if self.learned:

@@ -266,7 +266,7 @@ class RevMDRNN(MomentumCoupled):
         dA = w["dA"][:mB]
         sig = w["sig"][:mB] if self.learned else w["sig"]
         momentum_back(w["g"][:mB], w["gam"][:mB], sig, w["vp"][:mB], self.floor,
-                      self.learned, ds_h[sl], ds_v[sl], dA)
+                      self.learned, 1.0, 1.0, ds_h[sl], ds_v[sl], dA)
         tmp = w["hn"]                   # free once the diagonal's loss is computed
         g["W_n"] += np.dot(fr[sl].T, dA)
         np.dot(dA, p["W_n"].T, out=tmp[:mB])
@@ -357,7 +357,7 @@ class RevMDRNN(MomentumCoupled):
                 hn, vn = wc["hn"][:mB], wc["vp"][:mB]
                 load_cells(Sh, d, c0, c1, self.inv_scale, hn)
                 load_cells(Sv, d, c0, c1, self.inv_scale, vn)
-                momentum_snap(hc[sl], vc[sl], wc["g"][:mB], wc["gam"][:mB], hn, vn)
+                momentum_snap(hc[sl], vc[sl], wc["g"][:mB], wc["gam"][:mB], 1.0, 1.0, hn, vn)
                 hc[sl] = hn
                 vc[sl] = vn
                 store_cells(hn, d, c0, c1, src_h)
