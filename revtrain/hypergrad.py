@@ -171,7 +171,8 @@ def _train_gradient(model, w, x, y, bptt, t, n_iters):
     except DivergenceError:
         raise
     except FloatingPointError as e:
-        raise DivergenceError(f"{where}: {e}", step=t + 1, hint=_HINT) from e
+        raise DivergenceError(f"{where}: {getattr(e, 'reason', e)}", step=t + 1,
+                              hint=_HINT) from e
     loss = float(loss)
     if not math.isfinite(loss):
         raise DivergenceError(f"{where}: the training loss is {loss}", step=t + 1, loss=loss,
@@ -229,7 +230,8 @@ def _validation(model, theta, val_data, n_iters):
     try:
         val_loss, dw = model.loss_and_grad(theta, *val_data)
     except FloatingPointError as e:
-        raise DivergenceError(f"{where} the validation loss cannot be computed ({e})",
+        raise DivergenceError(f"{where} the validation loss cannot be computed "
+                              f"({getattr(e, 'reason', e)})",
                               step=n_iters, hint=_HINT) from e
     val_loss = float(val_loss)
     if not (math.isfinite(val_loss) and np.isfinite(dw).all()):

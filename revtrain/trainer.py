@@ -389,7 +389,8 @@ class Trainer:
                 self.theta, x, y, bptt=self.bptt, checkpoint_every=self.checkpoint_every,
                 return_stats=True, initial_state=carry)
         except FloatingPointError as e:
-            raise DivergenceError(f"training diverged at step {step}: {e}",
+            raise DivergenceError(f"training diverged at step {step}: "
+                                  f"{getattr(e, 'reason', e)}",
                                   step=step, hint=_HINT) from None
         if not np.all(np.isfinite(grad)):
             raise DivergenceError(f"training diverged at step {step}: the gradient has NaN or "

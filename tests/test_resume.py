@@ -322,3 +322,24 @@ def test_json_log_and_progress_lines(tmp_path, capsys):
     assert [s.split()[2] for s in out] == ["2", "4", "6"] and "loss" in out[0]
     tr.fit(corpus(), steps=2, quiet=True)
     assert capsys.readouterr().out == ""
+
+
+class Overflowing(NaNAt):
+    """A model whose forward pass overflows at a given call, as the model base reports it."""
+
+    def loss_and_grad(self, theta, x, y, **kw):
+        self.calls += 1
+        if self.calls >= self.at:
+            raise rt.DivergenceError("the loss is inf: the forward pass overflowed",
+                                     hint="try a smaller init scale or learning rate")
+        return self.model.loss_and_grad(theta, x, y, **kw)
+
+
+def test_a_model_overflow_keeps_its_reason_and_takes_the_trainer_hint():
+    tr = Trainer(Overflowing(rt.RNN(V, 4, V), at=2), rt.Adam(0.01), seed=0)
+    with pytest.raises(rt.DivergenceError) as e:
+        tr.fit(corpus(), steps=3, **FIT)
+    assert e.value.reason == ("training diverged at step 2: the loss is inf: the forward "
+                              "pass overflowed")
+    assert "init scale" not in e.value.reason and e.value.hint == "try a smaller learning rate "\
+        "or grad_clip"

@@ -26,6 +26,7 @@ from ..params import ParamLayout
 from .._threads import blas_threads
 from .._kernels.head import softmax_probs, linear_out
 from .._checks import positive_int
+from ..errors import DivergenceError
 
 #: Step of the complex-step Hessian-vector product.
 COMPLEX_STEP = 1e-30
@@ -197,8 +198,8 @@ class RecurrentModel:
             loss, grad, info = self._run(theta, batch, mode, k, True, state0)
         loss = float(np.real(loss))
         if not np.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss}: the forward pass overflowed "
-                                     "(try a smaller init scale or learning rate)")
+            raise DivergenceError(f"the loss is {loss}: the forward pass overflowed",
+                                  hint="try a smaller init scale or learning rate")
         if not return_stats:
             return loss, grad
         stats = BPTTStats(stored_bytes=int(info["stored_bytes"]),
