@@ -40,6 +40,22 @@ def builtin_text():
     return "\n\n".join(topics[k].strip("\n") for k in sorted(topics)) + "\n"
 
 
+def read_file_bytes(path, what, error=ValueError):
+    """The bytes of the file ``path``; ``error`` (naming ``what`` and the path) if it does not
+    exist, is a folder or cannot be read."""
+    import os
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise error(f"{what} {p!r} does not exist")
+    if os.path.isdir(p):
+        raise error(f"{what} {p!r} is a folder (directory), not a file")
+    try:
+        with open(p, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{what} {p!r} cannot be read: {e.strerror or e}") from None
+
+
 def load_text(path):
     """Read a whole UTF-8 text file.
 
@@ -61,15 +77,7 @@ def load_text(path):
     """
     import os
     p = os.fspath(path)
-    if not os.path.exists(p):
-        raise DataError(f"data file {p!r} does not exist")
-    if os.path.isdir(p):
-        raise DataError(f"data file {p!r} is a directory, expected a UTF-8 text file")
-    try:
-        with open(p, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"data file {p!r} cannot be read: {e.strerror or e}") from None
+    raw = read_file_bytes(p, "data file", DataError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from ._checks import is_number
+from .data import read_file_bytes
 from .model_file import atomic_write
 
 #: The ``format`` field of the header.
@@ -121,16 +122,7 @@ def save_lr_schedule(path, lr, momentum, **info):
 
 
 def _read_text(path):
-    if not os.path.exists(path):
-        raise ValueError(f"learning-rate schedule {path!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"learning-rate schedule {path!r} is a folder, not a file")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ValueError(f"learning-rate schedule {path!r} cannot be read "
-                         f"({e.strerror or e})") from None
+    raw = read_file_bytes(path, "learning-rate schedule")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
