@@ -7,7 +7,6 @@
 * :class:`JsonLog` appends one JSON object per validation to a file, for plotting.
 """
 import json
-import os
 import sys
 
 
@@ -87,11 +86,11 @@ class JsonLog:
     """
 
     def __init__(self, path):
-        self.path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if os.path.isdir(self.path) or not os.path.isdir(folder):
-            raise ValueError(f"log: cannot write {self.path!r} (a folder, or its folder does "
-                             "not exist)")
+        from .model_file import check_writable
+        try:
+            self.path = check_writable(path)
+        except ValueError as e:
+            raise ValueError(f"log: {e}") from None
 
     def write(self, rec):
         clean = {k: (v if not isinstance(v, float) or v == v and abs(v) != float("inf")

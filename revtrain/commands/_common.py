@@ -107,11 +107,11 @@ def check_out_path(path, option="--out"):
         raise UsageError(f"{option}: {e}") from None
 
 
-def load_char_model(path, option="--model-file"):
-    """The :class:`~revtrain.Trainer` of a character model saved at ``path``.
+def load_trainer(path, option):
+    """The :class:`~revtrain.Trainer` saved at ``path`` (named ``option`` in messages).
 
-    A missing file or a folder, or a model that is not a character model, is
-    a :class:`UsageError`; a corrupt file a RuntimeError (exit code 1).
+    A missing file or a folder is a :class:`UsageError`; a corrupt file a
+    RuntimeError (exit code 1).
     """
     import os
     from ..model_file import ModelFileError
@@ -120,9 +120,14 @@ def load_char_model(path, option="--model-file"):
         what = "is a folder" if os.path.isdir(path) else "does not exist"
         raise UsageError(f"{option}: {path!r} {what}")
     try:
-        tr = Trainer.load(path)
+        return Trainer.load(path)
     except ModelFileError as e:
-        raise RuntimeError(str(e)) from None
+        raise RuntimeError(f"{option}: {e}") from None
+
+
+def load_char_model(path, option="--model-file"):
+    """:func:`load_trainer` of a character model (another model is a :class:`UsageError`)."""
+    tr = load_trainer(path, option)
     if tr.vocab is None:
         raise UsageError(f"{option}: {path!r} is not a character model")
     return tr

@@ -9,7 +9,7 @@ import time
 
 from ._common import (MODELS, BPTT_MODES, DEFAULT_LR, DEFAULT_STATE, SGD_LR_FACTOR,
                       TRAIN_DEFAULTS, UsageError, pos_int, nonneg_int, pos_float, model_class,
-                      make_optimizer, fmt_bytes, say, check_out_path, show)
+                      make_optimizer, fmt_bytes, say, check_out_path, show, load_trainer)
 
 #: Exit code of a run stopped because training diverged.
 EXIT_DIVERGED = 3
@@ -61,15 +61,7 @@ def _resolve(a):
 
 def _resumed(a):
     """``(options, trainer)`` of ``--resume``: the file's options; a contradiction is a usage error."""
-    from ..model_file import ModelFileError
-    from ..trainer import Trainer
-    if not os.path.isfile(a.resume):
-        what = "is a folder" if os.path.isdir(a.resume) else "does not exist"
-        raise UsageError(f"--resume: {a.resume!r} {what}")
-    try:
-        tr = Trainer.load(a.resume)
-    except ModelFileError as e:
-        raise RuntimeError(f"--resume: {e}") from None
+    tr = load_trainer(a.resume, "--resume")
     o = tr.metadata.get("cli")
     if not isinstance(o, dict) or not set(SAVED_OPTIONS) <= set(o):
         raise UsageError(f"--resume: {a.resume!r} was not written by 'revtrain train' (it "
