@@ -18,6 +18,7 @@ Files are written atomically: a temporary file in the target's folder,
 flushed and fsynced, then ``os.replace`` over the target; the file mode
 follows the umask. Readers never see half a file.
 """
+import functools
 import hashlib
 import inspect
 import json
@@ -41,7 +42,6 @@ class ModelFileError(ValueError):
 
 # --------------------------------------------------------------- registry
 _REGISTRY = {}
-_BUILTIN_LOADED = []
 
 
 def register(cls):
@@ -52,14 +52,13 @@ def register(cls):
     return cls
 
 
+@functools.lru_cache(maxsize=None)
 def _builtin():
     """Register revtrain's own models and optimisers (once; imported late to avoid a cycle)."""
-    if not _BUILTIN_LOADED:
-        from . import models, optim
-        for cls in (models.RNN, models.LSTM, models.GRU, models.MDRNN, models.MomentumRNN,
-                    models.RevGRU, models.RevLSTM, models.RevMDRNN, optim.Adam, optim.ExactSGD):
-            _REGISTRY.setdefault(cls.__name__, cls)
-        _BUILTIN_LOADED.append(True)
+    from . import models, optim
+    for cls in (models.RNN, models.LSTM, models.GRU, models.MDRNN, models.MomentumRNN,
+                models.RevGRU, models.RevLSTM, models.RevMDRNN, optim.Adam, optim.ExactSGD):
+        _REGISTRY.setdefault(cls.__name__, cls)
 
 
 def find_class(name):

@@ -346,7 +346,7 @@ class Trainer:
                        "stored_bytes": int(stats.stored_bytes)}
                 validate = val is not None and ((i + 1) % eval_every == 0 or i + 1 == steps)
                 if validate:
-                    ev = self._evaluate(val, B, T, val_tokens, char_loss, carry_state, theta)
+                    ev = loss_on(self.model, theta, val, B, T, val_tokens, char_loss, carry_state)
                     self._check_loss(ev["loss"], None, step, "validation loss")
                     h.record_validation(step, ev)
                     rec.update({"val_" + k: v for k, v in ev.items()})
@@ -474,12 +474,8 @@ class Trainer:
         if max_tokens is not None:
             max_tokens = positive_int(max_tokens, "max_tokens")
         B, T = check_sizes(batch_size, seq_len)
-        return self._evaluate(src, B, T, max_tokens, self._is_char_loss(is_char), carry_state,
-                              self.theta)
-
-    def _evaluate(self, src, batch_size, seq_len, max_tokens, char_loss, carry_state, theta):
-        return loss_on(self.model, theta, src, batch_size, seq_len, max_tokens, char_loss,
-                       carry_state)
+        return loss_on(self.model, self.theta, src, B, T, max_tokens,
+                       self._is_char_loss(is_char), carry_state)
 
     # -------------------------------------------------------- generate
     def generate(self, length, prime="\n", temperature=1.0, seed=0, carry_state=None):
