@@ -21,10 +21,11 @@ class ParamSpec(NamedTuple):
     init : str
         ``"uniform"``: U(-s/sqrt(fan_in), s/sqrt(fan_in)) with ``fan_in = shape[0]``
         (scaled by the ``scale`` argument of :meth:`ParamLayout.init`);
+        ``"embedding"``: U(-s, s) (an embedding table: its rows are inputs, not weights);
         ``"zeros"``; ``"ones"`` (constant 1, not scaled; e.g. a forget bias).
     group : str
         Parameter group for per-group hyperparameters (``"recurrent"``,
-        ``"input"``, ``"bias"``, ``"output"``).
+        ``"input"``, ``"bias"``, ``"output"``; stacks: ``"embed"``, ``"layer0"``, ...).
     """
     name: str
     shape: tuple
@@ -112,7 +113,7 @@ class ParamLayout:
         seed : int
             Seed of ``numpy.random.default_rng``; the same seed gives the same bits.
         scale : float > 0
-            Multiplies the uniform initialisation range of every ``"uniform"`` block.
+            Multiplies the initialisation range of every ``"uniform"`` and ``"embedding"`` block.
 
         Returns
         -------
@@ -127,6 +128,8 @@ class ParamLayout:
             if s.init == "uniform":
                 lim = scale / np.sqrt(max(s.shape[0], 1))
                 v[s.name][...] = rng.uniform(-lim, lim, size=s.shape)
+            elif s.init == "embedding":
+                v[s.name][...] = rng.uniform(-scale, scale, size=s.shape)
             elif s.init == "ones":
                 v[s.name][...] = 1.0
             elif s.init != "zeros":
@@ -136,14 +139,14 @@ class ParamLayout:
     def init_scale_direction(self, theta):
         """d theta / d log(scale) at ``theta`` from :meth:`init`, per group (dict of arrays).
 
-        Uniform blocks scale linearly with ``scale``, so the derivative is the
+        Uniform and embedding blocks scale linearly with ``scale``, so the derivative is the
         block itself; other blocks do not depend on it.
         """
         out = {}
         for g in self.groups:
             d = np.zeros(self.size)
             for s in self.specs:
-                if s.group == g and s.init == "uniform":
+                if s.group == g and s.init in ("uniform", "embedding"):
                     a, b = self.offsets[s.name]
                     d[a:b] = theta[a:b]
             out[g] = d

@@ -4,15 +4,18 @@ A model is a stateless description (sizes, loss); its parameters live in one
 flat float64 vector ``theta`` (see :class:`~revtrain.params.ParamLayout`).
 Subclasses provide the parameter layout and two hooks:
 
-``_specs()``
-    list of :class:`~revtrain.params.ParamSpec`; must end with the output
-    layer ``U`` (n_hidden, n_out) and ``b_y`` (n_out,).
-``_run(theta, batch, mode, k, want_grad, state0)``
+``_layer_specs(n_in_layer)``
+    list of :class:`~revtrain.params.ParamSpec` of one layer reading
+    ``n_in_layer`` inputs (the base class adds the embedding, names the
+    blocks per layer and appends the output layer ``U``, ``b_y``); or
+    ``_specs()`` for a model that does not stack (MDRNN, RevMDRNN).
+``_run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)``
     one forward (and backward) pass; ``theta`` is float64 or complex128 (the
     complex-step Hessian-vector product runs the same kernels on
-    ``theta + i*eps*v``). Returns ``(loss, grad, info)`` with ``grad`` of
-    ``theta``'s dtype (None unless ``want_grad``) and ``info`` a dict with at
-    least ``stored_bytes`` and ``final_state``.
+    ``theta + i*eps*v``); ``masks`` a :class:`DropoutMasks` or None.
+    Returns ``(loss, grad, info)`` with ``grad`` of ``theta``'s dtype (None
+    unless ``want_grad``) and ``info`` a dict with at least ``stored_bytes``
+    and ``final_state`` (and, with ``want_inputs``, ``dx`` and ``dstate0``).
 ``_hidden(theta, batch, state0)``
     float64 hidden states that feed the output layer, ``(*lead, B, n_hidden)``,
     and the final state.
@@ -25,7 +28,8 @@ from ..batch import check_batch, check_x
 from ..params import ParamLayout
 from .._threads import blas_threads
 from .._kernels.head import softmax_probs, linear_out
-from .._checks import positive_int
+from .._checks import positive_int, nonneg_int, number_in_range, is_int
+from ..params import ParamSpec
 from ..errors import DivergenceError
 
 #: Step of the complex-step Hessian-vector product.
@@ -59,6 +63,51 @@ class BPTTStats(NamedTuple):
     final_state: Optional[np.ndarray] = None
 
 
+class InputGrads(NamedTuple):
+    """Gradients of the loss with respect to a call's inputs (``input_grad=True``).
+
+    Attributes
+    ----------
+    x : ndarray of float64, shape (T, B, n_in), or None
+        dL/dx for float inputs; None for token ids (the embedding table, if
+        any, gets its gradient in ``grad``).
+    initial_state : ndarray of float64, shape (B, state_size)
+        dL/d initial_state, every layer's block (zeros-initialised state
+        included). Reversible cells differentiate through the rounding to
+        fixed point as the identity (straight-through), like every gradient.
+    """
+    x: Optional[np.ndarray]
+    initial_state: np.ndarray
+
+
+class DropoutMasks(NamedTuple):
+    """Variational dropout masks of one window: one per place, the same at every step.
+
+    Each is float64 ``(B, width)`` holding 0 (dropped) or ``1 / (1 - p)``
+    (kept), so the expected input is unchanged.
+
+    Attributes
+    ----------
+    embed : ndarray (B, embed_dim) or None
+        On the embedding output (None without an embedding).
+    between : tuple of ndarray (B, H)
+        ``between[l]`` on layer ``l``'s output where layer ``l+1`` reads it
+        (``n_layers - 1`` masks).
+    top : ndarray (B, H)
+        On the top layer's output, before the output layer.
+    """
+    embed: Optional[np.ndarray]
+    between: tuple
+    top: np.ndarray
+
+
+def no_input_grad(model, want_inputs):
+    """ValueError for ``input_grad=True`` on a model that does not provide it (the grids)."""
+    if want_inputs:
+        raise ValueError(f"input_grad=True is not available for {type(model).__name__} (grid "
+                         f"models have no initial state); use a sequence model")
+
+
 class RecurrentModel:
     """Base class: sizes, loss, parameter layout, input checks and the public API.
 
@@ -73,25 +122,103 @@ class RecurrentModel:
     loss : {"softmax", "mse"}
         Softmax cross-entropy, averaged over targets; or squared error
         averaged over all target elements.
+    n_layers : int >= 1
+        Stacked layers of the cell (torch.nn.LSTM's convention: layer
+        ``l > 0`` reads layer ``l-1``'s hidden state). With ``n_layers > 1``
+        the parameter blocks are named ``layer{l}.<name>`` and each layer is
+        one parameter group ``"layer{l}"``; with one layer the names and
+        groups are those of the single cell.
+    embed_dim : int, optional
+        Size of an embedding table ``embed`` (n_in, embed_dim) (group
+        ``"embed"``) for token inputs: layer 0 reads ``embed[x_t]``. None
+        (default) keeps the one-hot form (token ids select rows of layer 0's
+        input weights). Needs int token inputs.
+    dropout : float in [0, 1)
+        Variational dropout rate: one mask per window and place (embedding
+        output, between layers, top output), the same at every step, never
+        on the recurrent state. Applied only when a call passes
+        ``dropout_seed`` (training); evaluation, sampling and ``hvp`` run
+        without it unless asked.
+
+    The recurrent state of a stack is the layers' states side by side:
+    ``(B, state_size)`` with layer ``l`` in columns
+    ``[l * layer_state_size, (l+1) * layer_state_size)``.
     """
 
     #: BPTT modes the model supports; the first is the default.
     bptt_modes = ("standard", "checkpoint")
     #: Leading (time or grid) axes of the inputs: 1 for sequences, 2 for grids.
     n_lead = 1
+    #: Whether the model takes ``n_layers > 1``, ``embed_dim`` and ``dropout``.
+    stackable = True
 
-    def __init__(self, n_in, n_hidden, n_out, loss="softmax"):
+    def __init__(self, n_in, n_hidden, n_out, loss="softmax", n_layers=1, embed_dim=None,
+                 dropout=0.0):
         self.n_in = positive_int(n_in, "n_in")
         self.n_hidden = positive_int(n_hidden, "n_hidden")
         self.n_out = positive_int(n_out, "n_out")
         if loss not in ("softmax", "mse"):
             raise ValueError(f"loss must be 'softmax' or 'mse', got {loss!r}")
         self.loss_kind = loss
+        self.n_layers = positive_int(n_layers, "n_layers")
+        self.embed_dim = positive_int(embed_dim, "embed_dim", none_ok=True)
+        self.dropout = float(number_in_range(dropout, "dropout", 0.0, 1.0, hi_open=True))
+        if not self.stackable and (self.n_layers != 1 or self.embed_dim is not None
+                                   or self.dropout):
+            raise ValueError(f"{type(self).__name__} does not stack layers: n_layers must be 1, "
+                             f"embed_dim None and dropout 0 (got n_layers={n_layers!r}, "
+                             f"embed_dim={embed_dim!r}, dropout={dropout!r})")
         self.layout = ParamLayout(self._specs())
 
+    def _stack_repr(self):
+        """``, n_layers=.., embed_dim=.., dropout=..`` for the arguments that are not the default."""
+        out = ""
+        if self.n_layers != 1:
+            out += f", n_layers={self.n_layers}"
+        if self.embed_dim is not None:
+            out += f", embed_dim={self.embed_dim}"
+        if self.dropout:
+            out += f", dropout={self.dropout!r}"
+        return out
+
     # ----------------------------------------------------------------- layout
-    def _specs(self):
+    def _layer_specs(self, n_in_layer):
         raise NotImplementedError
+
+    def _layer_input_size(self, layer):
+        """Inputs of layer ``layer``: the embedding or input size for layer 0, else ``H``."""
+        if layer > 0:
+            return self.n_hidden
+        return self.n_in if self.embed_dim is None else self.embed_dim
+
+    def _layer_name(self, layer, name):
+        return name if self.n_layers == 1 else f"layer{layer}.{name}"
+
+    def _specs(self):
+        specs = []
+        if self.embed_dim is not None:
+            specs.append(ParamSpec("embed", (self.n_in, self.embed_dim), "embedding", "embed"))
+        for l in range(self.n_layers):
+            for s in self._layer_specs(self._layer_input_size(l)):
+                if self.n_layers > 1:
+                    s = s._replace(name=f"layer{l}.{s.name}", group=f"layer{l}")
+                specs.append(s)
+        return specs + [ParamSpec("U", (self.n_hidden, self.n_out), "uniform", "output"),
+                        ParamSpec("b_y", (self.n_out,), "zeros", "output")]
+
+    def layer_params(self, views):
+        """Per layer, a dict of that layer's blocks under their short names (``V``, ``W``, ...).
+
+        ``views`` is a dict from :meth:`params` (or ``layout.views``) of
+        parameters or gradients; the dicts hold the same views (no copies).
+        """
+        if self.n_layers == 1:
+            return [views]
+        out = []
+        for l in range(self.n_layers):
+            pre = f"layer{l}."
+            out.append({k[len(pre):]: v for k, v in views.items() if k.startswith(pre)})
+        return out
 
     @property
     def size(self):
@@ -99,9 +226,41 @@ class RecurrentModel:
         return self.layout.size
 
     @property
-    def state_size(self):
-        """Columns of the recurrent state per batch row (``H``; ``2H`` for LSTM-type cells)."""
+    def layer_state_size(self):
+        """Columns of one layer's recurrent state (``H``; ``2H`` for LSTM-type cells)."""
         return self.n_hidden
+
+    @property
+    def state_size(self):
+        """Columns of the recurrent state per batch row: ``n_layers * layer_state_size``."""
+        return self.n_layers * self.layer_state_size
+
+    def layer_states(self, state):
+        """The per-layer blocks ``state[:, l*S:(l+1)*S]`` of a stack's state (views), a list."""
+        S = self.layer_state_size
+        return [state[:, l * S:(l + 1) * S] for l in range(self.n_layers)]
+
+    # ---------------------------------------------------------------- dropout
+    def dropout_masks(self, dropout_seed, B):
+        """The :class:`DropoutMasks` of one window of ``B`` rows, or None.
+
+        None when ``dropout`` is 0 or ``dropout_seed`` is None. Otherwise the
+        masks are drawn from ``numpy.random.default_rng(dropout_seed)`` in the
+        order embed, between (layer 0 up), top: the same seed gives the same bits.
+        """
+        if dropout_seed is not None:
+            dropout_seed = nonneg_int(dropout_seed, "dropout_seed")
+        if dropout_seed is None or not self.dropout:
+            return None
+        rng = np.random.default_rng(dropout_seed)
+        keep = 1.0 / (1.0 - self.dropout)
+
+        def draw(width):
+            return (rng.random((B, width)) >= self.dropout) * keep
+
+        embed = None if self.embed_dim is None else draw(self.embed_dim)
+        between = tuple(draw(self.n_hidden) for _ in range(self.n_layers - 1))
+        return DropoutMasks(embed, between, draw(self.n_hidden))
 
     def init_params(self, seed=0, scale=1.0):
         """A fresh flat parameter vector (float64, shape ``(size,)``).
@@ -118,11 +277,24 @@ class RecurrentModel:
 
     def __repr__(self):
         return (f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden}, "
-                f"n_out={self.n_out}, loss={self.loss_kind!r})")
+                f"n_out={self.n_out}, loss={self.loss_kind!r}{self._stack_repr()})")
 
     # ----------------------------------------------------------------- checks
+    def _need_tokens(self, tokens):
+        if self.embed_dim is not None and not tokens:
+            raise ValueError(f"x: a model with embed_dim={self.embed_dim} reads int token ids "
+                             f"(T, B) in [0, n_in={self.n_in}), got float inputs; use "
+                             f"embed_dim=None for float inputs")
+
     def _batch(self, x, y):
-        return check_batch(x, y, self.n_in, self.n_out, self.loss_kind, self.n_lead)
+        batch = check_batch(x, y, self.n_in, self.n_out, self.loss_kind, self.n_lead)
+        self._need_tokens(batch.tokens)
+        return batch
+
+    def _x(self, x):
+        xx, tokens, lead, B = check_x(x, self.n_in, self.n_lead)
+        self._need_tokens(tokens)
+        return xx, tokens, lead, B
 
     def _mode(self, bptt):
         if bptt is None:
@@ -150,7 +322,8 @@ class RecurrentModel:
 
     # -------------------------------------------------------------------- API
     def loss_and_grad(self, theta, x, y, bptt=None, checkpoint_every=None,
-                      return_stats=False, initial_state=None):
+                      return_stats=False, initial_state=None, dropout_seed=None,
+                      input_grad=False):
         """Loss and its gradient with respect to ``theta`` by BPTT.
 
         Parameters
@@ -158,7 +331,8 @@ class RecurrentModel:
         theta : ndarray of float64, shape (size,)
         x : array_like
             Time-major: float ``(T, B, n_in)`` or int token ids ``(T, B)`` in
-            ``[0, n_in)``; grids ``(rows, cols, B, n_in)`` or ``(rows, cols, B)``.
+            ``[0, n_in)`` (token ids only, with ``embed_dim``); grids
+            ``(rows, cols, B, n_in)`` or ``(rows, cols, B)``.
         y : array_like
             ``loss="softmax"``: int labels in ``[0, n_out)``, ``(T, B)`` (every
             step; grids ``(rows, cols, B)``) or ``(B,)`` (last step/cell only).
@@ -169,81 +343,105 @@ class RecurrentModel:
         checkpoint_every : int, optional
             Segment length ``k`` for ``bptt="checkpoint"`` (default ``ceil(sqrt(T))``).
         return_stats : bool
-            Also return a :class:`BPTTStats`.
+            Also return a :class:`BPTTStats` (last).
         initial_state : ndarray (B, state_size), optional
-            Recurrent state before the first step (default zeros).
+            Recurrent state before the first step, every layer's block
+            (default zeros).
+        dropout_seed : int >= 0, optional
+            Draw this window's variational dropout masks from this seed
+            (:meth:`dropout_masks`); None (default) runs without dropout.
+            Ignored when ``dropout`` is 0.
+        input_grad : bool
+            Also return :class:`InputGrads`: dL/dx (float inputs) and
+            dL/d initial_state, for composing the model with other code.
 
         Returns
         -------
         loss : float
         grad : ndarray of float64, shape (size,)
+        input_grads : InputGrads, only if ``input_grad``
         stats : BPTTStats, only if ``return_stats``
 
         Raises
         ------
         ValueError
-            Bad ``theta``, ``x``, ``y``, ``bptt``, ``checkpoint_every`` or
-            ``initial_state`` (the message names the argument and the expected shape).
+            Bad ``theta``, ``x``, ``y``, ``bptt``, ``checkpoint_every``,
+            ``initial_state`` or ``dropout_seed`` (the message names the
+            argument and the expected shape).
         FixedPointError
-            Reversible cells: a value leaves the fixed-point range.
+            Reversible cells: a value leaves the fixed-point range (the message
+            names the layer of a stack).
         ReversalError
-            Reversible BPTT: the undone steps did not reproduce the original bits.
+            Reversible BPTT: the undone steps did not reproduce the original
+            bits (the message names the layer of a stack).
         """
         theta = self.layout.check(theta)
         batch = self._batch(x, y)
         mode = self._mode(bptt)
         k = self._segment(checkpoint_every, batch.lead[0])
         state0 = self._check_state(initial_state, batch.B)
+        masks = self.dropout_masks(dropout_seed, batch.B)
         with blas_threads():
-            loss, grad, info = self._run(theta, batch, mode, k, True, state0)
+            loss, grad, info = self._run(theta, batch, mode, k, True, state0, masks,
+                                         bool(input_grad))
         loss = float(np.real(loss))
         if not np.isfinite(loss):
             raise DivergenceError(f"the loss is {loss}: the forward pass overflowed",
                                   hint="try a smaller init scale or learning rate")
-        if not return_stats:
-            return loss, grad
-        stats = BPTTStats(stored_bytes=int(info["stored_bytes"]),
-                          buffer_bytes=int(info.get("buffer_bytes", 0)),
-                          info_bits=float(info.get("info_bits", 0.0)),
-                          mode=mode, final_state=info.get("final_state"))
-        return loss, grad, stats
+        out = [loss, grad]
+        if input_grad:
+            out.append(InputGrads(info.get("dx"), info["dstate0"]))
+        if return_stats:
+            out.append(BPTTStats(stored_bytes=int(info["stored_bytes"]),
+                                 buffer_bytes=int(info.get("buffer_bytes", 0)),
+                                 info_bits=float(info.get("info_bits", 0.0)),
+                                 mode=mode, final_state=info.get("final_state")))
+        return tuple(out)
 
-    def loss(self, theta, x, y, initial_state=None):
-        """The loss alone (a forward pass, nothing kept for a backward pass)."""
+    def loss(self, theta, x, y, initial_state=None, dropout_seed=None):
+        """The loss alone (a forward pass, nothing kept for a backward pass).
+
+        ``dropout_seed`` as in :meth:`loss_and_grad` (default: no dropout).
+        """
         theta = self.layout.check(theta)
         batch = self._batch(x, y)
         state0 = self._check_state(initial_state, batch.B)
+        masks = self.dropout_masks(dropout_seed, batch.B)
         with blas_threads():
-            loss, _, _ = self._run(theta, batch, self.bptt_modes[0], 1, False, state0)
+            loss, _, _ = self._run(theta, batch, self.bptt_modes[0], 1, False, state0, masks,
+                                   False)
         return float(np.real(loss))
 
-    def hvp(self, theta, x, y, v, initial_state=None):
+    def hvp(self, theta, x, y, v, initial_state=None, dropout_seed=None):
         """Exact Hessian-vector product ``H v`` of the loss, by the complex step.
 
         ``Hv = Im(grad(theta + i*eps*v)) / eps`` with ``eps = 1e-30``: the
         same kernels run in complex128, so no subtraction of nearby numbers
         happens and the result is exact to rounding (not a finite difference).
+        No dropout unless ``dropout_seed`` is given.
 
         Returns
         -------
         hv : ndarray of float64, shape (size,)
         """
-        return self.grad_and_hvp(theta, x, y, v, initial_state=initial_state)[2]
+        return self.grad_and_hvp(theta, x, y, v, initial_state=initial_state,
+                                 dropout_seed=dropout_seed)[2]
 
-    def grad_and_hvp(self, theta, x, y, v, initial_state=None):
+    def grad_and_hvp(self, theta, x, y, v, initial_state=None, dropout_seed=None):
         """``(loss, grad, Hv)`` from one complex-step pass (``grad`` = its real part)."""
         theta = self.layout.check(theta)
         v = self.layout.check(np.asarray(v, dtype=np.float64), name="v")
         batch = self._batch(x, y)
         state0 = self._check_state(initial_state, batch.B)
+        masks = self.dropout_masks(dropout_seed, batch.B)
         thc = theta + 1j * COMPLEX_STEP * v
         with blas_threads():
-            loss, g, _ = self._run(thc, batch, "standard", 1, True, state0)
+            loss, g, _ = self._run(thc, batch, "standard", 1, True, state0, masks, False)
         return float(loss.real), np.ascontiguousarray(g.real), \
             np.ascontiguousarray(g.imag / COMPLEX_STEP)
 
     def predict(self, theta, x, initial_state=None):
-        """Outputs at every step (or cell).
+        """Outputs at every step (or cell), without dropout.
 
         Returns
         -------
@@ -251,7 +449,7 @@ class RecurrentModel:
             Softmax probabilities (``loss="softmax"``) or linear outputs (``"mse"``).
         """
         theta = self.layout.check(theta)
-        xx, tokens, lead, B = check_x(x, self.n_in, self.n_lead)
+        xx, tokens, lead, B = self._x(x)
         state0 = self._check_state(initial_state, B)
         with blas_threads():
             hs, _ = self._hidden(theta, xx, tokens, state0)
@@ -264,13 +462,13 @@ class RecurrentModel:
     def final_state(self, theta, x, initial_state=None):
         """The recurrent state after the last step, float64 ``(B, state_size)``."""
         theta = self.layout.check(theta)
-        xx, tokens, lead, B = check_x(x, self.n_in, self.n_lead)
+        xx, tokens, lead, B = self._x(x)
         state0 = self._check_state(initial_state, B)
         with blas_threads():
             return self._hidden(theta, xx, tokens, state0)[1]
 
     # ------------------------------------------------------------------ hooks
-    def _run(self, theta, batch, mode, k, want_grad, state0):
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
         raise NotImplementedError
 
     def _hidden(self, theta, x, tokens, state0):

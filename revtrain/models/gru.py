@@ -33,13 +33,11 @@ class GRU(SequenceModel):
     float64 numbers.
     """
 
-    def _specs(self):
-        D, H, O = self.n_in, self.n_hidden, self.n_out
+    def _layer_specs(self, D):
+        H = self.n_hidden
         return [ParamSpec("W_x", (D, 3 * H), "uniform", "input"),
                 ParamSpec("W_h", (H, 3 * H), "uniform", "recurrent"),
-                ParamSpec("b", (3 * H,), "zeros", "bias"),
-                ParamSpec("U", (H, O), "uniform", "output"),
-                ParamSpec("b_y", (O,), "zeros", "output")]
+                ParamSpec("b", (3 * H,), "zeros", "bias")]
 
     def _workspace(self, k, B, dtype):
         H = self.n_hidden
@@ -63,7 +61,7 @@ class GRU(SequenceModel):
         gru_forward(P, Wzr, Wn, p["b"], hs, ws["zr"][:k], ws["n"][:k], ws["rh"][:k])
         return hs[k].copy()
 
-    def _backward(self, p, g, x_seg, tokens, ws, k, dH, dstate):
+    def _backward(self, p, g, x_seg, tokens, ws, k, dH, dstate, dx=None):
         H = self.n_hidden
         hs, dA = ws["h"][:k + 1], ws["a"][:k]     # the projections are no longer needed
         dzr, dn, rh = ws["zr"][:k], ws["n"][:k], ws["rh"][:k]
@@ -75,4 +73,4 @@ class GRU(SequenceModel):
         gWh[:, :2 * H] += np.dot(hs[:k].reshape(k * B, H).T, dzr.reshape(k * B, 2 * H))
         gWh[:, 2 * H:] += np.dot(rh.reshape(k * B, H).T, dn.reshape(k * B, H))
         g["b"] += dA.reshape(k * B, 3 * H).sum(axis=0)
-        project_grad(x_seg, tokens, dA, g["W_x"])
+        project_grad(x_seg, tokens, dA, g["W_x"], p["W_x"], dx)

@@ -19,8 +19,9 @@ class LSTM(SequenceModel):
         h_t = o_t * tanh(c_t)
         yhat_t = softmax(h_t @ U + b_y)        (or h_t @ U + b_y for loss="mse")
 
-    The recurrent state is ``[h | c]``, shape ``(B, 2H)`` (``state_size = 2H``;
-    ``initial_state`` and ``final_state`` use it).
+    The recurrent state of a layer is ``[h | c]``, shape ``(B, 2H)``
+    (``layer_state_size = 2H``; ``initial_state`` and ``final_state`` hold
+    one such block per layer).
 
     Parameters (views of ``theta``, in this order): ``W_x`` (n_in, 4H) group
     "input"; ``W_h`` (H, 4H) "recurrent"; ``b_f`` (H,) "bias", the forget-gate
@@ -42,18 +43,16 @@ class LSTM(SequenceModel):
     :mod:`revtrain.batch` for shapes.
     """
 
-    def _specs(self):
-        D, H, O = self.n_in, self.n_hidden, self.n_out
+    def _layer_specs(self, D):
+        H = self.n_hidden
         return [ParamSpec("W_x", (D, 4 * H), "uniform", "input"),
                 ParamSpec("W_h", (H, 4 * H), "uniform", "recurrent"),
                 ParamSpec("b_f", (H,), "ones", "bias"),
-                ParamSpec("b_iog", (3 * H,), "zeros", "bias"),
-                ParamSpec("U", (H, O), "uniform", "output"),
-                ParamSpec("b_y", (O,), "zeros", "output")]
+                ParamSpec("b_iog", (3 * H,), "zeros", "bias")]
 
     @property
-    def state_size(self):
-        """Columns of the recurrent state ``[h | c]``: ``2H``."""
+    def layer_state_size(self):
+        """Columns of one layer's recurrent state ``[h | c]``: ``2H``."""
         return 2 * self.n_hidden
 
     def _workspace(self, k, B, dtype):
@@ -75,7 +74,7 @@ class LSTM(SequenceModel):
         lstm_forward(G, p["W_h"], b, hs, cs, ws["tanh_c"][:k], Z)
         return np.concatenate((hs[k], cs[k]), axis=1)
 
-    def _backward(self, p, g, x_seg, tokens, ws, k, dH, dstate):
+    def _backward(self, p, g, x_seg, tokens, ws, k, dH, dstate, dx=None):
         H = self.n_hidden
         G = ws["gates"][:k]
         hs, cs = ws["h"][:k + 1], ws["c"][:k + 1]
@@ -90,4 +89,4 @@ class LSTM(SequenceModel):
         db = dA2.sum(axis=0)
         g["b_f"] += db[:H]
         g["b_iog"] += db[H:]
-        project_grad(x_seg, tokens, G, g["W_x"])
+        project_grad(x_seg, tokens, G, g["W_x"], p["W_x"], dx)

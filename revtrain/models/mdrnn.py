@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..params import ParamSpec
-from .base import RecurrentModel
+from .base import RecurrentModel, no_input_grad
 from .sequence import project, project_grad
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.mdrnn import (mdrnn_wavefront_forward, mdrnn_wavefront_backward,
@@ -79,11 +79,13 @@ class MDRNN(RecurrentModel):
 
     n_lead = 2
 
-    def __init__(self, n_in, n_hidden, n_out, loss="softmax", order="wavefront"):
+    stackable = False
+
+    def __init__(self, n_in, n_hidden, n_out, loss="softmax", order="wavefront", *, n_layers=1):
         if order not in ("wavefront", "raster"):
             raise ValueError(f"order must be 'wavefront' or 'raster', got {order!r}")
         self.order = order
-        super().__init__(n_in, n_hidden, n_out, loss=loss)
+        super().__init__(n_in, n_hidden, n_out, loss=loss, n_layers=n_layers)
         self._orders = {}
 
     def __repr__(self):
@@ -131,8 +133,9 @@ class MDRNN(RecurrentModel):
                         g["U"], g["b_y"])
 
     # ---------------------------------------------------------------- passes
-    def _run(self, theta, batch, mode, k, want_grad, state0):
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks=None, want_inputs=False):
         self._no_state(state0)
+        no_input_grad(self, want_inputs)
         if self.order == "raster":
             if mode != "standard":
                 raise ValueError(f"bptt={mode!r} needs order='wavefront'; MDRNN with "

@@ -30,14 +30,16 @@ class MomentumCoupled(ReversibleModel):
     _recurrent = ("W",)
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
-                 frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
+                 frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS,
+                 **stack):
         self.learned = gamma is None
         if not self.learned:
             if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer,
                                                                  np.floating)):
                 raise ValueError(f"gamma must be None (learned) or a float, got {gamma!r}")
         self.gamma = None if gamma is None else float(gamma)
-        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits)
+        super().__init__(n_in, n_hidden, n_out, loss, frac_bits, max_forget_bits, gate_bits,
+                         **stack)
         if not self.learned:
             if self._gamma_one_ok:
                 ok = self.floor <= self.gamma <= 1.0
@@ -55,7 +57,7 @@ class MomentumCoupled(ReversibleModel):
         return (f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden}, "
                 f"n_out={self.n_out}, loss={self.loss_kind!r}, gamma={self.gamma!r}, "
                 f"frac_bits={self.frac_bits}, max_forget_bits={self.max_forget_bits}, "
-                f"gate_bits={self.gate_bits})")
+                f"gate_bits={self.gate_bits}{self._stack_repr()})")
 
     def _parts(self):
         return [("h", self.n_hidden), ("v", self.n_hidden)]
@@ -64,16 +66,15 @@ class MomentumCoupled(ReversibleModel):
     def _n_proj(self):
         return 2 * self.n_hidden if self.learned else self.n_hidden
 
-    def _specs(self):
-        D, H, O = self.n_in, self.n_hidden, self.n_out
+    def _layer_specs(self, D):
+        H = self.n_hidden
         G = self._n_proj
         specs = [ParamSpec("V", (D, G), "uniform", "input")]
         specs += [ParamSpec(name, (H, G), "uniform", "recurrent") for name in self._recurrent]
         specs.append(ParamSpec("b", (H,), "zeros", "bias"))
         if self.learned:
             specs.append(ParamSpec("b_g", (H,), "ones", "bias"))
-        return specs + [ParamSpec("U", (H, O), "uniform", "output"),
-                        ParamSpec("b_y", (O,), "zeros", "output")]
+        return specs
 
 
 class MomentumRNN(MomentumCoupled):
@@ -157,9 +158,9 @@ class MomentumRNN(MomentumCoupled):
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
                  frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS,
-                 *, beta=None):
+                 *, beta=None, n_layers=1, embed_dim=None, dropout=0.0):
         super().__init__(n_in, n_hidden, n_out, loss, gamma, frac_bits, max_forget_bits,
-                         gate_bits)
+                         gate_bits, n_layers=n_layers, embed_dim=embed_dim, dropout=dropout)
         if beta is None:
             beta = max(self.BETA_DEFAULT, self.floor)
         if not is_number(beta) or not (self.floor <= beta and np.rint(beta * self.D) < self.D):
@@ -173,9 +174,10 @@ class MomentumRNN(MomentumCoupled):
     def __repr__(self):
         return super().__repr__()[:-1] + f", beta={self.beta!r})"
 
-    def _specs(self):
+    def _layer_specs(self, D):
         # b_g is set to GATE_BIAS_INIT by init_params
-        return [s._replace(init="zeros") if s.name == "b_g" else s for s in super()._specs()]
+        return [s._replace(init="zeros") if s.name == "b_g" else s
+                for s in super()._layer_specs(D)]
 
     def init_params(self, seed=0, scale=1.0):
         """A fresh flat parameter vector: as the base class, with ``b_g = -2`` (learned gate).
@@ -184,7 +186,8 @@ class MomentumRNN(MomentumCoupled):
         """
         theta = super().init_params(seed=seed, scale=scale)
         if self.learned:
-            self.layout.views(theta)["b_g"][...] = self.GATE_BIAS_INIT
+            for p in self.layer_params(self.layout.views(theta)):
+                p["b_g"][...] = self.GATE_BIAS_INIT
         return theta
 
     def _cache(self, B, dtype):

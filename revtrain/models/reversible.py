@@ -96,7 +96,8 @@ class ReversibleModel(RecurrentModel):
     two_halves = False
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
-                 max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
+                 max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS, *, n_layers=1,
+                 embed_dim=None, dropout=0.0):
         if self.two_halves and is_int(n_hidden) and n_hidden % 2:
             raise ValueError(f"n_hidden must be even for {type(self).__name__} (two halves), "
                              f"got {n_hidden}")
@@ -109,7 +110,7 @@ class ReversibleModel(RecurrentModel):
         self.scale = 2.0 ** self.frac_bits
         self.inv_scale = 2.0 ** -self.frac_bits
         self._log2 = log2_table(self.D)
-        super().__init__(n_in, n_hidden, n_out, loss)
+        super().__init__(n_in, n_hidden, n_out, loss, n_layers, embed_dim, dropout)
         self._layout_parts = list(self._parts())
         # words one step can emit per stream: each exact multiply pushes at most gate_bits
         # bits before its pop, and each forget_add pass may emit 2 more partial words
@@ -118,10 +119,12 @@ class ReversibleModel(RecurrentModel):
     def __repr__(self):
         return (f"{type(self).__name__}(n_in={self.n_in}, n_hidden={self.n_hidden}, "
                 f"n_out={self.n_out}, loss={self.loss_kind!r}, frac_bits={self.frac_bits}, "
-                f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits})")
+                f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits}"
+                f"{self._stack_repr()})")
 
     @property
-    def state_size(self):
+    def layer_state_size(self):
+        """Columns of one layer's state: the widths of :meth:`_parts` summed."""
         return sum(w for _, w in self._parts())
 
     @property
@@ -150,8 +153,10 @@ class ReversibleModel(RecurrentModel):
         return {k: (v * self.inv_scale).astype(dtype, copy=False) for k, v in q.items()}
 
     def _initial_fixed(self, state0, B):
+        """Per layer, the dict of int64 fixed-point parts of ``state0`` (zeros if None)."""
         if state0 is None:
-            return {nm: np.zeros((B, w), dtype=np.int64) for nm, w in self._layout_parts}
+            return [{nm: np.zeros((B, w), dtype=np.int64) for nm, w in self._layout_parts}
+                    for _ in range(self.n_layers)]
         bound = 2.0 ** (62 - self.frac_bits)
         big = np.abs(state0) >= bound
         if big.any():
@@ -160,7 +165,7 @@ class ReversibleModel(RecurrentModel):
                 f"initial_state value {float(state0[tuple(i)])!r} at index {tuple(int(v) for v in i)}"
                 f" does not fit the fixed-point state (|x| must be < 2**(62 - frac_bits) = "
                 f"{bound:g} with frac_bits={self.frac_bits})")
-        return self._unpack(to_fixed(state0, self.frac_bits))
+        return [self._unpack(s) for s in self.layer_states(to_fixed(state0, self.frac_bits))]
 
     def _h(self, s):
         if len(self._head_parts) == 1:
@@ -218,22 +223,42 @@ class ReversibleModel(RecurrentModel):
             f"final state is corrupted; no gradient is returned")
 
     # --------------------------------------------------------------- inputs
-    def _project(self, p, x, tokens, t, out):
-        """``out = x_t @ V`` (B, G), one product or gather per step (same call forward and back)."""
-        V = p["V"]
-        if tokens:
-            np.take(V, x[t], axis=0, out=out)
+    @staticmethod
+    def _project_row(V, xt, tok, out):
+        """``out = x_t @ V`` (B, G): a gather of rows for token ids, else one product."""
+        if tok:
+            np.take(V, xt, axis=0, out=out)
         else:
-            xt = x[t] if V.dtype == x.dtype else x[t].astype(V.dtype)
+            if xt.dtype != V.dtype:
+                xt = xt.astype(V.dtype)
             np.dot(xt, V, out=out)
         return out
 
-    def _project_grad(self, g, x, tokens, t, dP):
-        if tokens:
-            scatter_add_rows(x[t:t + 1], dP[None], g["V"])
+    @staticmethod
+    def _project_row_grad(gV, xt, tok, dP):
+        """``gV += x_t^T dP`` (a scatter-add of rows for token ids)."""
+        if tok:
+            scatter_add_rows(xt[None], dP[None], gV)
         else:
-            xt = x[t] if g["V"].dtype == x.dtype else x[t].astype(g["V"].dtype)
-            g["V"] += np.dot(xt.T, dP)
+            if xt.dtype != gV.dtype:
+                xt = xt.astype(gV.dtype)
+            gV += np.dot(xt.T, dP)
+
+    def _bottom_input(self, p, x, tokens, t, masks, ebuf):
+        """Layer 0's input at step ``t``: ``(x_t, tokens)`` or the (masked) embedding rows."""
+        if self.embed_dim is None:
+            return x[t], tokens
+        np.take(p["embed"], x[t], axis=0, out=ebuf)
+        if masks is not None:
+            ebuf *= masks.embed
+        return ebuf, False
+
+    def _upper_input(self, h, l, masks):
+        """Layer ``l``'s input (l > 0): layer ``l-1``'s output ``h`` (B, H), masked."""
+        return h if masks is None else h * masks.between[l - 1]
+
+    def _top(self, h, masks):
+        return h if masks is None else h * masks.top
 
     def _step_loss(self, p, g, batch, t, h, dH):
         """Loss of step ``t`` on hidden rows ``h`` (B, H); fills ``dH``; 0 (and dH = 0) if no target."""
@@ -253,6 +278,75 @@ class ReversibleModel(RecurrentModel):
         return mse_head(h, p["U"], p["b_y"], batch.target[rows], batch.scale, work, dH,
                         g["U"], g["b_y"])
 
+    # ------------------------------------------------------- layer errors
+    def _layer_tag(self, l):
+        name = type(self).__name__
+        return name if self.n_layers == 1 else f"{name} layer {l} (of {self.n_layers})"
+
+    def _in_layer(self, l, fn, *args):
+        """``fn(*args)``; a FixedPointError or ReversalError names layer ``l`` of a stack."""
+        try:
+            return fn(*args)
+        except (FixedPointError, ReversalError) as e:
+            if self.n_layers == 1:
+                raise
+            msg, name = str(e), type(self).__name__
+            if msg.startswith(name + ":"):
+                msg = msg[len(name) + 1:]
+            raise type(e)(f"{self._layer_tag(l)}:{msg}") from None
+
+    # --------------------------------------------------- one step of the stack
+    def _stack_step(self, prl, pr, x, tokens, t, q, bufs, P, masks, ebuf):
+        """Step ``t`` of the whole stack in fixed point, layers 0..L-1 (the unit of work)."""
+        xt, tok = self._bottom_input(pr, x, tokens, t, masks, ebuf)
+        for l in range(self.n_layers):
+            self._reserve_step(bufs[l])
+            self._in_layer(l, self._fixed_step, prl[l], self._project_row(prl[l]["V"], xt, tok, P),
+                           q[l], bufs[l], t)
+            if l < self.n_layers - 1:
+                xt, tok = self._upper_input(self._h_fixed(q[l]), l + 1, masks), False
+
+    def _h_fixed(self, q):
+        """The float64 hidden state ``h`` (B, H) of a layer's fixed-point parts ``q``."""
+        return self._h({nm: q[nm] * self.inv_scale for nm in self._head_parts})
+
+    def _unstep_layer(self, prl, pr, x, tokens, t, l, q, bufs, P, masks, ebuf, cache):
+        """Undo step ``t`` of layer ``l`` (its input, layer ``l-1`` at ``t``, is still current).
+
+        Returns the layer's input ``(x_t, tokens)`` and leaves ``P`` and the gates in ``cache``.
+        """
+        if l == 0:
+            xt, tok = self._bottom_input(pr, x, tokens, t, masks, ebuf)
+        else:
+            xt, tok = self._upper_input(self._h_fixed(q[l - 1]), l, masks), False
+        self._project_row(prl[l]["V"], xt, tok, P)
+        self._reserve_step(bufs[l])
+        self._in_layer(l, self._fixed_unstep, prl[l], P, q[l], bufs[l], t, cache)
+        return xt, tok
+
+    def _blame(self, err, l, t, prl, pr, x, tokens, q, q0, bufs, P, masks, ebuf, B):
+        """Name the corrupted layer after undoing step ``t`` of layer ``l`` failed.
+
+        Layer ``l`` reads the layers below it, so they are undone on their own
+        from step ``t`` (which they have not undone yet) to the start and
+        checked; the lowest that fails is the corrupted one, else ``l``.
+        """
+        cache = self._cache(B, np.float64)
+        for tt in range(t, -1, -1):
+            for j in range(l - 1, -1, -1):
+                try:
+                    self._unstep_layer(prl, pr, x, tokens, tt, j, q, bufs, P, masks, ebuf, cache)
+                except ReversalError as e:
+                    return e
+        for j in range(l):
+            same = all(np.array_equal(q[j][nm], q0[j][nm]) for nm in q0[j])
+            try:
+                check_reversal(f"{self._layer_tag(j)}: reversible BPTT", same, bufs[j])
+            except ReversalError as e:
+                return ReversalError(f"{e} (found when undoing step {t} of layer {l}, which "
+                                     f"reads layer {j})")
+        return err
+
     # ----------------------------------------------------------------- runs
     def _fixed_point_params(self, theta, mode):
         """``(complex?, views of Re(theta))``: the fixed-point trajectory follows Re(theta).
@@ -265,106 +359,169 @@ class ReversibleModel(RecurrentModel):
                              f"got {mode!r}")
         return cplx, self.layout.views(np.ascontiguousarray(theta.real) if cplx else theta)
 
-    def _run(self, theta, batch, mode, k, want_grad, state0):
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
         cplx, pr = self._fixed_point_params(theta, mode)
+        prl = self.layer_params(pr)
         x, tokens = batch.x, batch.tokens
-        T, B, H = batch.lead[0], batch.B, self.n_hidden
+        T, B, H, L = batch.lead[0], batch.B, self.n_hidden, self.n_layers
         G = self._n_proj
         q0 = self._initial_fixed(state0, B)
-        q = {nm: a.copy() for nm, a in q0.items()}
-        buf = InfoBuffer(B, capacity=16)
+        q = [{nm: a.copy() for nm, a in ql.items()} for ql in q0]
+        bufs = [InfoBuffer(B, capacity=16) for _ in range(L)]
         P = np.empty((B, G))
+        ebuf = None if self.embed_dim is None else np.empty((B, self.embed_dim))
+        mask_bytes = 0 if masks is None else sum(
+            m.nbytes for m in (masks.embed, masks.top) + tuple(masks.between) if m is not None)
 
         if not want_grad:
             gdummy = self.layout.views(np.zeros(self.size))
             dH = np.empty((B, H))
             loss = 0.0
             for t in range(T):
-                self._reserve_step(buf)
-                self._fixed_step(pr, self._project(pr, x, tokens, t, P), q, buf, t)
-                loss += self._step_loss(pr, gdummy, batch, t, self._h(self._to_float(q)), dH)
-            return loss, None, {"stored_bytes": 0,
-                                "final_state": self._pack(self._to_float(q))}
+                self._stack_step(prl, pr, x, tokens, t, q, bufs, P, masks, ebuf)
+                loss += self._step_loss(pr, gdummy, batch, t, self._top(self._h_fixed(q[-1]), masks),
+                                        dH)
+            return loss, None, {"stored_bytes": 0, "final_state": self._pack_stack(q)}
 
         store = None
         if mode == "standard":
-            store = np.empty((T + 1, B, self.state_size), dtype=np.int64)
-            self._pack(q, store[0])
+            store = [np.empty((T + 1, B, self.layer_state_size), dtype=np.int64) for _ in range(L)]
+            for l in range(L):
+                self._pack(q[l], store[l][0])
         for t in range(T):
-            self._reserve_step(buf)
-            self._fixed_step(pr, self._project(pr, x, tokens, t, P), q, buf, t)
+            self._stack_step(prl, pr, x, tokens, t, q, bufs, P, masks, ebuf)
             if store is not None:
-                self._pack(q, store[t + 1])
-        info_bits = buf.info_bits
-        final_state = self._pack(self._to_float(q))
-        kept = B * self.state_size * 8          # the running state (reversed in place)
+                for l in range(L):
+                    self._pack(q[l], store[l][t + 1])
+        info_bits = sum(b.info_bits for b in bufs)
+        final_state = self._pack_stack(q)
+        kept = B * self.state_size * 8 + mask_bytes  # running states (reversed in place), masks
         if mode == "standard":
-            stored, buffer_bytes = store.nbytes, 0
-            buf = None
+            stored, buffer_bytes = sum(s.nbytes for s in store) + mask_bytes, 0
+            bufs = None
         else:
-            buffer_bytes = buf.nbytes
+            buffer_bytes = sum(b.nbytes for b in bufs)
             stored = buffer_bytes + kept
 
         dtype = theta.dtype
         p = self.layout.views(theta)
-        cstore = None
-        if cplx:
-            # imaginary parts: the float (straight-through) recurrence along the fixed trajectory
-            cstore = np.empty((T + 1, B, self.state_size), dtype=np.complex128)
-            cstore[0] = store[0] * self.inv_scale
-            Pc = np.empty((B, G), dtype=dtype)
-            cache = self._cache(B, dtype)
-            for t in range(T):
-                s_prev = self._unpack(cstore[t])
-                s_new = self._unpack((store[t + 1] * self.inv_scale).astype(dtype))
-                self._float_step(p, self._project(p, x, tokens, t, Pc), s_prev, s_new, cache)
-                self._pack(s_new, cstore[t + 1])
-            stored += cstore.nbytes
-
+        pl = self.layer_params(p)
         grad = np.zeros_like(theta)
         g = self.layout.views(grad)
-        cache = self._cache(B, dtype)
+        gl = self.layer_params(g)
+        ebuf_c = None if self.embed_dim is None else np.empty((B, self.embed_dim), dtype=dtype)
+        cstore = None
+        if cplx:
+            cstore, cbytes = self._complex_states(pl, p, x, tokens, store, masks, ebuf_c, B)
+            stored += cbytes
+
+        caches = [self._cache(B, dtype) for _ in range(L)]
         Pd = np.empty((B, G), dtype=dtype)
         dP = np.empty((B, G), dtype=dtype)
         dH = np.empty((B, H), dtype=dtype)
-        ds = {nm: np.zeros((B, w), dtype=dtype) for nm, w in self._layout_parts}
+        ds = [{nm: np.zeros((B, w), dtype=dtype) for nm, w in self._layout_parts}
+              for _ in range(L)]
+        dX = np.empty(x.shape, dtype=dtype) if want_inputs and not tokens else None
         if cplx:
-            s_new = self._unpack(cstore[T])
+            s_new = [self._unpack(cstore[l][T]) for l in range(L)]
         else:
-            s_new = self._to_float(q)
+            s_new = [self._to_float(q[l]) for l in range(L)]
         loss = 0.0
         for t in range(T - 1, -1, -1):
-            if mode == "reversible":
-                # undoing the step computes its gates from the recovered state: the
-                # same float64 values the recompute would give, so they are kept
-                self._project(pr, x, tokens, t, P)
-                self._reserve_step(buf)
-                self._fixed_unstep(pr, P, q, buf, t, cache)
-                s_prev = self._to_float(q)
-                self._float_step(p, P, s_prev, s_new, cache, have_gates=True)
-            else:
-                s_prev = self._unpack(cstore[t]) if cplx else self._to_float(self._unpack(store[t]))
-                self._float_step(p, self._project(p, x, tokens, t, Pd), s_prev, s_new, cache)
-            loss = loss + self._step_loss(p, g, batch, t, self._h(s_new), dH)
-            self._add_dh(ds, dH)
-            self._float_back(p, g, s_prev, s_new, cache, ds, dP)
-            self._project_grad(g, x, tokens, t, dP)
-            s_new = s_prev
+            for l in range(L - 1, -1, -1):
+                if mode == "reversible":
+                    # undoing the step computes its gates from the recovered state: the
+                    # same float64 values the recompute would give, so they are kept
+                    try:
+                        xt, tok = self._unstep_layer(prl, pr, x, tokens, t, l, q, bufs, P, masks,
+                                                     ebuf, caches[l])
+                    except ReversalError as e:
+                        raise self._blame(e, l, t, prl, pr, x, tokens, q, q0, bufs, P, masks,
+                                          ebuf, B) from None
+                    s_prev = self._to_float(q[l])
+                    self._float_step(pl[l], P, s_prev, s_new[l], caches[l], have_gates=True)
+                else:
+                    if l == 0:
+                        xt, tok = self._bottom_input(p, x, tokens, t, masks, ebuf_c)
+                    else:
+                        xt, tok = self._upper_input(self._h(s_new[l - 1]), l, masks), False
+                    s_prev = self._unpack(cstore[l][t]) if cplx else \
+                        self._to_float(self._unpack(store[l][t]))
+                    self._float_step(pl[l], self._project_row(pl[l]["V"], xt, tok, Pd), s_prev,
+                                     s_new[l], caches[l])
+                if l == L - 1:
+                    loss = loss + self._step_loss(p, g, batch, t,
+                                                  self._top(self._h(s_new[l]), masks), dH)
+                    self._add_dh(ds[l], self._top(dH, masks))
+                self._float_back(pl[l], gl[l], s_prev, s_new[l], caches[l], ds[l], dP)
+                self._project_row_grad(gl[l]["V"], xt, tok, dP)
+                self._input_grad(pl[l], g, x, t, l, dP, ds, masks, dX)
+                s_new[l] = s_prev
         if mode == "reversible":
-            same = all(np.array_equal(q[nm], q0[nm]) for nm in q0)
-            check_reversal(f"{type(self).__name__}: reversible BPTT", same, buf)
-        return loss, grad, {"stored_bytes": stored, "buffer_bytes": buffer_bytes,
-                            "info_bits": info_bits, "final_state": final_state}
+            for l in range(L):
+                same = all(np.array_equal(q[l][nm], q0[l][nm]) for nm in q0[l])
+                check_reversal(f"{self._layer_tag(l)}: reversible BPTT", same, bufs[l])
+        info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
+                "final_state": final_state}
+        if want_inputs:
+            info["dstate0"] = np.concatenate([self._pack(d) for d in ds], axis=1).real.copy()
+            info["dx"] = None if dX is None else dX.real.copy()
+        return loss, grad, info
+
+    def _input_grad(self, p, g, x, t, l, dP, ds, masks, dX):
+        """Pass dL/d(layer ``l``'s input at ``t``) = ``dP V^T`` down: to layer ``l-1``'s
+        state, to the embedding rows, or into ``dX[t]`` (float inputs)."""
+        if l == 0 and self.embed_dim is None and dX is None:
+            return
+        d = np.dot(dP, p["V"].T)
+        if l > 0:
+            self._add_dh(ds[l - 1], d if masks is None else d * masks.between[l - 1])
+        elif self.embed_dim is not None:
+            if masks is not None:
+                d *= masks.embed
+            scatter_add_rows(x[t:t + 1], d[None], g["embed"])
+        else:
+            dX[t] = d
+
+    def _complex_states(self, pl, p, x, tokens, store, masks, ebuf, B):
+        """Complex-step hvp: the float (straight-through) recurrence along the fixed trajectory.
+
+        Returns per layer ``(T+1, B, layer_state_size)`` complex states, and their bytes.
+        """
+        T, L = x.shape[0], self.n_layers
+        dtype = np.complex128
+        cstore = [np.empty((T + 1, B, self.layer_state_size), dtype=np.complex128)
+                  for _ in range(L)]
+        for l in range(L):
+            cstore[l][0] = store[l][0] * self.inv_scale
+        Pc = np.empty((B, self._n_proj), dtype=dtype)
+        cache = self._cache(B, dtype)
+        for t in range(T):
+            xt, tok = self._bottom_input(p, x, tokens, t, masks, ebuf)
+            for l in range(L):
+                s_prev = self._unpack(cstore[l][t])
+                s_new = self._unpack((store[l][t + 1] * self.inv_scale).astype(dtype))
+                self._float_step(pl[l], self._project_row(pl[l]["V"], xt, tok, Pc), s_prev,
+                                 s_new, cache)
+                self._pack(s_new, cstore[l][t + 1])
+                if l < L - 1:
+                    xt, tok = self._upper_input(self._h(s_new), l + 1, masks), False
+        return cstore, sum(c.nbytes for c in cstore)
+
+    def _pack_stack(self, q):
+        """Float64 ``(B, state_size)``: every layer's fixed-point state, side by side."""
+        return np.concatenate([self._pack(self._to_float(ql)) for ql in q], axis=1)
 
     def _hidden(self, theta, x, tokens, state0):
         T, B = x.shape[0], x.shape[1]
         p = self.layout.views(theta)
+        pl = self.layer_params(p)
         q = self._initial_fixed(state0, B)
-        buf = InfoBuffer(B, capacity=16)
+        bufs = [InfoBuffer(B, capacity=16) for _ in range(self.n_layers)]
         P = np.empty((B, self._n_proj))
+        ebuf = None if self.embed_dim is None else np.empty((B, self.embed_dim))
         hs = np.empty((T, B, self.n_hidden))
         for t in range(T):
-            self._reserve_step(buf)
-            self._fixed_step(p, self._project(p, x, tokens, t, P), q, buf, t)
-            hs[t] = self._h(self._to_float(q))
-        return hs, self._pack(self._to_float(q))
+            self._stack_step(pl, p, x, tokens, t, q, bufs, P, None, ebuf)
+            hs[t] = self._h_fixed(q[-1])
+        return hs, self._pack_stack(q)

@@ -64,17 +64,15 @@ class RevGRU(ReversibleModel):
     def _n_proj(self):
         return 3 * self.n_hidden
 
-    def _specs(self):
-        D, H, O = self.n_in, self.n_hidden, self.n_out
+    def _layer_specs(self, D):
+        H = self.n_hidden
         Hh = H // 2
         return [ParamSpec("V", (D, 3 * H), "uniform", "input"),
                 ParamSpec("W1", (Hh, 2 * Hh), "uniform", "recurrent"),
                 ParamSpec("Wg1", (Hh, Hh), "uniform", "recurrent"),
                 ParamSpec("W2", (Hh, 2 * Hh), "uniform", "recurrent"),
                 ParamSpec("Wg2", (Hh, Hh), "uniform", "recurrent"),
-                ParamSpec("b", (3 * H,), "zeros", "bias"),
-                ParamSpec("U", (H, O), "uniform", "output"),
-                ParamSpec("b_y", (O,), "zeros", "output")]
+                ParamSpec("b", (3 * H,), "zeros", "bias")]
 
     def _cache(self, B, dtype):
         Hh = self.n_hidden // 2

@@ -4,6 +4,7 @@ import numpy as np
 from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError, check_reversal
 from .momentum_rnn import MomentumCoupled
+from .base import no_input_grad
 from .reversible import REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import gather_rows, scatter_add_rows
@@ -93,10 +94,13 @@ class RevMDRNN(MomentumCoupled):
     n_lead = 2
     _recurrent = ("W_n", "W_w")
 
+    stackable = False
+
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
-                 frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS):
+                 frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS,
+                 *, n_layers=1):
         super().__init__(n_in, n_hidden, n_out, loss, gamma, frac_bits, max_forget_bits,
-                         gate_bits)
+                         gate_bits, n_layers=n_layers)
         self._diags = {}
 
     # --------------------------------------------------------------- helpers
@@ -296,7 +300,8 @@ class RevMDRNN(MomentumCoupled):
         return out
 
     # ----------------------------------------------------------------- runs
-    def _run(self, theta, batch, mode, k, want_grad, state0):
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks=None, want_inputs=False):
+        no_input_grad(self, want_inputs)
         self._no_state(state0)
         cplx, pr = self._fixed_point_params(theta, mode)
         x, tokens = batch.x, batch.tokens

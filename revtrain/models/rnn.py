@@ -15,13 +15,11 @@ class RNN(SequenceModel):
     for the API and :mod:`revtrain.batch` for shapes.
     """
 
-    def _specs(self):
-        D, H, O = self.n_in, self.n_hidden, self.n_out
+    def _layer_specs(self, D):
+        H = self.n_hidden
         return [ParamSpec("V", (D, H), "uniform", "input"),
                 ParamSpec("W", (H, H), "uniform", "recurrent"),
-                ParamSpec("b_h", (H,), "zeros", "bias"),
-                ParamSpec("U", (H, O), "uniform", "output"),
-                ParamSpec("b_y", (O,), "zeros", "output")]
+                ParamSpec("b_h", (H,), "zeros", "bias")]
 
     def _workspace(self, k, B, dtype):
         H = self.n_hidden
@@ -35,7 +33,7 @@ class RNN(SequenceModel):
         rnn_forward(P, p["W"], p["b_h"], hs)
         return hs[k].copy()
 
-    def _backward(self, p, g, x_seg, tokens, ws, k, dH, dstate):
+    def _backward(self, p, g, x_seg, tokens, ws, k, dH, dstate, dx=None):
         H = self.n_hidden
         hs, dA = ws["h"][:k + 1], ws["a"][:k]     # the projections are no longer needed
         B = hs.shape[1]
@@ -43,4 +41,4 @@ class RNN(SequenceModel):
         dA2 = dA.reshape(k * B, H)
         g["W"] += np.dot(hs[:k].reshape(k * B, H).T, dA2)
         g["b_h"] += dA2.sum(axis=0)
-        project_grad(x_seg, tokens, dA, g["V"])
+        project_grad(x_seg, tokens, dA, g["V"], p["V"], dx)

@@ -38,8 +38,12 @@ def project(x_seg, tokens, V, out):
         matmul_into(xs, V, out.reshape(k * B, -1))      # Numba's BLAS: see _kernels/gemm.py
 
 
-def project_grad(x_seg, tokens, dA, dV):
-    """Add the input-weight gradient of a segment: ``dV += sum_{t,b} x[t,b]^T dA[t,b]``."""
+def project_grad(x_seg, tokens, dA, dV, V=None, dx=None):
+    """Gradients of a segment's input projection ``A = x V`` from ``dA`` (k, B, G).
+
+    Adds ``dV += sum_{t,b} x[t,b]^T dA[t,b]`` and, when ``dx`` (k, B, D) is
+    given (float inputs), writes ``dx = dA V^T``.
+    """
     if tokens:
         scatter_add_rows(x_seg, dA, dV)
     else:
@@ -48,24 +52,31 @@ def project_grad(x_seg, tokens, dA, dV):
         if xs.dtype != dV.dtype:
             xs = xs.astype(dV.dtype)
         matmul_tn_add(xs, dA.reshape(k * B, -1), dV, np.empty_like(dV))
+    if dx is not None:
+        k, B = dA.shape[:2]
+        np.dot(dA.reshape(k * B, -1), V.T, out=dx.reshape(k * B, -1))
 
 
 class SequenceModel(RecurrentModel):
     """A standard recurrent model on sequences, trained by stored or checkpointed BPTT.
 
-    Subclasses implement the cell:
+    A stack runs segment by segment; within a segment layer 0 runs all its
+    steps, then layer 1 on layer 0's (masked) outputs, and so on; the
+    backward pass goes top-down through the segment. Subclasses implement
+    one layer of the cell:
 
     ``_workspace(k, B, dtype)``
         dict of arrays for ``k`` steps; must contain ``"h"`` of shape
         ``(k + 1, B, H)`` (``h[0]`` = hidden state before the segment).
     ``_forward(p, x_seg, tokens, state, ws, k)``
-        run ``k`` steps from ``state`` (B, state_size); fill ``ws``; return the
-        state after the last step.
-    ``_backward(p, g, x_seg, tokens, ws, k, dH, dstate)``
+        run ``k`` steps from ``state`` (B, layer_state_size); fill ``ws``;
+        return the state after the last step.
+    ``_backward(p, g, x_seg, tokens, ws, k, dH, dstate, dx=None)``
         backpropagate through the segment held in ``ws``: ``dH`` (k, B, H)
-        is dL/dh from the output layer, ``dstate`` (B, state_size) is dL/dstate
-        after the segment on entry and before it on exit; gradients are
-        *added* to the views ``g``.
+        is dL/dh from above (output layer or next layer), ``dstate`` (B,
+        layer_state_size) is dL/dstate after the segment on entry and before
+        it on exit; gradients are *added* to the views ``g``; ``dx`` (k, B,
+        D), when given, receives dL/dx_seg (float inputs).
     """
 
     def _zero_state(self, B, dtype):
@@ -81,73 +92,160 @@ class SequenceModel(RecurrentModel):
         return mse_head(h_rows, p["U"], p["b_y"], batch.target[rows], batch.scale, work,
                         dH_rows, g["U"], g["b_y"])
 
-    def _segment_loss(self, p, g, batch, ws, t0, klen, dH):
-        """Output-layer loss of steps ``t0 .. t0+klen-1``; fills ``dH`` (klen, B, H)."""
+    def _segment_loss(self, p, g, batch, hs, t0, klen, dH):
+        """Output-layer loss of steps ``t0 .. t0+klen-1`` on ``hs`` (klen, B, H); fills ``dH``."""
         B, H, T = batch.B, self.n_hidden, batch.lead[0]
-        hs = ws["h"][1:klen + 1]
         if batch.per_step:
             return self._head(p, g, batch, hs.reshape(klen * B, H),
                               slice(t0 * B, (t0 + klen) * B), dH.reshape(klen * B, H), hs.dtype)
         dH[...] = 0
         if t0 + klen == T:
-            return self._head(p, g, batch, hs[klen - 1], slice(0, B), dH[klen - 1], hs.dtype)
+            return self._head(p, g, batch, np.ascontiguousarray(hs[klen - 1]), slice(0, B),
+                              dH[klen - 1], hs.dtype)
         return 0.0
 
-    def _run(self, theta, batch, mode, k, want_grad, state0):
+    # ------------------------------------------------------------ the stack
+    def _stack_work(self, k, B, dtype, masks):
+        """Workspaces of a ``k``-step segment: per layer, and the embedded / masked inputs."""
+        L, H = self.n_layers, self.n_hidden
+        work = {"ws": [self._workspace(k, B, dtype) for _ in range(L)],
+                "emb": None if self.embed_dim is None else np.empty((k, B, self.embed_dim), dtype),
+                "masked": [np.empty((k, B, H), dtype) if masks is not None else None
+                           for _ in range(L)]}
+        return work
+
+    def _stack_forward(self, p, pls, x_seg, tokens, states, work, masks, klen):
+        """Run ``klen`` steps of every layer from ``states`` (list, updated in place).
+
+        Returns ``(top, inputs)``: the (masked) top-layer outputs (klen, B, H)
+        and, per layer, the ``(x, tokens)`` it read.
+        """
+        inp, tok = x_seg, tokens
+        if self.embed_dim is not None:
+            e = work["emb"][:klen]
+            gather_rows(x_seg, p["embed"], e)
+            if masks is not None:
+                e *= masks.embed
+            inp, tok = e, False
+        inputs = []
+        for l in range(self.n_layers):
+            inputs.append((inp, tok))
+            states[l] = self._forward(pls[l], inp, tok, states[l], work["ws"][l], klen)
+            h = work["ws"][l]["h"][1:klen + 1]
+            if masks is not None:
+                m = masks.top if l == self.n_layers - 1 else masks.between[l]
+                h = np.multiply(h, m, out=work["masked"][l][:klen])
+            inp, tok = h, False
+        return inp, inputs
+
+    def _stack_backward(self, p, pls, g, gls, x_seg, inputs, work, masks, klen, dH, dstates,
+                        dxs, dX):
+        """Backpropagate a segment top-down; ``dH`` (klen, B, H) is dL/d(top output)."""
+        d = dH
+        if masks is not None:
+            d *= masks.top
+        for l in range(self.n_layers - 1, -1, -1):
+            inp, tok = inputs[l]
+            dx = dxs[l][:klen] if dxs[l] is not None else None
+            self._backward(pls[l], gls[l], inp, tok, work["ws"][l], klen, d, dstates[l], dx)
+            if l > 0:
+                d = dx
+                if masks is not None:
+                    d *= masks.between[l - 1]
+            elif self.embed_dim is not None:
+                if masks is not None:
+                    dx *= masks.embed
+                scatter_add_rows(x_seg, dx, g["embed"])
+            elif dX is not None:
+                dX[...] = dx
+
+    def _input_grad_work(self, k, B, dtype, batch, want_inputs):
+        """Per layer, a (k, B, D_l) buffer for dL/d(layer input), or None where unused."""
+        out = []
+        for l in range(self.n_layers):
+            need = l > 0 or self.embed_dim is not None or (want_inputs and not batch.tokens)
+            out.append(np.empty((k, batch.B, self._layer_input_size(l)), dtype) if need else None)
+        return out
+
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
         dtype = theta.dtype
         T, B, H = batch.lead[0], batch.B, self.n_hidden
         p = self.layout.views(theta)
+        pls = self.layer_params(p)
         grad = np.zeros_like(theta)
         g = self.layout.views(grad)
+        gls = self.layer_params(g)
         state = self._zero_state(B, dtype) if state0 is None else state0.astype(dtype)
+        states = [s.copy() for s in self.layer_states(state)]
         x = batch.x
         if not want_grad:
             k = min(T, FORWARD_CHUNK)
-            ws = self._workspace(k, B, dtype)
+            work = self._stack_work(k, B, dtype, masks)
             dH = np.empty((k, B, H), dtype=dtype)
             loss = 0.0
             for t0 in range(0, T, k):
                 klen = min(k, T - t0)
-                state = self._forward(p, x[t0:t0 + klen], batch.tokens, state, ws, klen)
-                loss = loss + self._segment_loss(p, g, batch, ws, t0, klen, dH[:klen])
-            return loss, None, {"stored_bytes": 0, "final_state": state.real.copy()}
+                top, _ = self._stack_forward(p, pls, x[t0:t0 + klen], batch.tokens, states, work,
+                                             masks, klen)
+                loss = loss + self._segment_loss(p, g, batch, top, t0, klen, dH[:klen])
+            return loss, None, {"stored_bytes": 0,
+                                "final_state": np.concatenate(states, axis=1).real.copy()}
         if mode == "standard":
             k = T
         k = min(k, T)
         starts = list(range(0, T, k))
-        ws = self._workspace(k, B, dtype)
+        work = self._stack_work(k, B, dtype, masks)
         checkpoints = np.empty((len(starts), B, self.state_size), dtype=dtype) \
             if mode == "checkpoint" else None
+        top = inputs = None
         for i, t0 in enumerate(starts):
             klen = min(k, T - t0)
             if checkpoints is not None:
-                checkpoints[i] = state
-            state = self._forward(p, x[t0:t0 + klen], batch.tokens, state, ws, klen)
-        final_state = state.real.copy()
+                checkpoints[i] = np.concatenate(states, axis=1)
+            top, inputs = self._stack_forward(p, pls, x[t0:t0 + klen], batch.tokens, states,
+                                              work, masks, klen)
+        final_state = np.concatenate(states, axis=1).real.copy()
         dH = np.empty((k, B, H), dtype=dtype)
-        dstate = np.zeros((B, self.state_size), dtype=dtype)
+        dstates = [np.zeros((B, self.layer_state_size), dtype=dtype)
+                   for _ in range(self.n_layers)]
+        dxs = self._input_grad_work(k, B, dtype, batch, want_inputs)
+        dX = np.empty(x.shape, dtype=dtype) if want_inputs and not batch.tokens else None
         loss = 0.0
         for i in range(len(starts) - 1, -1, -1):
             t0 = starts[i]
             klen = min(k, T - t0)
             if checkpoints is not None and len(starts) > 1:
-                self._forward(p, x[t0:t0 + klen], batch.tokens, checkpoints[i].copy(), ws, klen)
-            loss = loss + self._segment_loss(p, g, batch, ws, t0, klen, dH[:klen])
-            self._backward(p, g, x[t0:t0 + klen], batch.tokens, ws, klen, dH[:klen], dstate)
-        stored = sum(a.nbytes for a in ws.values())
+                rec = [s.copy() for s in self.layer_states(checkpoints[i])]
+                top, inputs = self._stack_forward(p, pls, x[t0:t0 + klen], batch.tokens, rec,
+                                                  work, masks, klen)
+            loss = loss + self._segment_loss(p, g, batch, top, t0, klen, dH[:klen])
+            self._stack_backward(p, pls, g, gls, x[t0:t0 + klen], inputs, work, masks, klen,
+                                 dH[:klen], dstates, dxs,
+                                 None if dX is None else dX[t0:t0 + klen])
+        stored = sum(a.nbytes for ws in work["ws"] for a in ws.values())
+        stored += sum(a.nbytes for a in work["masked"] if a is not None)
+        if work["emb"] is not None:
+            stored += work["emb"].nbytes
         if checkpoints is not None:
             stored += checkpoints.nbytes
-        return loss, grad, {"stored_bytes": stored, "final_state": final_state}
+        info = {"stored_bytes": stored, "final_state": final_state}
+        if want_inputs:
+            info["dstate0"] = np.concatenate(dstates, axis=1).real.copy()
+            info["dx"] = None if dX is None else dX.real.copy()
+        return loss, grad, info
 
     def _hidden(self, theta, x, tokens, state0):
         T, B = x.shape[0], x.shape[1]
         p = self.layout.views(theta)
+        pls = self.layer_params(p)
         state = self._zero_state(B, np.float64) if state0 is None else state0
+        states = [s.copy() for s in self.layer_states(state)]
         k = min(T, FORWARD_CHUNK)
-        ws = self._workspace(k, B, np.float64)
+        work = self._stack_work(k, B, np.float64, None)
         hs = np.empty((T, B, self.n_hidden))
         for t0 in range(0, T, k):
             klen = min(k, T - t0)
-            state = self._forward(p, x[t0:t0 + klen], tokens, state, ws, klen)
-            hs[t0:t0 + klen] = ws["h"][1:klen + 1]
-        return hs, state
+            top, _ = self._stack_forward(p, pls, x[t0:t0 + klen], tokens, states, work, None,
+                                         klen)
+            hs[t0:t0 + klen] = top
+        return hs, np.concatenate(states, axis=1)
