@@ -31,6 +31,11 @@ class GRU(SequenceModel):
     step: ``h``, ``[z, r]``, ``n``, ``r * h_{t-1}`` and the ``3H``-wide input
     projection buffer (reused for the pre-activation gradients), ``8 B H``
     float64 numbers.
+
+    Stacks: ``n_layers``, ``embed_dim`` and ``dropout`` (keywords) as described
+    in :class:`~revtrain.models.base.RecurrentModel`; the blocks above are then
+    per layer (``layer{l}.<name>``, layer 0 reading ``n_in`` or ``embed_dim``
+    inputs and the others ``H``), with one ``U``, ``b_y``.
     """
 
     def _layer_specs(self, D):

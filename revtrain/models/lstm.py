@@ -41,6 +41,11 @@ class LSTM(SequenceModel):
 
     See :class:`~revtrain.models.base.RecurrentModel` for the API and
     :mod:`revtrain.batch` for shapes.
+
+    Stacks: ``n_layers``, ``embed_dim`` and ``dropout`` (keywords) as described
+    in :class:`~revtrain.models.base.RecurrentModel`; the blocks above are then
+    per layer (``layer{l}.<name>``, layer 0 reading ``n_in`` or ``embed_dim``
+    inputs and the others ``H``), with one ``U``, ``b_y``.
     """
 
     def _layer_specs(self, D):

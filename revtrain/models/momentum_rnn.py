@@ -147,6 +147,11 @@ class MomentumRNN(MomentumCoupled):
     Parameters (views of ``theta``): ``V`` (n_in, G), ``W`` (H, G) with
     ``G = 2H`` (columns ``[candidate | gate]``) or ``H``; ``b`` (H,),
     ``b_g`` (H,) initialised to -2 (learned gate only), ``U`` (H, n_out), ``b_y``.
+
+    Stacks: ``n_layers``, ``embed_dim`` and ``dropout`` (keywords) as described
+    in :class:`~revtrain.models.base.RecurrentModel`; the blocks above are then
+    per layer (``layer{l}.<name>``, layer 0 reading ``n_in`` or ``embed_dim``
+    inputs and the others ``H``), with one ``U``, ``b_y``.
     """
 
     #: Initial gate bias ``b_g`` (learned gate).

@@ -8,6 +8,14 @@ integer add (see :mod:`revtrain._kernels.quantize`). The gates and increments
 are computed in float64 from the *other* parts of the state, so a step can be
 undone bit for bit once those parts are recovered.
 
+Stacks run time-major with the layers inside: step ``t`` goes through layers
+0..L-1 (layer ``l`` reads layer ``l-1``'s new ``h``, masked by variational
+dropout), each layer with its own buffer. Backward, step ``t`` is undone
+top-down: layer ``l``'s input at ``t`` is layer ``l-1``'s state at ``t``, still
+current, so each layer is undone, recomputed in float and backpropagated in
+turn; dL/d(input) passes to the layer below. Kept: the L final states, the
+buffers and the masks. A ReversalError names the corrupted layer.
+
 BPTT modes
 ----------
 ``"reversible"`` (default)

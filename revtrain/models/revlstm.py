@@ -58,6 +58,18 @@ class RevLSTM(ReversibleModel):
         Forget-type gates are floored at ``2**-max_forget_bits`` (default 3).
     gate_bits : int in [max_forget_bits, 16]
         Gates are quantised to ``n / 2**gate_bits`` (default 12).
+    n_layers : int >= 1, keyword
+        Stacked layers (layer ``l > 0`` reads layer ``l-1``'s ``h``); blocks are
+        then named ``layer{l}.<name>`` in group ``"layer{l}"``. Reversible BPTT
+        runs step ``t`` through layers 0..L-1 and undoes it top-down, one
+        information buffer per layer.
+    embed_dim : int, optional, keyword
+        Embedding table ``embed`` (n_in, embed_dim) read by token ids (layer 0
+        reads ``embed[x_t]``); None keeps the one-hot form.
+    dropout : float in [0, 1), keyword
+        Variational dropout on the embedding output, between layers and on
+        the top output (one mask per window, never on the recurrent state),
+        applied when ``loss_and_grad`` gets a ``dropout_seed``.
     """
 
     forget_per_unit = 2
