@@ -14,10 +14,11 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ._checks import positive_int
+from ._checks import nonneg_int, positive_int
 from .errors import DivergenceError, FixedPointError, ReversalError
 from .errors import check_reversal as _check_reversal
 from .optim import ExactSGD
+from .trainer import step_dropout_seed
 from ._kernels.sgd import group_dot
 
 #: Training stops (DivergenceError) when its loss exceeds this many times the first
@@ -163,11 +164,19 @@ def _loss_limit(model, first_loss):
     return limit
 
 
-def _train_gradient(model, w, x, y, bptt, t, n_iters):
+def _dropout_kw(model, dropout_seed, t):
+    """``{"dropout_seed": ...}`` of iteration ``t``, or ``{}`` (no dropout: the model has
+    none or no seed was given; a model without dropout need not take the argument)."""
+    if dropout_seed is None or not getattr(model, "dropout", 0):
+        return {}
+    return {"dropout_seed": step_dropout_seed(dropout_seed, t + 1)}
+
+
+def _train_gradient(model, w, x, y, bptt, t, n_iters, drop):
     """``(loss, grad)`` of iteration ``t``; a DivergenceError if either is not finite."""
     where = f"training diverged at iteration t={t} (step {t + 1} of {n_iters})"
     try:
-        loss, g = model.loss_and_grad(w, x, y, bptt=bptt)
+        loss, g = model.loss_and_grad(w, x, y, bptt=bptt, **_dropout_kw(model, drop, t))
     except DivergenceError:
         raise
     except FloatingPointError as e:
@@ -195,7 +204,7 @@ def _step(opt, state, g, t, n_iters):
                               "for more range") from e
 
 
-def _forward(model, opt, theta0, batch, n_iters, bptt):
+def _forward(model, opt, theta0, batch, n_iters, bptt, drop):
     """Train ``n_iters`` exact steps from ``theta0``.
 
     Returns ``(state, w_init, train_loss)``: the final :class:`ExactSGDState`,
@@ -211,7 +220,7 @@ def _forward(model, opt, theta0, batch, n_iters, bptt):
     limit = math.inf
     for t in range(n_iters):
         x, y = batch(t)
-        loss, g = _train_gradient(model, opt.params(state), x, y, bptt, t, n_iters)
+        loss, g = _train_gradient(model, opt.params(state), x, y, bptt, t, n_iters, drop)
         if t == 0:
             limit = _loss_limit(model, loss)
         elif loss > limit:
@@ -270,7 +279,7 @@ def _undo(fn, t, *args):
                             "deterministic, or the state was corrupted") from e
 
 
-def _reverse_step(model, opt, state, t, batch, bptt, adj):
+def _reverse_step(model, opt, state, t, batch, bptt, adj, drop):
     """Undo iteration ``t`` exactly and carry the adjoints ``adj`` back through it.
 
     With ``u = (1 - gamma_t) * dv`` (elementwise, per group) and sums over
@@ -286,8 +295,11 @@ def _reverse_step(model, opt, state, t, batch, bptt, adj):
         dw        -= H_t u + lambda * u                     (H_t: Hessian of L_train at w_t)
         dv        *= gamma_t
 
+    ``drop`` is the dropout seed of the run (or None): the gradient and the
+    Hessian-vector product of iteration ``t`` use the masks its forward step used.
     Returns the state before iteration ``t``; ``adj`` is updated in place.
     """
+    dkw = _dropout_kw(model, drop, t)
     gidx = opt.group_index(adj.dw.shape[0])
     lr, gam, wd = opt.hyperparameters(t)
     group_dot(adj.dw, opt.velocity(state), gidx, adj.d_lr[t])
@@ -295,7 +307,7 @@ def _reverse_step(model, opt, state, t, batch, bptt, adj):
     pending = _undo(opt.unstep_weights, t, state)
     w_t = pending.theta
     x, y = batch(t)
-    _, g = model.loss_and_grad(w_t, x, y, bptt=bptt)
+    _, g = model.loss_and_grad(w_t, x, y, bptt=bptt, **dkw)
     state = _undo(opt.unstep_velocity, t, pending, g)
     wd_e = wd[gidx]
     group_dot(adj.dv, opt.velocity(state) + g + wd_e * w_t, gidx, adj.d_mom[t])
@@ -306,7 +318,7 @@ def _reverse_step(model, opt, state, t, batch, bptt, adj):
     if np.any(u):
         # d g / d w = H + diag(lambda): the Hessian acts on (1 - gamma) * dv, not the
         # other way round (they differ when gamma differs between groups)
-        adj.dw -= model.hvp(w_t, x, y, u) + wd_e * u
+        adj.dw -= model.hvp(w_t, x, y, u, **dkw) + wd_e * u
     adj.dv *= gam[gidx]
     if not (np.isfinite(adj.dv).all() and np.isfinite(adj.dw).all()):
         raise DivergenceError(
@@ -348,7 +360,7 @@ def _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats):
 
 
 def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=None,
-                  check_reversal=True):
+                  check_reversal=True, dropout_seed=None):
     """Gradient of the validation loss after ``n_iters`` steps of exact SGD, by reversal.
 
     Forward, for ``t = 0 .. n_iters-1`` (``ExactSGD`` in fixed point)::
@@ -406,6 +418,16 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     check_reversal : bool
         Check that the reverse pass recovered ``w_0 == to_fixed(theta0)`` and
         ``v_0 == 0`` bit for bit and emptied the buffer (default True; cheap).
+    dropout_seed : int >= 0, optional
+        For a model with ``dropout > 0``: train with variational dropout,
+        iteration ``t`` drawing its masks from
+        ``revtrain.trainer.step_dropout_seed(dropout_seed, t + 1)`` (as a
+        :class:`~revtrain.Trainer` seeded ``dropout_seed`` does at step
+        ``t + 1``); the reverse pass uses the same masks at the same
+        iteration, so the hypergradient is that of this (deterministic)
+        run and ``w_0`` is still recovered exactly. None (default): training
+        runs without dropout. The validation loss never uses dropout.
+        Ignored for a model without dropout.
 
     Returns
     -------
@@ -431,9 +453,12 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     """
     opt, theta0, n_iters, val_data, batch = _check_args(model, opt, theta0, train_batch,
                                                         val_data, n_iters)
+    if dropout_seed is not None:
+        dropout_seed = nonneg_int(dropout_seed, "dropout_seed")
     P, G = theta0.shape[0], opt.n_groups
     t0, c0 = time.perf_counter(), time.process_time()
-    state, w_init, train_loss = _forward(model, opt, theta0, batch, n_iters, bptt)
+    state, w_init, train_loss = _forward(model, opt, theta0, batch, n_iters, bptt,
+                                         dropout_seed)
     t1, c1 = time.perf_counter(), time.process_time()
     buffer_bytes, info_bits = state.buffer.nbytes, state.buffer.info_bits
 
@@ -441,7 +466,7 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     val_loss, dw = _validation(model, final_theta, val_data, n_iters)
     adj = _Adjoint(dw, n_iters, G)
     for t in range(n_iters - 1, -1, -1):
-        state = _reverse_step(model, opt, state, t, batch, bptt, adj)
+        state = _reverse_step(model, opt, state, t, batch, bptt, adj, dropout_seed)
     t2, c2 = time.perf_counter(), time.process_time()
     if check_reversal:
         _check_end(state, w_init)

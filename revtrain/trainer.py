@@ -31,6 +31,16 @@ from ._checks import nonneg_int, number_in_range, positive_int, positive_number
 _HINT = "try a smaller learning rate or grad_clip"
 
 
+def step_dropout_seed(seed, step):
+    """The dropout seed of training step ``step`` (1-based) of a run seeded ``seed``.
+
+    ``SeedSequence([seed, 3, step])``'s first word, a Python int: a function of
+    the seed and the step alone (the same on every platform and after a
+    resume), different from step to step.
+    """
+    return int(np.random.SeedSequence([int(seed), 3, int(step)]).generate_state(1)[0])
+
+
 class StopTraining(Exception):
     """Raise from a callback (or return True from it) to end :meth:`Trainer.fit` early."""
 
@@ -81,7 +91,12 @@ class Trainer:
         ``"checkpoint"``, ``"reversible"``; default the model's first mode).
     seed : int
         Seeds the initial parameters (``model.init_params(seed)``), the order
-        of ``(x, y)`` examples and the generator handed to callable data.
+        of ``(x, y)`` examples, the generator handed to callable data and,
+        for a model with ``dropout > 0``, the dropout masks: step ``s``
+        (1-based, counted across fits and resumes) passes
+        ``dropout_seed=step_dropout_seed(seed, s)`` to ``loss_and_grad``, so
+        every step draws fresh masks and a resumed run draws the same ones.
+        Validation, :meth:`evaluate` and :meth:`generate` run without dropout.
         Same seed, same data, same bits.
     theta : ndarray, optional
         Initial parameters instead of ``model.init_params(seed)``.
@@ -384,10 +399,14 @@ class Trainer:
         return src, val, self._is_char_loss(is_char)
 
     def _loss_and_grad(self, x, y, carry, step):
+        # dropout_seed only for a model with dropout: other models (user-defined ones
+        # included) need not take the argument
+        kw = ({"dropout_seed": step_dropout_seed(self.seed, step)}
+              if getattr(self.model, "dropout", 0) else {})
         try:
             loss, grad, stats = self.model.loss_and_grad(
                 self.theta, x, y, bptt=self.bptt, checkpoint_every=self.checkpoint_every,
-                return_stats=True, initial_state=carry)
+                return_stats=True, initial_state=carry, **kw)
         except FloatingPointError as e:
             raise DivergenceError(f"training diverged at step {step}: "
                                   f"{getattr(e, 'reason', e)}",

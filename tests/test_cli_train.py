@@ -235,3 +235,77 @@ def test_evaluate_a_model_saved_from_python_needs_data(tmp_path, capsys):
     tr.save(tmp_path / "py.npz")
     code, _, err = run(["evaluate", "--model-file", str(tmp_path / "py.npz")], capsys)
     assert code == 2 and "does not say what text it was trained on" in err and "None" not in err
+
+
+DEEP = ["--model", "revlstm", "--hidden", "8", "--layers", "2", "--embed", "4", "--dropout",
+        "0.2", "--seq-len", "10", "--batch-size", "2"]
+
+
+def test_layers_embed_dropout_are_saved_resumed_and_rebuilt(tmp_path, text_file, capsys):
+    ref, out = tmp_path / "ref.npz", tmp_path / "m.npz"
+    code, o, err = run(["train", *DEEP, "--data", str(text_file), "--steps", "5", "--out",
+                        str(ref), "--quiet"], capsys)
+    assert code == 0, err
+    assert "summary (RevLSTM, hidden 8, 2 layers, embed 4, dropout 0.2, reversible" in o
+    tr = Trainer.load(ref)
+    assert (tr.model.n_layers, tr.model.embed_dim, tr.model.dropout) == (2, 4, 0.2)
+    cli_opts = tr.metadata["cli"]
+    assert (cli_opts["layers"], cli_opts["embed"], cli_opts["dropout"]) == (2, 4, 0.2)
+    code, o, err = run(["train", *DEEP, "--data", str(text_file), "--steps", "2", "--out",
+                        str(out), "--print-every", "5"], capsys)
+    assert code == 0, err
+    assert "RevLSTM(hidden=8, 2 layers, embed 4, dropout 0.2) with reversible BPTT" in o
+    for extra, needle in ((["--layers", "1"], "--layers 1 contradicts the run"),
+                          (["--embed", "5"], "--embed 5 contradicts the run"),
+                          (["--dropout", "0"], "--dropout 0.0 contradicts the run")):
+        code, _, err = run(["train", "--resume", str(out), "--steps", "5", *extra], capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+    code, _, err = run(["train", "--resume", str(out), "--steps", "5", "--layers", "2",
+                        "--quiet"], capsys)
+    assert code == 0, err
+    same_file_bits(out, ref)                         # 2 + 3 resumed steps == 5 steps
+    code, o, err = run(["evaluate", "--model-file", str(out)], capsys)
+    assert code == 0 and "bits/char" in o and "RevLSTM after 5 steps" in o, err
+    assert float(o.split()[0]) == pytest.approx(Trainer.load(out).evaluate(
+        rt.char_corpus(text_file).val, batch_size=2, seq_len=10)["bpc"], abs=1e-4)
+    code, o, err = run(["sample", "--model-file", str(out), "--length", "20", "--prime", "a "],
+                       capsys)
+    assert code == 0 and o.startswith("a ") and len(o) >= 22, err
+
+
+def test_a_file_from_before_the_stack_options_resumes(tmp_path, text_file, capsys):
+    out = tmp_path / "old.npz"
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "2", "--out",
+                        str(out), "--quiet"], capsys)
+    assert code == 0, err
+    tr = Trainer.load(out)
+    for k in ("layers", "embed", "dropout"):
+        del tr.metadata["cli"][k]
+    tr.save(out)
+    code, _, err = run(["train", "--resume", str(out), "--steps", "3", "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "--resume", str(out), "--steps", "4", "--layers", "2"], capsys)
+    assert code == 2 and "--layers 2 contradicts the run" in err and "(--layers 1)" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--layers", "0"], "argument --layers: must be a positive int, got '0'"),
+    (["--embed", "0"], "argument --embed: must be a positive int, got '0'"),
+    (["--dropout", "1"], "argument --dropout: must be a number in [0, 1), got '1'"),
+    (["--dropout", "-0.1"], "argument --dropout: must be a number in [0, 1), got '-0.1'"),
+    (["--dropout", "nan"], "argument --dropout: must be a number in [0, 1), got 'nan'"),
+    (["--model", "revgru", "--hidden", "7", "--layers", "2"], "--hidden 7: n_hidden must be even"),
+])
+def test_stack_options_are_checked(argv, needle, text_file, capsys):
+    code, out, err = run(["train", "--data", str(text_file), "--steps", "1", "--out", "",
+                          *argv], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1 and "step" not in out
+
+
+def test_a_model_that_does_not_stack_refuses_the_stack_options(monkeypatch):
+    from revtrain.commands import _common
+    monkeypatch.setitem(_common.MODELS, "mdrnn", "MDRNN")
+    with pytest.raises(_common.UsageError, match=r"^--layers 2 --dropout 0.1: MDRNN does not "
+                       "stack layers"):
+        _common.make_model("mdrnn", 5, 4, layers=2, dropout=0.1)
+    assert _common.make_model("mdrnn", 5, 4).n_layers == 1

@@ -242,3 +242,17 @@ def test_save_rejects_bad_input_and_writes_nothing(tmp_path, lr, momentum, info,
     with pytest.raises(ValueError, match=match):
         save_lr_schedule(p, lr, momentum, **info)
     assert os.listdir(tmp_path) == []
+
+
+def test_two_layer_hypertune_with_embedding_and_dropout(tmp_path, text_file, capsys):
+    sched = tmp_path / "lr.txt"
+    code, out, err = run(TINY + ["--model", "revlstm", "--hidden", "4", "--layers", "2",
+                                 "--embed", "3", "--dropout", "0.2", "--meta-iters", "1",
+                                 "--data", str(text_file), "--out", str(sched)], capsys)
+    assert code == 0, err
+    assert "RevLSTM(hidden=4, 2 layers, embed 3, dropout 0.2)" in out
+    assert "meta-iteration   1: validation loss" in out
+    lr, meta = load_lr_schedule(sched)
+    assert lr.shape == (3,) and (meta["layers"], meta["embed"], meta["dropout"]) == (2, 3, 0.2)
+    code, _, err = run(TINY + ["--layers", "0"], capsys)
+    assert code == 2 and "--layers: must be a positive int" in err

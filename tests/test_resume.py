@@ -19,7 +19,7 @@ import revtrain as rt
 from revtrain.data import CharVocab, TextCorpus, text_windows
 from revtrain.errors import check_reversal
 from revtrain.model_file import BufferSnapshot
-from revtrain.trainer import Trainer
+from revtrain.trainer import Trainer, step_dropout_seed
 
 TEXT = ("the quick brown fox jumps over the lazy dog; " * 12
         + "pack my box with five dozen liquor jugs. " * 12)
@@ -41,6 +41,10 @@ CASES = {   # model, optimiser, bptt, carry_state
                                        "reversible", True),
     "revgru-adam-reset": lambda: (rt.RevGRU(V, 8, V), rt.Adam(0.02), "reversible", False),
     "lstm-exactsgd-reset": lambda: (rt.LSTM(V, 6, V), rt.ExactSGD(3.0, 0.9), "standard", False),
+    # a stack: 2 layers over an embedding, variational dropout with fresh masks every step
+    "revlstm2-embed-dropout-adam-carry": lambda: (
+        rt.RevLSTM(V, 8, V, n_layers=2, embed_dim=5, dropout=0.25), rt.Adam(0.02),
+        "reversible", True),
 }
 
 
@@ -343,3 +347,43 @@ def test_a_model_overflow_keeps_its_reason_and_takes_the_trainer_hint():
                               "pass overflowed")
     assert "init scale" not in e.value.reason and e.value.hint == "try a smaller learning rate "\
         "or grad_clip"
+
+
+def spy(model):
+    """Record the keyword arguments of ``model``'s ``loss_and_grad`` calls (a list)."""
+    calls, real = [], model.loss_and_grad
+
+    def loss_and_grad(theta, x, y, **kw):
+        calls.append(kw)
+        return real(theta, x, y, **kw)
+    model.loss_and_grad = loss_and_grad
+    return calls
+
+
+def test_dropout_masks_are_fresh_every_step_and_follow_the_seed(tmp_path):
+    tr = Trainer(rt.RevLSTM(V, 8, V, n_layers=2, embed_dim=5, dropout=0.25), rt.Adam(0.02),
+                 bptt="reversible", seed=3)
+    calls = spy(tr.model)
+    tr.fit(corpus(), steps=2, **FIT)
+    tr.save(tmp_path / "d.npz")
+    back = Trainer.load(tmp_path / "d.npz")            # the rebuilt stack keeps its options
+    assert (back.model.n_layers, back.model.embed_dim, back.model.dropout) == (2, 5, 0.25)
+    more = spy(back.model)
+    back.fit(corpus(), steps=2, **FIT)
+    seeds = [kw["dropout_seed"] for kw in calls + more]
+    assert seeds == [step_dropout_seed(3, s) for s in (1, 2, 3, 4)]   # steps 3, 4: resumed
+    assert all(type(s) is int for s in seeds) and len(set(seeds)) == 4
+    masks = [back.model.dropout_masks(s, 3) for s in seeds[:2]]
+    assert not np.array_equal(masks[0].top, masks[1].top)            # different masks
+    assert step_dropout_seed(4, 1) not in seeds                      # another run seed: others
+    # dropout changes training; validation runs without it (the model's plain loss)
+    plain = Trainer(rt.RevLSTM(V, 8, V, n_layers=2, embed_dim=5), rt.Adam(0.02),
+                    bptt="reversible", seed=3)
+    plain.fit(corpus(), steps=4, **FIT)
+    assert plain.theta.tobytes() != back.theta.tobytes()
+    assert back.history.val_loss[-1] == back.evaluate(corpus(), batch_size=3, seq_len=12)["loss"]
+    # a model without dropout is not given a dropout_seed (user models need not take it)
+    rnn = Trainer(rt.RNN(V, 4, V), rt.Adam(0.02), seed=3)
+    calls = spy(rnn.model)
+    rnn.fit(corpus(), steps=2, **FIT)
+    assert len(calls) == 2 and all("dropout_seed" not in kw for kw in calls)

@@ -25,7 +25,7 @@ SGD_LR_FACTOR = 300.0
 
 TRAIN_DEFAULTS = dict(model="revlstm", hidden=128, seq_len=64, batch_size=32, steps=300,
                       lr=None, seed=0, out="revtrain_model.npz", val_chars=20000,
-                      grad_clip=1.0)
+                      grad_clip=1.0, layers=1, embed=None, dropout=0.0)
 
 
 class UsageError(Exception):
@@ -60,6 +60,27 @@ nonneg_int = arg_type(int, lambda v: v >= 0, "an int >= 0")
 pos_float = arg_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 nonneg_float = arg_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 fraction = arg_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+rate = arg_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+
+
+def add_stack_options(parser, dropout=True):
+    """``--layers``, ``--embed`` (and ``--dropout``) of a command that builds a model.
+
+    Their defaults are None (not given); :data:`TRAIN_DEFAULTS` holds the values used.
+    """
+    d = TRAIN_DEFAULTS
+    parser.add_argument("--layers", type=pos_int, default=None,
+                        help=f"stacked layers of the cell; layer l > 0 reads layer l-1's "
+                        f"hidden state (default: {d['layers']})")
+    parser.add_argument("--embed", type=pos_int, default=None, metavar="E",
+                        help="learn an E-wide character embedding that layer 0 reads "
+                        "(default: none, one-hot characters)")
+    if dropout:
+        parser.add_argument("--dropout", type=rate, default=None, metavar="P",
+                            help="variational dropout rate in [0, 1) on the embedding, "
+                            "between layers and on the top layer's output (one mask per "
+                            "window, fresh every step; not on the recurrent state, not in "
+                            f"validation or sampling) (default: {d['dropout']})")
 
 
 # ---------------------------------------------------------------- helpers
@@ -69,6 +90,50 @@ def model_class(name, what="model"):
     if cls is None:
         raise Unavailable(f"{what} {name} is not available in this revtrain install yet")
     return cls
+
+
+def make_model(name, vocab_size, hidden, layers=1, embed=None, dropout=0.0):
+    """The character model ``--model name`` (vocabulary in and out) with the stack options.
+
+    A model class that does not stack (``stackable`` False) given ``--layers``
+    > 1, ``--embed`` or ``--dropout`` > 0, or sizes the class refuses, is a
+    :class:`UsageError` naming the option. Stack arguments are passed only when
+    they differ from the defaults.
+    """
+    cls = model_class(MODELS[name])
+    kw = {}
+    if layers != 1:
+        kw["n_layers"] = layers
+    if embed is not None:
+        kw["embed_dim"] = embed
+    if dropout:
+        kw["dropout"] = dropout
+    if kw and not getattr(cls, "stackable", True):
+        flags = {"n_layers": "--layers", "embed_dim": "--embed", "dropout": "--dropout"}
+        given = " ".join(f"{flags[k]} {v}" for k, v in kw.items())
+        raise UsageError(f"{given}: {cls.__name__} does not stack layers (it takes one layer, "
+                         "no embedding and no dropout)")
+    try:
+        return cls(vocab_size, hidden, vocab_size, **kw)
+    except ValueError as e:
+        msg = str(e)
+        for opt, arg, val in (("--hidden", "n_hidden", hidden), ("--layers", "n_layers", layers),
+                              ("--embed", "embed_dim", embed), ("--dropout", "dropout", dropout)):
+            if msg.startswith(arg) or f" {arg} " in msg:
+                raise UsageError(f"{opt} {val}: {msg}") from None
+        raise UsageError(f"--model {name}: {msg}") from None
+
+
+def stack_text(layers=1, embed=None, dropout=0.0, sep=", "):
+    """``, 2 layers, embed 64, dropout 0.2`` for the stack options that are not the default."""
+    parts = []
+    if layers != 1:
+        parts.append(f"{layers} layers")
+    if embed is not None:
+        parts.append(f"embed {embed}")
+    if dropout:
+        parts.append(f"dropout {dropout:g}")
+    return "".join(sep + p for p in parts)
 
 
 def make_optimizer(name, lr):

@@ -12,8 +12,9 @@ import math
 import re
 import sys
 
-from ._common import (MODELS, UsageError, Unavailable, pos_int, nonneg_int, pos_float,
-                      fraction, model_class, say, check_out_path)
+from ._common import (MODELS, TRAIN_DEFAULTS, UsageError, Unavailable, pos_int, nonneg_int,
+                      pos_float, fraction, model_class, say, check_out_path, add_stack_options,
+                      make_model, stack_text)
 
 #: Advice inside library messages, in the library's terms (``lr``, ``frac_bits``, init
 #: scale): a trailing "; use ..." / ". Try ..." clause or a "(try ...)" aside.
@@ -63,12 +64,15 @@ def _problem(a):
 
     Tv = min(4 * T, Sv.shape[0] - 1)                   # validation: 4 windows' worth
     val = (Sv[:Tv], Sv[1:Tv + 1])
-    V = corpus.vocab.size
-    try:
-        model = model_class(MODELS[a.model])(V, a.hidden, V)
-    except ValueError as e:
-        raise UsageError(f"--hidden {a.hidden}: {e}") from None
+    model = make_model(a.model, corpus.vocab.size, a.hidden, *_stack(a))
     return model, model.init_params(seed=a.seed), train_batch, val
+
+
+def _stack(a):
+    """``(layers, embed, dropout)`` of the command line, defaults filled in."""
+    d = TRAIN_DEFAULTS
+    return (d["layers"] if a.layers is None else a.layers, a.embed,
+            d["dropout"] if a.dropout is None else a.dropout)
 
 
 def _hypergradient():
@@ -92,8 +96,9 @@ def _evaluate(a, model, theta0, train_batch, val, lr):
         raise _Diverged("the meta step took some learning rates out of the float range")
     ExactSGD = model_class("ExactSGD", "optimizer")
     try:
+        kw = {"dropout_seed": a.seed} if getattr(model, "dropout", 0) else {}
         hg = _hypergradient()(model, ExactSGD(lr, a.momentum), theta0, train_batch, val,
-                              lr.shape[0])
+                              lr.shape[0], **kw)
     except (DivergenceError, FixedPointError) as e:
         raise _Diverged(_reason(e)) from None
     d_lr = np.asarray(hg.lr, dtype=float).reshape(lr.shape[0], -1).sum(axis=1)
@@ -157,7 +162,7 @@ def run(a):
     model, theta0, train_batch, val = _problem(a)
     _hypergradient()
     say(False, f"learning a {a.iters}-iteration learning-rate schedule for "
-         f"{type(model).__name__}(hidden={a.hidden}) by hypergradient ({a.meta_iters} "
+         f"{type(model).__name__}(hidden={a.hidden}{stack_text(*_stack(a))}) by hypergradient ({a.meta_iters} "
          f"meta-iterations, momentum {a.momentum})")
     try:
         best_loss, lr, best_k, first, stopped = _search(a, model, theta0, train_batch, val)
@@ -171,8 +176,9 @@ def run(a):
           f"{lr[-10:].mean():.4g}")
     if a.out:
         from ..schedule import save_lr_schedule
-        save_lr_schedule(a.out, lr, a.momentum, model=a.model, hidden=a.hidden,
-                         seq_len=a.seq_len, batch_size=a.batch_size, seed=a.seed,
+        layers, embed, dropout = _stack(a)
+        save_lr_schedule(a.out, lr, a.momentum, model=a.model, hidden=a.hidden, layers=layers,
+                         embed=embed, dropout=dropout, seq_len=a.seq_len, batch_size=a.batch_size, seed=a.seed,
                          data=a.data, start_lr=a.lr, meta_lr=a.meta_lr,
                          meta_iteration=best_k, val_loss=best_loss,
                          val_loss_constant_lr=first, stopped_early=stopped is not None)
@@ -192,6 +198,7 @@ def add_parser(sub):
     h.add_argument("--model", choices=list(MODELS), default="rnn",
                    help="(default: %(default)s)")
     h.add_argument("--hidden", type=pos_int, default=16, help="(default: %(default)s)")
+    add_stack_options(h)
     h.add_argument("--seq-len", type=pos_int, default=20, help="(default: %(default)s)")
     h.add_argument("--batch-size", type=pos_int, default=16, help="(default: %(default)s)")
     h.add_argument("--iters", type=pos_int, default=100,

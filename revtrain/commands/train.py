@@ -9,7 +9,8 @@ import time
 
 from ._common import (MODELS, BPTT_MODES, DEFAULT_LR, DEFAULT_STATE, SGD_LR_FACTOR,
                       TRAIN_DEFAULTS, UsageError, pos_int, nonneg_int, pos_float, model_class,
-                      make_optimizer, fmt_bytes, say, check_out_path, show, load_trainer)
+                      make_optimizer, fmt_bytes, say, check_out_path, show, load_trainer,
+                      add_stack_options, make_model, stack_text)
 
 #: Exit code of a run stopped because training diverged.
 EXIT_DIVERGED = 3
@@ -17,7 +18,10 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 #: Options a resumed run takes from the model file (given again, they must agree with it).
 SAVED_OPTIONS = ("model", "hidden", "seq_len", "batch_size", "bptt", "lr", "optimizer",
-                 "grad_clip", "state", "seed", "data", "val_chars", "lr_schedule")
+                 "grad_clip", "state", "seed", "data", "val_chars", "lr_schedule",
+                 "layers", "embed", "dropout")
+#: Options added after files were first written: a file without them ran with these values.
+LATER_OPTIONS = {"layers": 1, "embed": None, "dropout": 0.0}
 
 
 def _flag(name):
@@ -28,7 +32,8 @@ def _flag(name):
 def _resolve(a):
     """The options of a new run: what was given, defaults for the rest (a dict)."""
     o = {k: getattr(a, k) for k in SAVED_OPTIONS}
-    for k in ("model", "hidden", "seq_len", "batch_size", "grad_clip", "seed", "val_chars"):
+    for k in ("model", "hidden", "seq_len", "batch_size", "grad_clip", "seed", "val_chars",
+              "layers", "dropout"):
         if o[k] is None:
             o[k] = TRAIN_DEFAULTS[k]
     if o["data"] is not None:
@@ -63,6 +68,8 @@ def _resumed(a):
     """``(options, trainer)`` of ``--resume``: the file's options; a contradiction is a usage error."""
     tr = load_trainer(a.resume, "--resume")
     o = tr.metadata.get("cli")
+    if isinstance(o, dict):
+        o = {**LATER_OPTIONS, **o}
     if not isinstance(o, dict) or not set(SAVED_OPTIONS) <= set(o):
         raise UsageError(f"--resume: {a.resume!r} was not written by 'revtrain train' (it "
                          "does not hold the run's options)")
@@ -121,11 +128,8 @@ def _optimizer(o):
 
 def _new_trainer(o, corpus):
     from ..trainer import Trainer
-    V = corpus.vocab.size
-    try:
-        model = model_class(MODELS[o["model"]])(V, o["hidden"], V)
-    except ValueError as e:
-        raise UsageError(f"--hidden {o['hidden']}: {e}") from None
+    model = make_model(o["model"], corpus.vocab.size, o["hidden"], o["layers"], o["embed"],
+                       o["dropout"])
     return Trainer(model, _optimizer(o), bptt=o["bptt"], seed=o["seed"], metadata={"cli": o})
 
 
@@ -184,7 +188,8 @@ def _describe(o, trainer, corpus, resumed):
     opt = (f"{o['optimizer']} lr {o['lr']}" if o["lr_schedule"] is None
            else f"sgd lr schedule {o['lr_schedule']}")
     verb = f"resuming at step {trainer.steps_done + 1} of" if resumed else "training"
-    return (f"{verb} {cls_name}(hidden={o['hidden']}) with {o['bptt']} BPTT on {src}: "
+    stack = stack_text(o["layers"], o["embed"], o["dropout"])
+    return (f"{verb} {cls_name}(hidden={o['hidden']}{stack}) with {o['bptt']} BPTT on {src}: "
             f"{len(corpus.train)} train / {len(corpus.val)} validation chars, vocabulary "
             f"{corpus.vocab.size}; {o['steps']} steps of {x.shape[0]} x {o['batch_size']}, "
             f"{opt}, state "
@@ -271,8 +276,9 @@ def _summary(o, trainer, hist, ev, corpus, total, out, resumed):
         except (ValueError, NotImplementedError):
             std = None
     last = hist.loss[-10:]
-    print(f"\nsummary ({cls_name}, hidden {o['hidden']}, {bptt} BPTT, {len(hist.loss)} steps, "
-          f"seed {o['seed']})")
+    stack = stack_text(o["layers"], o["embed"], o["dropout"])
+    print(f"\nsummary ({cls_name}, hidden {o['hidden']}{stack}, {bptt} BPTT, "
+          f"{len(hist.loss)} steps, seed {o['seed']})")
     print(f"  train loss        {hist.loss[-1]:.4f} nats/char (mean of last {len(last)} steps: "
           f"{sum(last) / len(last):.4f})")
     print(f"  validation        {ev['bpc']:.4f} bits/char "
@@ -303,6 +309,7 @@ def add_parser(sub):
                    help=f"model family (default: {d['model']})")
     t.add_argument("--hidden", type=pos_int, default=None,
                    help=f"hidden units (default: {d['hidden']})")
+    add_stack_options(t)
     t.add_argument("--seq-len", type=pos_int, default=None,
                    help=f"truncated-BPTT window length (default: {d['seq_len']})")
     t.add_argument("--batch-size", type=pos_int, default=None,
