@@ -400,7 +400,11 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     ----------
     model : RecurrentModel
         Anything with ``layout``, ``loss_and_grad(theta, x, y, bptt=)`` and
-        ``hvp(theta, x, y, v)``; ``n_out`` and ``loss_kind`` are used if present.
+        ``hvp(theta, x, y, v)`` (both also taking ``dropout_seed=`` when the
+        model has ``dropout > 0`` and ``dropout_seed`` is given); ``n_out``
+        and ``loss_kind`` are used if present. A stack (``n_layers > 1``,
+        ``embed_dim``) has the groups ``embed``, ``layer0``, ``layer1``, ...,
+        ``output``.
     opt : ExactSGD
         Per-group hyperparameters use the model's groups (``model.layout``)
         unless the optimiser was given its own.

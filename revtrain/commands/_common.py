@@ -63,24 +63,24 @@ fraction = arg_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 rate = arg_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
-def add_stack_options(parser, dropout=True):
-    """``--layers``, ``--embed`` (and ``--dropout``) of a command that builds a model.
+def add_stack_options(parser, masks="one mask per window, fresh every step"):
+    """``--layers``, ``--embed`` and ``--dropout`` of a command that builds a model.
 
-    Their defaults are None (not given); :data:`TRAIN_DEFAULTS` holds the values used.
+    Their defaults are None (not given); :data:`TRAIN_DEFAULTS` holds the values
+    used. ``masks`` says in ``--dropout``'s help how the masks are drawn.
     """
     d = TRAIN_DEFAULTS
-    parser.add_argument("--layers", type=pos_int, default=None,
+    parser.add_argument("--layers", type=pos_int, default=None, metavar="L",
                         help=f"stacked layers of the cell; layer l > 0 reads layer l-1's "
                         f"hidden state (default: {d['layers']})")
     parser.add_argument("--embed", type=pos_int, default=None, metavar="E",
                         help="learn an E-wide character embedding that layer 0 reads "
                         "(default: none, one-hot characters)")
-    if dropout:
-        parser.add_argument("--dropout", type=rate, default=None, metavar="P",
-                            help="variational dropout rate in [0, 1) on the embedding, "
-                            "between layers and on the top layer's output (one mask per "
-                            "window, fresh every step; not on the recurrent state, not in "
-                            f"validation or sampling) (default: {d['dropout']})")
+    parser.add_argument("--dropout", type=rate, default=None, metavar="P",
+                        help="variational dropout rate in [0, 1) on the embedding, between "
+                        f"layers and on the top layer's output ({masks}; not on the "
+                        "recurrent state, not in validation or sampling) "
+                        f"(default: {d['dropout']})")
 
 
 # ---------------------------------------------------------------- helpers

@@ -198,7 +198,8 @@ def add_parser(sub):
     h.add_argument("--model", choices=list(MODELS), default="rnn",
                    help="(default: %(default)s)")
     h.add_argument("--hidden", type=pos_int, default=16, help="(default: %(default)s)")
-    add_stack_options(h)
+    add_stack_options(h, masks="one mask per window, fresh every iteration, drawn from "
+                      "--seed, the same in the reverse pass")
     h.add_argument("--seq-len", type=pos_int, default=20, help="(default: %(default)s)")
     h.add_argument("--batch-size", type=pos_int, default=16, help="(default: %(default)s)")
     h.add_argument("--iters", type=pos_int, default=100,
