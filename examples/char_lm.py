@@ -4,7 +4,7 @@ All models train for the same number of steps, with the same optimiser,
 windows and seed, on the built-in corpus (the text of the standard library's
 ``pydoc_data.topics``), then are evaluated on the whole validation split.
 Prints validation bits per character, the ratio RevLSTM / LSTM (target:
-RevLSTM within 3% of LSTM), the time, and the memory each held for BPTT per
+RevLSTM within 3% of LSTM; 2% for stacks), the time, and the memory each held for BPTT per
 window.
 
 With ``--layers L`` (L > 1) the models are L-layer stacks, and a 1-layer
@@ -119,8 +119,10 @@ def main(argv=None):
     lstm, rev = res[0], res[1]
     ratio = rev["val_bpc"] / lstm["val_bpc"]
     L = f"{a.layers}-layer " if a.layers > 1 else ""
+    tol = 0.02 if a.layers > 1 else 0.03
     print(f"\n{L}RevLSTM / {L}LSTM validation bits per char: {ratio:.4f} "
-          f"({(ratio - 1) * 100:+.2f}%; target within 3%: {'met' if ratio <= 1.03 else 'NOT met'})")
+          f"({(ratio - 1) * 100:+.2f}%; target within {tol:.0%}: "
+          f"{'met' if ratio <= 1 + tol else 'NOT met'})")
     if a.layers > 1:
         one = res[2]
         d = rev["val_bpc"] / one["val_bpc"]
