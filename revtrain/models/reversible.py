@@ -336,24 +336,29 @@ class ReversibleModel(RecurrentModel):
         """Name the corrupted layer after undoing step ``t`` of layer ``l`` failed.
 
         Layer ``l`` reads the layers below it, so they are undone on their own
-        from step ``t`` (which they have not undone yet) to the start and
-        checked; the lowest that fails is the corrupted one, else ``l``.
+        from step ``t`` (which they have not undone yet) to the start, and
+        checked at the end. A layer that fails stops being undone, together
+        with the layers above it (they read it); the lowest layer that fails
+        is the corrupted one, else ``l``.
         """
         cache = self._cache(B, np.float64)
+        failed = {l: err}
+        active = l                      # layers 0 .. active-1 are still being undone
         for tt in range(t, -1, -1):
-            for j in range(l - 1, -1, -1):
+            for j in range(active - 1, -1, -1):
                 try:
                     self._unstep_layer(prl, pr, x, tokens, tt, j, q, bufs, P, masks, ebuf, cache)
                 except ReversalError as e:
-                    return e
-        for j in range(l):
+                    failed[j] = e
+                    active = j
+        for j in range(active):
             same = all(np.array_equal(q[j][nm], q0[j][nm]) for nm in q0[j])
             try:
                 check_reversal(f"{self._layer_tag(j)}: reversible BPTT", same, bufs[j])
             except ReversalError as e:
-                return ReversalError(f"{e} (found when undoing step {t} of layer {l}, which "
-                                     f"reads layer {j})")
-        return err
+                failed[j] = ReversalError(f"{e} (found when undoing step {t} of layer {l}, "
+                                          f"which reads layer {j})")
+        return failed[min(failed)]
 
     # ----------------------------------------------------------------- runs
     def _fixed_point_params(self, theta, mode):
