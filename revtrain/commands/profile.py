@@ -1,28 +1,21 @@
 """``revtrain profile``: memory and time of standard, checkpointed and reversible BPTT."""
 import sys
 
-from ._common import UsageError, Unavailable, check_out_dir, pos_int, pos_float
+from ._common import UsageError, check_out_dir, pos_int, pos_float
 
 
 def run(a):
     check_out_dir(a.out, "--out")
-    import inspect
-    try:
-        from ..profile import run_profile
-    except ImportError:
-        raise Unavailable("profiling (revtrain.profile.run_profile) is not available in "
-                          "this revtrain install yet") from None
-    from ..profile import unknown_names, CONFIGS
+    from ..profile import run_profile, unknown_names, CONFIGS
     bad = unknown_names(a.models)
     if bad:
         raise UsageError(f"--models: unknown {' '.join(bad)} (choose from "
                          f"{' '.join(dict.fromkeys(c for _, c, _ in CONFIGS))}, or labels "
                          f"such as '{CONFIGS[0][0]}')")
-    kw = dict(lengths=tuple(a.lengths), batch=a.batch_size, hidden=a.hidden, vocab=a.vocab,
-              names=a.models, out_dir=a.out, rss=a.rss, isolate=a.isolate,
-              max_seconds=a.max_seconds, progress=not a.quiet and sys.stdout.isatty())
-    params = inspect.signature(run_profile).parameters
-    run_profile(**{k: v for k, v in kw.items() if k in params})
+    run_profile(lengths=tuple(a.lengths), batch=a.batch_size, hidden=a.hidden, vocab=a.vocab,
+                names=a.models, out_dir=a.out, rss=a.rss, isolate=a.isolate,
+                max_seconds=a.max_seconds, progress=not a.quiet and sys.stdout.isatty(),
+                layers=tuple(dict.fromkeys(a.layers)))
     return 0
 
 
@@ -34,6 +27,9 @@ def add_parser(sub):
                        "print a table and write markdown and PNG plots.")
     f.add_argument("--lengths", type=pos_int, nargs="+", default=[100, 300, 1000],
                    metavar="T", help="sequence lengths (default: 100 300 1000)")
+    f.add_argument("--layers", type=pos_int, nargs="+", default=[1], metavar="L",
+                   help="stack depths to measure (models that do not stack are measured at "
+                        "1 only; default: 1)")
     f.add_argument("--batch-size", type=pos_int, default=32, help="(default: %(default)s)")
     f.add_argument("--hidden", type=pos_int, default=256, help="(default: %(default)s)")
     f.add_argument("--vocab", type=pos_int, default=64, help="(default: %(default)s)")
