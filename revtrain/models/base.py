@@ -28,7 +28,7 @@ from ..batch import check_batch, check_x
 from ..params import ParamLayout
 from .._threads import blas_threads
 from .._kernels.head import softmax_probs, linear_out
-from .._checks import positive_int, nonneg_int, number_in_range, is_int
+from .._checks import positive_int, nonneg_int, number_in_range
 from ..params import ParamSpec
 from ..errors import DivergenceError
 
