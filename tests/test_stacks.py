@@ -32,7 +32,8 @@ import pytest
 
 import revtrain as rt
 from revtrain import RNN, LSTM, GRU, MomentumRNN, RevGRU, RevLSTM, MDRNN, RevMDRNN
-from revtrain.models.base import DropoutMasks, InputGrads
+from revtrain.models.base import InputGrads
+from revtrain.models.dropout import DropoutMasks
 from revtrain.models.reversible import ReversibleModel
 from test_reversible import ref_step
 from test_reversal_faults import _flip_word, _flip_state, _flip_q

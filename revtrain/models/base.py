@@ -12,7 +12,7 @@ Subclasses provide the parameter layout and two hooks:
 ``_run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)``
     one forward (and backward) pass; ``theta`` is float64 or complex128 (the
     complex-step Hessian-vector product runs the same kernels on
-    ``theta + i*eps*v``); ``masks`` a :class:`DropoutMasks` or None.
+    ``theta + i*eps*v``); ``masks`` a :class:`~revtrain.models.dropout.DropoutMasks` or None.
     Returns ``(loss, grad, info)`` with ``grad`` of ``theta``'s dtype (None
     unless ``want_grad``) and ``info`` a dict with at least ``stored_bytes``
     and ``final_state`` (and, with ``want_inputs``, ``dx`` and ``dstate0``).
@@ -30,6 +30,7 @@ from .._threads import blas_threads
 from .._kernels.head import softmax_probs, linear_out
 from .._checks import positive_int, nonneg_int, number_in_range
 from ..params import ParamSpec
+from .dropout import draw_masks
 from ..errors import DivergenceError
 
 #: Step of the complex-step Hessian-vector product.
@@ -78,27 +79,6 @@ class InputGrads(NamedTuple):
     """
     x: Optional[np.ndarray]
     initial_state: np.ndarray
-
-
-class DropoutMasks(NamedTuple):
-    """Variational dropout masks of one window: one per place, the same at every step.
-
-    Each is float64 ``(B, width)`` holding 0 (dropped) or ``1 / (1 - p)``
-    (kept), so the expected input is unchanged.
-
-    Attributes
-    ----------
-    embed : ndarray (B, embed_dim) or None
-        On the embedding output (None without an embedding).
-    between : tuple of ndarray (B, H)
-        ``between[l]`` on layer ``l``'s output where layer ``l+1`` reads it
-        (``n_layers - 1`` masks).
-    top : ndarray (B, H)
-        On the top layer's output, before the output layer.
-    """
-    embed: Optional[np.ndarray]
-    between: tuple
-    top: np.ndarray
 
 
 def no_input_grad(model, want_inputs):
@@ -242,7 +222,7 @@ class RecurrentModel:
 
     # ---------------------------------------------------------------- dropout
     def dropout_masks(self, dropout_seed, B):
-        """The :class:`DropoutMasks` of one window of ``B`` rows, or None.
+        """The :class:`~revtrain.models.dropout.DropoutMasks` of one window of ``B`` rows, or None.
 
         None when ``dropout`` is 0 or ``dropout_seed`` is None. Otherwise the
         masks are drawn from ``numpy.random.default_rng(dropout_seed)`` in the
@@ -252,15 +232,8 @@ class RecurrentModel:
             dropout_seed = nonneg_int(dropout_seed, "dropout_seed")
         if dropout_seed is None or not self.dropout:
             return None
-        rng = np.random.default_rng(dropout_seed)
-        keep = 1.0 / (1.0 - self.dropout)
-
-        def draw(width):
-            return (rng.random((B, width)) >= self.dropout) * keep
-
-        embed = None if self.embed_dim is None else draw(self.embed_dim)
-        between = tuple(draw(self.n_hidden) for _ in range(self.n_layers - 1))
-        return DropoutMasks(embed, between, draw(self.n_hidden))
+        return draw_masks(dropout_seed, B, self.dropout, self.embed_dim, self.n_hidden,
+                          self.n_layers)
 
     def init_params(self, seed=0, scale=1.0):
         """A fresh flat parameter vector (float64, shape ``(size,)``).
