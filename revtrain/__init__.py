@@ -10,7 +10,7 @@ from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_flo
 from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
 from ._threads import set_blas_threads, get_blas_threads
-from .models import RecurrentModel, BPTTStats
+from .models import RecurrentModel, BPTTStats, InputGrads, DropoutMasks
 from .models import RNN, LSTM, GRU, MDRNN                      # standard: stored / checkpointed BPTT
 from .models import MomentumRNN, RevGRU, RevLSTM, RevMDRNN     # reversible: exact reversal
 from .optim import ExactSGD, ExactSGDState, Adam, AdamState
@@ -19,7 +19,7 @@ from .data import (DataError, CharVocab, TextCorpus, builtin_text, load_text, ch
                    text_windows, adding_task, copy_task, digits_task, GridTask)
 from .history import History
 from .model_file import ModelFileError
-from .trainer import Trainer, StopTraining
+from .trainer import Trainer, StopTraining, step_dropout_seed
 
 __version__ = "0.1.0"
 
@@ -28,12 +28,12 @@ __all__ = [
     "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
     "InfoBuffer", "exact_mul", "exact_div",
     "set_blas_threads", "get_blas_threads",
-    "RecurrentModel", "BPTTStats",
+    "RecurrentModel", "BPTTStats", "InputGrads", "DropoutMasks",
     "RNN", "LSTM", "GRU", "MDRNN",
     "MomentumRNN", "RevGRU", "RevLSTM", "RevMDRNN",
     "ExactSGD", "ExactSGDState", "Adam", "AdamState",
     "hypergradient", "HyperGradient", "HyperStats",
     "DataError", "CharVocab", "TextCorpus", "builtin_text", "load_text", "char_corpus",
     "text_windows", "adding_task", "copy_task", "digits_task", "GridTask",
-    "Trainer", "History", "ModelFileError", "StopTraining",
+    "Trainer", "History", "ModelFileError", "StopTraining", "step_dropout_seed",
 ]

@@ -275,8 +275,11 @@ class ExactSGD:
             gidx = gidx.astype(np.int64)
             n_groups = int(gidx.max()) + 1
         if self._hyper_groups > 1 and n_groups != self._hyper_groups:
-            raise ValueError(f"the hyperparameters have {self._hyper_groups} groups but "
-                             f"groups defines {n_groups}")
+            names = getattr(layout, "groups", None)
+            which = (f"the model's parameters have {n_groups} groups {tuple(names)}"
+                     if names is not None else f"groups defines {n_groups}")
+            raise ValueError(f"the hyperparameters have {self._hyper_groups} groups (the last "
+                             f"axis of lr / momentum, or weight_decay's length) but {which}")
         self._n_bound = n_groups
         return np.ascontiguousarray(gidx)
 

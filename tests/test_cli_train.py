@@ -138,7 +138,7 @@ def test_lr_schedule_log_and_progress_lines(tmp_path, text_file, capsys):
                           "--lr-schedule", str(sched), "--out", str(tmp_path / "m.npz"),
                           "--log", str(log), "--print-every", "2"], capsys)
     assert code == 0, err
-    assert "sgd lr schedule" in out
+    assert "sgd lr schedule" in out and "note:" not in err    # learned for this model
     assert [ln.split()[2] for ln in out.splitlines() if ln.startswith("RNN step")] == \
         ["2", "4", "5"]
     recs = [json.loads(s) for s in log.read_text().splitlines()]
@@ -153,6 +153,17 @@ def test_lr_schedule_log_and_progress_lines(tmp_path, text_file, capsys):
     code, _, err = run(["train", *TINY, "--steps", "2", "--lr-schedule", str(sched),
                         "--optimizer", "adam"], capsys)
     assert code == 2 and "does not go with --optimizer adam" in err
+
+
+def test_lr_schedule_of_another_model_is_noted(tmp_path, text_file, capsys):
+    sched = tmp_path / "lr.txt"
+    save_lr_schedule(sched, np.full(4, 0.5), 0.9, model="rnn", hidden=16, layers=2, embed=4)
+    code, out, err = run(["train", *TINY, "--data", str(text_file), "--steps", "2",
+                          "--lr-schedule", str(sched), "--out", "", "--quiet"], capsys)
+    assert code == 0, err
+    assert ("note: --lr-schedule" in err and "hidden 16 (training: 8)" in err
+            and "layers 2 (training: 1)" in err and "embed 4 (training: None)" in err
+            and "model" not in err.split("model:")[1]), err
 
 
 def test_sample_greedy_and_reset_state(tmp_path, text_file, capsys):
@@ -265,7 +276,7 @@ def test_layers_embed_dropout_are_saved_resumed_and_rebuilt(tmp_path, text_file,
     assert code == 0, err
     same_file_bits(out, ref)                         # 2 + 3 resumed steps == 5 steps
     code, o, err = run(["evaluate", "--model-file", str(out)], capsys)
-    assert code == 0 and "bits/char" in o and "RevLSTM after 5 steps" in o, err
+    assert code == 0 and "bits/char" in o and "RevLSTM (2 layers, embed 4, dropout 0.2) after 5 steps" in o, err
     assert float(o.split()[0]) == pytest.approx(Trainer.load(out).evaluate(
         rt.char_corpus(text_file).val, batch_size=2, seq_len=10)["bpc"], abs=1e-4)
     code, o, err = run(["sample", "--model-file", str(out), "--length", "20", "--prime", "a "],

@@ -189,8 +189,13 @@ def test_schedule_errors_at_use():
         ExactSGD(np.ones((2, 3)), 0.9).init(np.zeros(5))
     with pytest.raises(ValueError, match="groups cover 4 parameters"):
         ExactSGD(0.1, 0.9, groups=np.zeros(4, dtype=int)).init(np.zeros(5))
-    with pytest.raises(ValueError, match="3 groups but groups defines 2"):
+    with pytest.raises(ValueError, match=r"3 groups \(the last axis of lr / momentum, or "
+                                         r"weight_decay's length\) but groups defines 2"):
         ExactSGD(np.ones((2, 3)), 0.9, groups=np.array([0, 1, 1]))
+    deep = rt.RevGRU(6, 4, 6, n_layers=2, embed_dim=3)
+    with pytest.raises(ValueError, match=r"but the model's parameters have 4 groups \('embed', "
+                                         r"'layer0', 'layer1', 'output'\)"):
+        ExactSGD(np.ones((2, 3)), 0.9, groups=deep)
     with pytest.raises(ValueError, match="nothing to undo"):
         opt.unstep(opt.init(np.zeros(5)), lambda th, t: np.ones(5))
 

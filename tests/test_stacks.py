@@ -742,10 +742,13 @@ def test_stack_layout_and_views(cell):
 # ------------------------------------------------------------ 6. bad args
 def test_bad_constructor_arguments():
     for cls in (RNN, LSTM, GRU, MomentumRNN, RevGRU, RevLSTM):
-        for bad in (0, -1, 1.5, True, "2", None):
-            with pytest.raises(ValueError, match=r"n_layers must be a positive int, got "
+        for bad in (0, -1, 1.5, True, "2", None, 65, 10 ** 9):
+            with pytest.raises(ValueError, match=r"n_layers must be an int in \[1, 64\], got "
                                                  + re.escape(repr(bad))):
                 cls(3, 4, 2, n_layers=bad)
+        if cls in (RNN, LSTM, GRU):             # the stack arguments are keywords only
+            with pytest.raises(TypeError):
+                cls(3, 4, 2, "softmax", 2)
         for bad in (1.0, -0.1, float("nan"), 1.5, True, "0.1", None):
             with pytest.raises(ValueError, match=r"dropout must be in \[0\.0, 1\.0\), got "
                                                  + re.escape(repr(bad))):
@@ -758,7 +761,7 @@ def test_bad_constructor_arguments():
         with pytest.raises(ValueError, match=f"{cls.__name__} does not stack layers: n_layers "
                                              f"must be 1"):
             cls(3, 4, 2, n_layers=2)
-        with pytest.raises(ValueError, match="n_layers must be a positive int"):
+        with pytest.raises(ValueError, match=r"n_layers must be an int in \[1, 64\]"):
             cls(3, 4, 2, n_layers=0)
         cls(3, 4, 2, n_layers=1)                                 # one layer is fine
 
@@ -923,3 +926,26 @@ def test_input_grads_of_one_layer_match_reference(cell):
                                 initial_state=np.zeros((B, m.state_size)))
     assert np.array_equal(ig0.initial_state, igz.initial_state)
     assert np.abs(ig0.initial_state).max() > 0
+
+
+def test_stack_state_and_input_messages_say_what_to_fix():
+    m = RevLSTM(5, 8, 5, n_layers=2)
+    with pytest.raises(ValueError, match=r"state must have shape \(B, state_size\) = \(B, 32\) "
+                                         r"\(n_layers 2 x layer_state_size 16\), got \(3, 5\)"):
+        m.layer_states(np.zeros((3, 5)))
+    theta = m.init_params()
+    x = np.zeros((4, 3), dtype=int)
+    y = np.zeros((4, 3), dtype=int)
+    with pytest.raises(ValueError, match=r"\(3, 32\), got float64 \(3, 16\); state_size = "
+                                         r"n_layers \(2\) x layer_state_size \(16\)"):
+        m.loss_and_grad(theta, x, y, initial_state=np.zeros((3, 16)))
+    big = np.zeros((3, 32))
+    big[0, 20] = 5e9                                   # column 20: layer 1
+    with pytest.raises(rt.FixedPointError, match=r"at index \(0, 20\) \(layer 1 of 2\)"):
+        m.loss_and_grad(theta, x, y, initial_state=big)
+    with pytest.raises(ValueError, match="input_grad must be True or False, got 'yes'"):
+        m.loss_and_grad(theta, x, y, input_grad="yes")
+    e = LSTM(5, 4, 5, embed_dim=3)
+    with pytest.raises(ValueError, match=r"reads int token ids \(T, B\) in \[0, n_in=5\), got "
+                                         r"dtype float64 \(cast token ids with x.astype\(int\)"):
+        e.loss_and_grad(e.init_params(), np.zeros((5, 2)), np.zeros((5, 2), dtype=int))

@@ -79,7 +79,7 @@ def add_stack_options(parser, masks="one mask per window, fresh every step"):
     parser.add_argument("--dropout", type=rate, default=None, metavar="P",
                         help="variational dropout rate in [0, 1) on the embedding, between "
                         f"layers and on the top layer's output ({masks}; not on the "
-                        "recurrent state, not in validation or sampling) "
+                        "recurrent state, never when evaluating) "
                         f"(default: {d['dropout']})")
 
 

@@ -1,5 +1,5 @@
 """``revtrain evaluate``: bits per character of a saved model on held-out text."""
-from ._common import UsageError, load_char_model, pos_int, show
+from ._common import UsageError, load_char_model, pos_int, show, stack_text
 
 
 def _text(a, tr):
@@ -43,7 +43,8 @@ def run(a):
     ev = tr.evaluate(text, batch_size=B, seq_len=T)
     state = "carried between windows" if opts.get("carry_state", True) else "reset every window"
     print(f"{ev['bpc']:.4f} bits/char (loss {ev['loss']:.4f} nats) on {what}: "
-          f"{len(text)} characters, {type(tr.model).__name__} after {tr.steps_done} steps, "
+          f"{len(text)} characters, {type(tr.model).__name__}{_stack(tr.model)} after "
+          f"{tr.steps_done} steps, "
           f"windows of {T} x {B}, state {state}")
     return 0
 
@@ -63,3 +64,10 @@ def add_parser(sub):
     e.add_argument("--seq-len", type=pos_int, default=None,
                    help="window length (default: as trained)")
     e.set_defaults(func=run)
+
+
+def _stack(model):
+    """``(2 layers, embed 16, dropout 0.1)`` for a stacked model, else ``""``."""
+    text = stack_text(getattr(model, "n_layers", 1), getattr(model, "embed_dim", None),
+                      getattr(model, "dropout", 0.0))
+    return f" ({text[2:]})" if text else ""

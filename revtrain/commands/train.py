@@ -5,6 +5,7 @@ diverged (the last good checkpoint is kept), 130 interrupted (the last
 completed step is saved).
 """
 import os
+import sys
 import time
 
 from ._common import (MODELS, BPTT_MODES, DEFAULT_LR, DEFAULT_STATE, SGD_LR_FACTOR,
@@ -123,7 +124,22 @@ def _optimizer(o):
     if len(lr) < o["steps"]:
         raise UsageError(f"--lr-schedule: the schedule has {len(lr)} rates, fewer than "
                          f"--steps {o['steps']}")
+    _note_schedule_model(info, o)
     return model_class("ExactSGD", "optimizer")(lr, info.get("momentum", 0.9))
+
+
+#: Header keys of a schedule from ``hypertune --out`` and the train options they match.
+_SCHEDULE_MODEL_KEYS = (("model", "model"), ("hidden", "hidden"), ("layers", "layers"),
+                        ("embed", "embed"), ("dropout", "dropout"))
+
+
+def _note_schedule_model(info, o):
+    """Say on stderr when the schedule was learned for another model (allowed: a proxy)."""
+    differ = [f"{key} {info[key]!r} (training: {o[opt]!r})" for key, opt in _SCHEDULE_MODEL_KEYS
+              if key in info and info[key] != o.get(opt)]
+    if differ:
+        print(f"note: --lr-schedule {o['lr_schedule']} was learned for a different model: "
+              + ", ".join(differ) + "; its rates are used as they are", file=sys.stderr)
 
 
 def _new_trainer(o, corpus):

@@ -1,5 +1,6 @@
 """Recurrent models: standard (stored or checkpointed BPTT) and reversible."""
-from .base import RecurrentModel, BPTTStats
+from .base import RecurrentModel, BPTTStats, InputGrads
+from .dropout import DropoutMasks
 from .rnn import RNN
 from .gru import GRU
 from .mdrnn import MDRNN

@@ -28,13 +28,15 @@ from ..batch import check_batch, check_x
 from ..params import ParamLayout
 from .._threads import blas_threads
 from .._kernels.head import softmax_probs, linear_out
-from .._checks import positive_int, nonneg_int, number_in_range
+from .._checks import positive_int, nonneg_int, number_in_range, int_in_range
 from ..params import ParamSpec
 from .dropout import draw_masks
 from ..errors import DivergenceError
 
 #: Step of the complex-step Hessian-vector product.
 COMPLEX_STEP = 1e-30
+#: Most layers a stack may have (a bound that catches typos such as 1000000000).
+MAX_LAYERS = 64
 
 
 class BPTTStats(NamedTuple):
@@ -132,7 +134,7 @@ class RecurrentModel:
     #: Whether the model takes ``n_layers > 1``, ``embed_dim`` and ``dropout``.
     stackable = True
 
-    def __init__(self, n_in, n_hidden, n_out, loss="softmax", n_layers=1, embed_dim=None,
+    def __init__(self, n_in, n_hidden, n_out, loss="softmax", *, n_layers=1, embed_dim=None,
                  dropout=0.0):
         self.n_in = positive_int(n_in, "n_in")
         self.n_hidden = positive_int(n_hidden, "n_hidden")
@@ -140,14 +142,13 @@ class RecurrentModel:
         if loss not in ("softmax", "mse"):
             raise ValueError(f"loss must be 'softmax' or 'mse', got {loss!r}")
         self.loss_kind = loss
-        self.n_layers = positive_int(n_layers, "n_layers")
+        self.n_layers = int_in_range(n_layers, "n_layers", 1, MAX_LAYERS)
         self.embed_dim = positive_int(embed_dim, "embed_dim", none_ok=True)
         self.dropout = float(number_in_range(dropout, "dropout", 0.0, 1.0, hi_open=True))
         if not self.stackable and (self.n_layers != 1 or self.embed_dim is not None
                                    or self.dropout):
             raise ValueError(f"{type(self).__name__} does not stack layers: n_layers must be 1, "
-                             f"embed_dim None and dropout 0 (got n_layers={n_layers!r}, "
-                             f"embed_dim={embed_dim!r}, dropout={dropout!r})")
+                             f"got {n_layers!r}")
         self.layout = ParamLayout(self._specs())
 
     def _stack_repr(self):
@@ -218,6 +219,10 @@ class RecurrentModel:
     def layer_states(self, state):
         """The per-layer blocks ``state[:, l*S:(l+1)*S]`` of a stack's state (views), a list."""
         S = self.layer_state_size
+        if np.ndim(state) != 2 or np.shape(state)[1] != self.state_size:
+            raise ValueError(f"state must have shape (B, state_size) = (B, {self.state_size}) "
+                             f"(n_layers {self.n_layers} x layer_state_size {S}), got "
+                             f"{np.shape(state)}")
         return [state[:, l * S:(l + 1) * S] for l in range(self.n_layers)]
 
     # ---------------------------------------------------------------- dropout
@@ -253,21 +258,23 @@ class RecurrentModel:
                 f"n_out={self.n_out}, loss={self.loss_kind!r}{self._stack_repr()})")
 
     # ----------------------------------------------------------------- checks
-    def _need_tokens(self, tokens):
-        if self.embed_dim is not None and not tokens:
+    def _need_tokens(self, x):
+        """An embedding model reads int token ids: say so before any shape check."""
+        if self.embed_dim is None:
+            return
+        dt = np.asarray(x).dtype
+        if dt == bool or dt.kind not in "iu":
             raise ValueError(f"x: a model with embed_dim={self.embed_dim} reads int token ids "
-                             f"(T, B) in [0, n_in={self.n_in}), got float inputs; use "
-                             f"embed_dim=None for float inputs")
+                             f"(T, B) in [0, n_in={self.n_in}), got dtype {dt} (cast token ids "
+                             f"with x.astype(int); use embed_dim=None for float inputs)")
 
     def _batch(self, x, y):
-        batch = check_batch(x, y, self.n_in, self.n_out, self.loss_kind, self.n_lead)
-        self._need_tokens(batch.tokens)
-        return batch
+        self._need_tokens(x)
+        return check_batch(x, y, self.n_in, self.n_out, self.loss_kind, self.n_lead)
 
     def _x(self, x):
-        xx, tokens, lead, B = check_x(x, self.n_in, self.n_lead)
-        self._need_tokens(tokens)
-        return xx, tokens, lead, B
+        self._need_tokens(x)
+        return check_x(x, self.n_in, self.n_lead)
 
     def _mode(self, bptt):
         if bptt is None:
@@ -282,8 +289,12 @@ class RecurrentModel:
             return None
         s = np.asarray(state0)
         if s.dtype.kind != "f" or s.shape != (B, self.state_size):
+            stack = "" if self.n_layers == 1 else (
+                f"; state_size = n_layers ({self.n_layers}) x layer_state_size "
+                f"({self.layer_state_size}), layer l in columns [l*{self.layer_state_size}, "
+                f"(l+1)*{self.layer_state_size})")
             raise ValueError(f"initial_state must be float of shape (B, state_size) = "
-                             f"({B}, {self.state_size}), got {s.dtype} {s.shape}")
+                             f"({B}, {self.state_size}), got {s.dtype} {s.shape}{stack}")
         if not np.isfinite(s).all():
             raise ValueError("initial_state contains NaN or inf")
         return np.ascontiguousarray(s, dtype=np.float64)
@@ -323,7 +334,7 @@ class RecurrentModel:
         dropout_seed : int >= 0, optional
             Draw this window's variational dropout masks from this seed
             (:meth:`dropout_masks`); None (default) runs without dropout.
-            Ignored when ``dropout`` is 0.
+            Checked, but without effect, when ``dropout`` is 0.
         input_grad : bool
             Also return :class:`InputGrads`: dL/dx (float inputs) and
             dL/d initial_state, for composing the model with other code.
@@ -349,6 +360,8 @@ class RecurrentModel:
             bits (the message names the layer of a stack).
         """
         theta = self.layout.check(theta)
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise ValueError(f"input_grad must be True or False, got {input_grad!r}")
         batch = self._batch(x, y)
         mode = self._mode(bptt)
         k = self._segment(checkpoint_every, batch.lead[0])

@@ -85,7 +85,8 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
         self.scale = 2.0 ** self.frac_bits
         self.inv_scale = 2.0 ** -self.frac_bits
         self._log2 = log2_table(self.D)
-        super().__init__(n_in, n_hidden, n_out, loss, n_layers, embed_dim, dropout)
+        super().__init__(n_in, n_hidden, n_out, loss, n_layers=n_layers, embed_dim=embed_dim,
+                         dropout=dropout)
         self._layout_parts = list(self._parts())
         # words one step can emit per stream: each exact multiply pushes at most gate_bits
         # bits before its pop, and each forget_add pass may emit 2 more partial words
@@ -136,9 +137,11 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
         big = np.abs(state0) >= bound
         if big.any():
             i = np.argwhere(big)[0]
+            where = "" if self.n_layers == 1 else \
+                f" (layer {int(i[1]) // self.layer_state_size} of {self.n_layers})"
             raise FixedPointError(
                 f"initial_state value {float(state0[tuple(i)])!r} at index {tuple(int(v) for v in i)}"
-                f" does not fit the fixed-point state (|x| must be < 2**(62 - frac_bits) = "
+                f"{where} does not fit the fixed-point state (|x| must be < 2**(62 - frac_bits) = "
                 f"{bound:g} with frac_bits={self.frac_bits})")
         return [self._unpack(s) for s in self.layer_states(to_fixed(state0, self.frac_bits))]
 
