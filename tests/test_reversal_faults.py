@@ -8,7 +8,21 @@ from test_reversible import CELLS, make, data, ref_step, ref_proj, _sig, Momentu
 
 def _run_with_fault(m, theta, x, y, fault, after_last=False):
     """Reversible BPTT with ``fault(q, buf)`` applied just before the first step is undone
-    (with ``after_last``: just after the last step, t = 0, is undone)."""
+    (with ``after_last``: just after the last step, t = 0, is undone).
+
+    A model running the whole-window kernels (RevLSTM) takes the fault through its
+    ``_fault_hook`` (on the top layer's state and buffer streams); the others through
+    their per-step ``_fixed_unstep``.
+    """
+    if getattr(m, "window_kernels", False):
+        def hook(when, run):
+            if (when == "after") == after_last:
+                fault(run.layer_q(run.L - 1), run.layer_buffer(run.L - 1))
+        m._fault_hook = hook
+        try:
+            return m.loss_and_grad(theta, x, y)
+        finally:
+            del m._fault_hook
     orig = m._fixed_unstep
     T = x.shape[0]
 

@@ -383,7 +383,11 @@ def test_reversible_equals_standard_bit_for_bit(cell, n_layers, variant):
 # ------------------------------------- 3. faults in one layer of a stack
 def _run_with_layer_fault(m, theta, x, y, layer, fault, dseed):
     """Reversible BPTT with ``fault(q, buf)`` applied to layer ``layer``'s kept state and
-    buffer just before its first undo (step T-1; the layers above were undone first)."""
+    buffer just before its first undo (step T-1; the layers above were undone first).
+
+    This hooks the per-step Python driver (RevLSTM's whole-window kernels are switched
+    off here; they are faulted in ``test_a_fault_in_the_window_kernels_names_the_layer``)."""
+    m.window_kernels = False
     orig = m._fixed_unstep
     T = x.shape[0]
     V = m.params(theta)[f"layer{layer}.V"]
@@ -460,6 +464,7 @@ def test_a_fault_detected_by_an_upper_layer_is_blamed_on_the_corrupted_layer(cel
     """
     L, T, B = 3, 30, 3
     m = make(cell, 5, 6, 5, n_layers=L, embed_dim=3, dropout=0.25)
+    m.window_kernels = False                 # the Python driver's timing of the fault
     theta = m.init_params(seed=1)
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 5, (T, B)), rng.integers(0, 5, (T, B))
@@ -949,3 +954,62 @@ def test_stack_state_and_input_messages_say_what_to_fix():
     with pytest.raises(ValueError, match=r"reads int token ids \(T, B\) in \[0, n_in=5\), got "
                                          r"dtype float64 \(cast token ids with x.astype\(int\)"):
         e.loss_and_grad(e.init_params(), np.zeros((5, 2)), np.zeros((5, 2), dtype=int))
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_a_fault_in_the_window_kernels_names_the_layer(layer):
+    """RevLSTM's whole-window kernels: a flipped bit in layer ``layer``'s kept state or
+    buffer streams (before the backward pass, so the layers above read it first) raises
+    a ReversalError naming that layer."""
+    L, T, B = 3, 30, 3
+    m = RevLSTM(5, 6, 5, n_layers=L, embed_dim=3, dropout=0.25)
+    assert m.window_kernels
+    theta = m.init_params(seed=1)
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 5, (T, B)), rng.integers(0, 5, (T, B))
+    for kind, fault in _faults(layer).items():
+        def hook(when, run, fault=fault):
+            if when == "before":
+                fault(run.layer_q(layer), run.layer_buffer(layer))
+        m._fault_hook = hook
+        try:
+            with pytest.raises(rt.ReversalError) as info:
+                m.loss_and_grad(theta, x, y, dropout_seed=6)
+        finally:
+            del m._fault_hook
+        msg = str(info.value)
+        assert msg.startswith(f"RevLSTM layer {layer} (of {L}):"), (kind, msg)
+
+
+def test_window_kernels_equal_the_python_driver_bit_for_bit():
+    """RevLSTM through the whole-window kernels == the per-step Python driver (the reference):
+    loss, gradient, input gradients, final state and stored bytes, in both BPTT modes, with
+    1-3 layers, one-hot / embedded tokens or float inputs, with and without dropout."""
+    rng = np.random.default_rng(5)
+    for L, emb, fl in ((1, None, False), (2, 4, False), (3, None, True), (2, None, True)):
+        m = RevLSTM(5, 6, 5, n_layers=L, embed_dim=emb, dropout=0.3,
+                    loss="mse" if fl and L == 3 else "softmax")
+        theta = m.init_params(1)
+        T, B = 37, 3                           # more than one kernel chunk (32 steps)
+        x = rng.standard_normal((T, B, 5)) if fl else rng.integers(0, 5, (T, B))
+        y = (rng.standard_normal((B, 5)) if m.loss_kind == "mse"
+             else rng.integers(0, 5, (T, B)))
+        s0 = 0.3 * rng.standard_normal((B, m.state_size))
+        for mode in ("reversible", "standard"):
+            for dseed in (None, 7):
+                out = []
+                for wk in (True, False):
+                    m.window_kernels = wk
+                    out.append(m.loss_and_grad(theta, x, y, bptt=mode, dropout_seed=dseed,
+                                               initial_state=s0, input_grad=True,
+                                               return_stats=True))
+                (la, ga, ia, sa), (lb, gb, ib, sb) = out
+                assert la == lb and np.array_equal(ga, gb)
+                assert np.array_equal(ia.initial_state, ib.initial_state)
+                assert (ia.x is None) == (ib.x is None)
+                if ia.x is not None:
+                    assert np.array_equal(ia.x, ib.x)
+                assert np.array_equal(sa.final_state, sb.final_state)
+                assert sa.stored_bytes == sb.stored_bytes
+                # a sum of the streams' counts, over one array or per layer: float association
+                assert sa.info_bits == pytest.approx(sb.info_bits, rel=1e-13)

@@ -32,6 +32,9 @@ BPTT modes
     recurrence, giving the Hessian-vector product of the straight-through
     model at that trajectory.
 
+Products run through Numba's BLAS (:mod:`revtrain._kernels.gemm`), as in the
+whole-window kernels, so both drivers give the same bits.
+
 Gradients treat quantisation as the identity (straight-through): the float
 step ``s_t = f(s_{t-1}, x_t)`` is differentiated at the fixed-point states.
 """
@@ -41,6 +44,7 @@ from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError, check_reversal
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import scatter_add_rows
+from .._kernels.gemm import matmul_into, matmul_tn_add
 
 
 class ReversibleBPTT:
@@ -60,7 +64,7 @@ class ReversibleBPTT:
         else:
             if xt.dtype != V.dtype:
                 xt = xt.astype(V.dtype)
-            np.dot(xt, V, out=out)
+            matmul_into(np.ascontiguousarray(xt), V, out)
         return out
 
     @staticmethod
@@ -71,7 +75,7 @@ class ReversibleBPTT:
         else:
             if xt.dtype != gV.dtype:
                 xt = xt.astype(gV.dtype)
-            gV += np.dot(xt.T, dP)
+            matmul_tn_add(np.ascontiguousarray(xt), dP, gV, np.empty_like(gV))
 
     def _bottom_input(self, p, x, tokens, t, masks, ebuf):
         """Layer 0's input at step ``t``: ``(x_t, tokens)`` or the (masked) embedding rows."""
@@ -307,7 +311,8 @@ class ReversibleBPTT:
         state, to the embedding rows, or into ``dX[t]`` (float inputs)."""
         if l == 0 and self.embed_dim is None and dX is None:
             return
-        d = np.dot(dP, p["V"].T)
+        d = np.empty((dP.shape[0], p["V"].shape[0]), dtype=dP.dtype)
+        matmul_into(dP, p["V"].T, d)
         if l > 0:
             self._add_dh(ds[l - 1], d if masks is None else d * masks.between[l - 1])
         elif self.embed_dim is not None:

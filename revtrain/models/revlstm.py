@@ -2,7 +2,9 @@
 import numpy as np
 
 from ..params import ParamSpec
+from .._kernels.gemm import matmul_into, matmul_tn_add
 from .reversible import ReversibleModel
+from .revlstm_window import WindowRun
 from .._kernels.revlstm import (revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell,
                                 revlstm_back)
 
@@ -75,6 +77,34 @@ class RevLSTM(ReversibleModel):
     forget_per_unit = 2
     _head_parts = ("h1", "h2")
     two_halves = True
+    #: Gradients through the whole-window kernels (:mod:`revtrain.models.revlstm_window`);
+    #: False runs the per-step Python driver, the reference (the complex-step hvp always does).
+    window_kernels = True
+
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
+        if not (self.window_kernels and want_grad) or np.iscomplexobj(theta):
+            return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
+        run = WindowRun(self, theta, batch.x, batch.tokens, state0, masks)
+        T, B, L = batch.lead[0], batch.B, self.n_layers
+        store = (np.empty((T + 1, L, 4, B, self.n_hidden // 2), dtype=np.int64)
+                 if mode == "standard" else None)
+        run.forward(store)
+        final_state = run.state()
+        info_bits = run.buf.info_bits
+        mask_bytes = 0 if masks is None else sum(
+            a.nbytes for a in (masks.embed, masks.top) + tuple(masks.between) if a is not None)
+        if store is not None:
+            stored, buffer_bytes = store.nbytes + mask_bytes, 0
+        else:
+            buffer_bytes = run.buf.nbytes
+            stored = buffer_bytes + B * self.state_size * 8 + mask_bytes
+        loss, grad, dstate0, dx = run.backward(batch, store is None, store,
+                                               want_inputs and not batch.tokens)
+        info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
+                "final_state": final_state}
+        if want_inputs:
+            info["dstate0"], info["dx"] = dstate0, dx
+        return loss, grad, info
 
     def _parts(self):
         Hh = self.n_hidden // 2
@@ -105,7 +135,7 @@ class RevLSTM(ReversibleModel):
         Hh = self.n_hidden // 2
         cols = slice(5 * Hh * k, 5 * Hh * (k + 1))
         A = c["A" + mine]
-        np.dot(o, p["W" + mine], out=A)
+        matmul_into(np.ascontiguousarray(o), p["W" + mine], A)
         revlstm_gates(A, P, p["b"], cols.start, self.floor, c["i" + mine], c["f" + mine],
                       c["sf" + mine], c["o" + mine], c["p" + mine], c["sp" + mine],
                       c["g" + mine])
@@ -161,6 +191,9 @@ class RevLSTM(ReversibleModel):
                          c["p" + mine], c["sp" + mine], c["g" + mine], c["tc" + mine],
                          s_prev["c" + mine], s_prev["h" + mine], self.floor,
                          ds["h" + mine], ds["c" + mine], dP, cols.start)
-            g["W" + mine] += np.dot(o.T, dA)
-            ds["h" + other] += np.dot(dA, p["W" + mine].T)
+            dA = np.ascontiguousarray(dA)
+            matmul_tn_add(np.ascontiguousarray(o), dA, g["W" + mine], np.empty_like(g["W" + mine]))
+            d_other = np.empty_like(ds["h" + other])
+            matmul_into(dA, p["W" + mine].T, d_other)
+            ds["h" + other] += d_other
         g["b"] += dP.sum(axis=0)

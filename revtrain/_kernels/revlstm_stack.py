@@ -1,0 +1,308 @@
+"""Whole-window kernels of a RevLSTM stack: the time loop, with the layers inside, in Numba.
+
+One call runs steps ``t0 .. t1-1`` of every layer forward in fixed point
+(:func:`stack_forward`), or undoes them top-down, recomputes them in float and
+backpropagates (:func:`stack_backward`). Python validates, allocates the
+workspaces and the buffer room for a chunk of steps, and reads the results.
+
+Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
+
+* ``q`` int64 ``(L, 4, B, Hh)``: the fixed-point parts ``[h1, h2, c1, c2]`` of
+  every layer (contiguous ``(B, Hh)`` blocks); ``sn`` float64 of the same
+  shape holds the float state after the current step in the backward pass.
+* The information buffer has ``L * B`` streams: layer ``l`` uses streams
+  ``l*B .. (l+1)*B - 1``.
+* Parameters are contiguous copies: ``V0`` (D0, 5H) for layer 0, ``Vs``
+  ``(max(L-1, 1), H, 5H)`` for layers 1.., ``W1s``, ``W2s`` ``(L, Hh, 5Hh)``,
+  ``bs`` ``(L, 5H)``; gradients ``gV0``, ``gVs``, ... of the same shapes.
+* Inputs: ``xtok`` int64 ``(T, B)`` (token ids, ``mode_in = 0``: one-hot,
+  ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float64 ``(T, B, D0)``
+  (``mode_in = 2``). Dropout masks ``m_btw`` ``(max(L-1, 1), B, H)`` and
+  ``m_top`` ``(B, H)`` are all ones without dropout.
+
+Every step does exactly the operations of the Python cell
+(:class:`revtrain.models.revlstm.RevLSTM`) in the same order, with the same
+element kernels, so its results equal those of the Python driver.
+
+Errors are returned, not raised: ``(t, layer, part, code)`` with ``code = -1``
+when fine, else the flat ``(row, unit)`` index of the element; ``part`` is
+0..3 for ``c1, h1, c2, h2``.
+"""
+import numpy as np
+from numba import njit
+
+from ._options import NJIT_OPTS
+from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell, revlstm_back
+from .quantize import forget_add, forget_add_undo
+from .head import softmax_xent_head, mse_head
+
+#: Part indices in ``q``: h1, h2, c1, c2.
+H1, H2, C1, C2 = 0, 1, 2, 3
+
+
+@njit(**NJIT_OPTS)
+def _to_float(qp, inv_scale, out):
+    """``out = qp * 2**-F`` (B, Hh)."""
+    B, Hh = qp.shape
+    for r in range(B):
+        for j in range(Hh):
+            out[r, j] = qp[r, j] * inv_scale
+
+
+@njit(**NJIT_OPTS)
+def _h_float(ql, inv_scale, out):
+    """``out = [h1 | h2]`` (B, H) as float from the fixed-point parts ``ql`` (4, B, Hh)."""
+    B, Hh = ql.shape[1], ql.shape[2]
+    for r in range(B):
+        for j in range(Hh):
+            out[r, j] = ql[H1, r, j] * inv_scale
+            out[r, Hh + j] = ql[H2, r, j] * inv_scale
+
+
+@njit(**NJIT_OPTS)
+def _project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, m_btw, inv_scale, inp0, inpH, P):
+    """``P = input_l(t) @ V_l``; the float input goes to ``inp0`` (B, D0) for layer 0
+    (embedding or float inputs) or ``inpH`` (B, H). Layer ``l``'s input is layer
+    ``l-1``'s current state."""
+    B = P.shape[0]
+    if l == 0:
+        if mode_in == 0:
+            G = P.shape[1]
+            for r in range(B):
+                row = xtok[t, r]
+                for c in range(G):
+                    P[r, c] = V0[row, c]
+            return
+        if mode_in == 1:
+            Ed = E.shape[1]
+            for r in range(B):
+                row = xtok[t, r]
+                for c in range(Ed):
+                    inp0[r, c] = E[row, c] * m_emb[r, c]
+        else:
+            D0 = xflt.shape[2]
+            for r in range(B):
+                for c in range(D0):
+                    inp0[r, c] = xflt[t, r, c]
+        np.dot(inp0, V0, P)
+        return
+    _h_float(q[l - 1], inv_scale, inpH)
+    H = inpH.shape[1]
+    m = m_btw[l - 1]
+    for r in range(B):
+        for c in range(H):
+            inpH[r, c] = inpH[r, c] * m[r, c]
+    np.dot(inpH, Vs[l - 1], P)
+
+
+@njit(**NJIT_OPTS)
+def _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g):
+    """Gates of half ``half`` (0 or 1) from the other half's current fixed-point ``h``.
+
+    ``g`` (7, B, Hh) receives ``i, f, sf, o, p, sp, g``; ``o`` (B, Hh) the other half's float h.
+    """
+    Hh = o.shape[1]
+    _to_float(ql[H2 if half == 0 else H1], inv_scale, o)
+    np.dot(o, W, A)
+    revlstm_gates(A, P, b, half * 5 * Hh, floor, g[0], g[1], g[2], g[3], g[4], g[5], g[6])
+
+
+@njit(**NJIT_OPTS)
+def layer_forward(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf, log2,
+                  o, A, g, n, inc):
+    """One fixed-point step of one layer (both halves); returns ``(part, code)``."""
+    for half in range(2):
+        W = W1 if half == 0 else W2
+        c = ql[C1 + half]
+        h = ql[H1 + half]
+        _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g)
+        revlstm_quant_c(g[0], g[1], g[6], D, nmin, scale, n, inc)
+        code = forget_add(c, n, inc, D, st, ct, wd, inf, log2)
+        if code >= 0:
+            return 2 * half, code
+        revlstm_quant_h(c, inv_scale, g[3], g[4], D, nmin, scale, n, inc)
+        code = forget_add(h, n, inc, D, st, ct, wd, inf, log2)
+        if code >= 0:
+            return 2 * half + 1, code
+    return 0, -1
+
+
+@njit(**NJIT_OPTS)
+def layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf, log2,
+               o, A, g1, g2, n, inc):
+    """Undo one step of one layer exactly (half 2, then half 1); the gates stay in ``g1``, ``g2``.
+
+    Returns ``(part, code)``.
+    """
+    for hh in range(2):
+        half = 1 - hh
+        W = W1 if half == 0 else W2
+        g = g1 if half == 0 else g2
+        c = ql[C1 + half]
+        h = ql[H1 + half]
+        _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g)
+        revlstm_quant_h(c, inv_scale, g[3], g[4], D, nmin, scale, n, inc)
+        code = forget_add_undo(h, n, inc, D, st, ct, wd, inf, log2)
+        if code >= 0:
+            return 2 * half + 1, code
+        revlstm_quant_c(g[0], g[1], g[6], D, nmin, scale, n, inc)
+        code = forget_add_undo(c, n, inc, D, st, ct, wd, inf, log2)
+        if code >= 0:
+            return 2 * half, code
+    return 0, -1
+
+
+@njit(**NJIT_OPTS)
+def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_btw, q,
+                  bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale, floor, store, inp0, inpH,
+                  P, o, A, g, n, inc):
+    """Steps ``t0 .. t1-1`` of every layer in fixed point (layers 0..L-1 per step).
+
+    ``store`` (T+1, L, 4, B, Hh) int64 receives the state after step ``t`` at
+    ``t + 1`` when it has more than one row (standard mode), else is not touched.
+    ``inp0`` (B, D0), ``inpH`` (B, H): the layers' float inputs. Returns ``(t, layer, part, code)``.
+    """
+    L, B = q.shape[0], q.shape[2]
+    keep = store.shape[0] > 1
+    for t in range(t0, t1):
+        for l in range(L):
+            _project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, m_btw, inv_scale, inp0,
+                     inpH, P)
+            s0, s1 = l * B, (l + 1) * B
+            part, code = layer_forward(q[l], P, W1s[l], W2s[l], bs[l], floor, D, nmin, scale,
+                                       inv_scale, bst[s0:s1], bct[s0:s1], bwd[s0:s1],
+                                       binf[s0:s1], log2, o, A, g, n, inc)
+            if code >= 0:
+                return t, l, part, code
+            if keep:
+                store[t + 1, l] = q[l]
+    return t1, 0, 0, -1
+
+
+@njit(**NJIT_OPTS)
+def _head_rows(t, T, B, per_step):
+    """First label row of step ``t``'s targets, or -1 when the step has none."""
+    if per_step:
+        return t * B
+    if t == T - 1:
+        return 0
+    return -1
+
+
+@njit(**NJIT_OPTS)
+def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs,
+                   m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
+                   floor, U, by, softmax, labels, target, lscale, per_step,
+                   sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
+                   inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, n, inc, tc, htop, dH, work, tmpW,
+                   tmpV, tmpV0):
+    """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
+    the stored state, recompute in float, output layer on the top, backpropagate.
+
+    ``sn`` (L, 4, B, Hh) float holds each layer's float state after the current step
+    on entry (and before ``t0`` on exit); ``ds`` the gradient with respect to it.
+    ``loss`` is the running loss (added to step by step, in the Python driver's order).
+    Returns ``(loss, t, layer, part, code)``.
+    """
+    L, B, Hh = q.shape[0], q.shape[2], q.shape[3]
+    H = 2 * Hh
+    for tt in range(t1 - 1, t0 - 1, -1):
+        for l in range(L - 1, -1, -1):
+            _project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, m_btw, inv_scale, inp0,
+                     inpH, P)
+            W1, W2, b = W1s[l], W2s[l], bs[l]
+            ql = q[l]
+            if reverse:
+                s0, s1 = l * B, (l + 1) * B
+                part, code = layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale,
+                                        bst[s0:s1], bct[s0:s1], bwd[s0:s1], binf[s0:s1], log2,
+                                        o, A, g1, g2, n, inc)
+                if code >= 0:
+                    return loss, tt, l, part, code
+            else:
+                ql[:] = store[tt, l]
+                _half_gates(1, store[tt + 1, l], P, W2, b, floor, inv_scale, o, A, g2)
+                _half_gates(0, ql, P, W1, b, floor, inv_scale, o, A, g1)
+            spl, snl = sp[l], sn[l]
+            for k in range(4):
+                _to_float(ql[k], inv_scale, spl[k])
+            # float recompute (real: the fixed-point results stand; tanh(c_new) is kept)
+            revlstm_cell(spl[C1], spl[H1], g1[0], g1[1], g1[3], g1[4], g1[6], snl[C1], snl[H1],
+                         tc[0])
+            revlstm_cell(spl[C2], spl[H2], g2[0], g2[1], g2[3], g2[4], g2[6], snl[C2], snl[H2],
+                         tc[1])
+            dsl = ds[l]
+            if l == L - 1:
+                r0 = _head_rows(tt, T, B, per_step)
+                if r0 >= 0:
+                    for r in range(B):
+                        for j in range(Hh):
+                            htop[r, j] = snl[H1, r, j] * m_top[r, j]
+                            htop[r, Hh + j] = snl[H2, r, j] * m_top[r, Hh + j]
+                    if softmax:
+                        loss += softmax_xent_head(htop, U, by, labels[r0:r0 + B], lscale, work,
+                                                  dH, gU, gby)
+                    else:
+                        loss += mse_head(htop, U, by, target[r0:r0 + B], lscale, work, dH,
+                                         gU, gby)
+                    for r in range(B):
+                        for j in range(Hh):
+                            dsl[H1, r, j] += dH[r, j] * m_top[r, j]
+                            dsl[H2, r, j] += dH[r, Hh + j] * m_top[r, Hh + j]
+            # backpropagate: half 2, then half 1
+            for hh in range(2):
+                half = 1 - hh
+                g = g1 if half == 0 else g2
+                mine, other = (H1, H2) if half == 0 else (H2, H1)
+                # the other half's h this half read: h2 before the step (half 0), new h1 (half 1)
+                ov = spl[H2] if half == 0 else snl[H1]
+                off = half * 5 * Hh
+                revlstm_back(g[0], g[1], g[2], g[3], g[4], g[5], g[6], tc[half],
+                             spl[C1 + half], spl[mine], floor, dsl[mine], dsl[C1 + half], dP, off)
+                dA = np.ascontiguousarray(dP[:, off:off + 5 * Hh])
+                W = W1 if half == 0 else W2
+                gW = gW1s[l] if half == 0 else gW2s[l]
+                np.dot(ov.T, dA, tmpW)
+                gW += tmpW
+                dsl[other] += np.dot(dA, W.T)
+            gb = gbs[l]
+            colsum = dP[0].copy()              # as numpy's dP.sum(axis=0), then added
+            for r in range(1, B):
+                for c in range(5 * H):
+                    colsum[c] += dP[r, c]
+            gb += colsum
+            # input weights and the gradient passed down
+            if l == 0 and mode_in == 0:
+                for r in range(B):
+                    row = xtok[tt, r]
+                    for c in range(5 * H):
+                        gV0[row, c] += dP[r, c]
+            elif l == 0:
+                np.dot(inp0.T, dP, tmpV0)
+                gV0 += tmpV0
+                if mode_in == 1 or want_dx:
+                    D0 = dx0.shape[1]
+                    np.dot(dP, V0.T, dx0)
+                    if mode_in == 1:
+                        for r in range(B):
+                            row = xtok[tt, r]
+                            for c in range(D0):
+                                gE[row, c] += dx0[r, c] * m_emb[r, c]
+                    else:
+                        for r in range(B):
+                            for c in range(D0):
+                                dX[tt, r, c] = dx0[r, c]
+            else:
+                np.dot(inpH.T, dP, tmpV)
+                gVs[l - 1] += tmpV
+                dx = dxH
+                np.dot(dP, Vs[l - 1].T, dx)
+                m = m_btw[l - 1]
+                below = ds[l - 1]
+                for r in range(B):
+                    for j in range(Hh):
+                        below[H1, r, j] += dx[r, j] * m[r, j]
+                        below[H2, r, j] += dx[r, Hh + j] * m[r, Hh + j]
+            for k in range(4):
+                snl[k] = spl[k]
+    return loss, t0, 0, 0, -1
