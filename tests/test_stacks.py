@@ -981,10 +981,13 @@ def test_a_fault_in_the_window_kernels_names_the_layer(layer):
         assert msg.startswith(f"RevLSTM layer {layer} (of {L}):"), (kind, msg)
 
 
-def test_window_kernels_equal_the_python_driver_bit_for_bit():
-    """RevLSTM through the whole-window kernels == the per-step Python driver (the reference):
-    loss, gradient, input gradients, final state and stored bytes, in both BPTT modes, with
-    1-3 layers, one-hot / embedded tokens or float inputs, with and without dropout."""
+def test_window_kernels_agree_with_the_python_driver():
+    """RevLSTM through the whole-window kernels against the per-step Python driver (the
+    reference), in both BPTT modes, with 1-3 layers, one-hot / embedded tokens or float
+    inputs, with and without dropout: the same bits for the loss, the input gradients and
+    the final state (the fixed-point trajectory and the backpropagated state gradients are
+    the same computation); the parameter gradient to 1e-13 relative (the kernels sum the
+    weight gradients once per 32-step chunk, the reference step by step)."""
     rng = np.random.default_rng(5)
     for L, emb, fl in ((1, None, False), (2, 4, False), (3, None, True), (2, None, True)):
         m = RevLSTM(5, 6, 5, n_layers=L, embed_dim=emb, dropout=0.3,
@@ -1004,7 +1007,8 @@ def test_window_kernels_equal_the_python_driver_bit_for_bit():
                                                initial_state=s0, input_grad=True,
                                                return_stats=True))
                 (la, ga, ia, sa), (lb, gb, ib, sb) = out
-                assert la == lb and np.array_equal(ga, gb)
+                assert la == lb
+                assert np.abs(ga - gb).max() <= 1e-13 * np.abs(gb).max()
                 assert np.array_equal(ia.initial_state, ib.initial_state)
                 assert (ia.x is None) == (ib.x is None)
                 if ia.x is not None:

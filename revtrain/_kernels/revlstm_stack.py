@@ -194,14 +194,19 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
-                   inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, n, inc, tc, htop, dH, work, tmpW,
-                   tmpV, tmpV0):
+                   inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, n, inc, tc, htop, dH, work, Ob, dPb,
+                   Xb0, XbH):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
     ``sn`` (L, 4, B, Hh) float holds each layer's float state after the current step
     on entry (and before ``t0`` on exit); ``ds`` the gradient with respect to it.
     ``loss`` is the running loss (added to step by step, in the Python driver's order).
+    The weight gradients are summed once per call over the chunk's steps
+    (``Ob``, ``dPb``, ``Xb0``, ``XbH`` hold the chunk's inputs and pre-activation
+    gradients), so they agree with the Python driver's step-by-step sums to
+    rounding, not bit for bit; the loss, the trajectory and the gradients
+    with respect to the states and inputs are the same bits.
     Returns ``(loss, t, layer, part, code)``.
     """
     L, B, Hh = q.shape[0], q.shape[2], q.shape[3]
@@ -261,16 +266,9 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                              spl[C1 + half], spl[mine], floor, dsl[mine], dsl[C1 + half], dP, off)
                 dA = np.ascontiguousarray(dP[:, off:off + 5 * Hh])
                 W = W1 if half == 0 else W2
-                gW = gW1s[l] if half == 0 else gW2s[l]
-                np.dot(ov.T, dA, tmpW)
-                gW += tmpW
+                Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
                 dsl[other] += np.dot(dA, W.T)
-            gb = gbs[l]
-            colsum = dP[0].copy()              # as numpy's dP.sum(axis=0), then added
-            for r in range(1, B):
-                for c in range(5 * H):
-                    colsum[c] += dP[r, c]
-            gb += colsum
+            dPb[l, tt - t0] = dP
             # input weights and the gradient passed down
             if l == 0 and mode_in == 0:
                 for r in range(B):
@@ -278,8 +276,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                     for c in range(5 * H):
                         gV0[row, c] += dP[r, c]
             elif l == 0:
-                np.dot(inp0.T, dP, tmpV0)
-                gV0 += tmpV0
+                Xb0[tt - t0] = inp0
                 if mode_in == 1 or want_dx:
                     D0 = dx0.shape[1]
                     np.dot(dP, V0.T, dx0)
@@ -293,8 +290,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                             for c in range(D0):
                                 dX[tt, r, c] = dx0[r, c]
             else:
-                np.dot(inpH.T, dP, tmpV)
-                gVs[l - 1] += tmpV
+                XbH[l - 1, tt - t0] = inpH
                 dx = dxH
                 np.dot(dP, Vs[l - 1].T, dx)
                 m = m_btw[l - 1]
@@ -305,4 +301,29 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                         below[H2, r, j] += dx[r, Hh + j] * m[r, Hh + j]
             for k in range(4):
                 snl[k] = spl[k]
+    _chunk_weight_grads(t1 - t0, mode_in, Ob, dPb, Xb0, XbH, gV0, gVs, gW1s, gW2s, gbs)
     return loss, t0, 0, 0, -1
+
+
+@njit(**NJIT_OPTS)
+def _chunk_weight_grads(k, mode_in, Ob, dPb, Xb0, XbH, gV0, gVs, gW1s, gW2s, gbs):
+    """Add a chunk's weight gradients, one product over its ``k * B`` rows per block:
+    ``gW_half += O^T dA_half``, ``gV += X^T dP`` (float inputs of the layer), ``gb += sum dP``."""
+    L, B, Hh = Ob.shape[0], Ob.shape[3], Ob.shape[4]
+    H = 2 * Hh
+    N = k * B
+    for l in range(L):
+        dP = dPb[l, :k].reshape((N, 5 * H))
+        for half in range(2):
+            O = Ob[l, half, :k].reshape((N, Hh))
+            dA = np.ascontiguousarray(dP[:, half * 5 * Hh:(half + 1) * 5 * Hh])
+            if half == 0:
+                gW1s[l] += np.dot(O.T, dA)
+            else:
+                gW2s[l] += np.dot(O.T, dA)
+        gbs[l] += dP.sum(axis=0)
+        if l > 0:
+            gVs[l - 1] += np.dot(XbH[l - 1, :k].reshape((N, H)).T, dP)
+        elif mode_in != 0:
+            D0 = Xb0.shape[2]
+            gV0 += np.dot(Xb0[:k].reshape((N, D0)).T, dP)

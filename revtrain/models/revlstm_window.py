@@ -160,9 +160,10 @@ class WindowRun:
         htop = np.empty((B, H))
         dH = np.empty((B, H))
         work = np.empty((B, m.n_out))
-        tmpW = np.empty((Hh, 5 * Hh))
-        tmpV = np.empty((H, 5 * H))
-        tmpV0 = np.empty_like(self.V0)
+        Ob = np.empty((L, 2, CHUNK, B, Hh))
+        dPb = np.empty((L, CHUNK, B, 5 * H))
+        Xb0 = np.empty((CHUNK, B, self.D0))
+        XbH = np.empty((max(L - 1, 1), CHUNK, B, H))
         loss = 0.0
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
         if hook is not None:
@@ -179,8 +180,8 @@ class WindowRun:
                 m.inv_scale, m.floor, self.p["U"], self.p["b_y"], softmax, batch.labels,
                 batch.target, batch.scale, batch.per_step, sn, sp, ds, gE, gV0, gVs, gW1s, gW2s,
                 gbs, g["U"], g["b_y"], dX, want_dx, self.inp0, self.inpH, self.P, dP, dx0, dxH,
-                self.o, self.A, self.g1, self.g2, self.n, self.inc, tc, htop, dH, work, tmpW,
-                tmpV, tmpV0)
+                self.o, self.A, self.g1, self.g2, self.n, self.inc, tc, htop, dH, work, Ob, dPb,
+                Xb0, XbH)
             if code >= 0:
                 return self._reversal_failed(t, l, part, code)
         for l in range(L):
