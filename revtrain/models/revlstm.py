@@ -4,7 +4,8 @@ import numpy as np
 from ..params import ParamSpec
 from .._kernels.gemm import matmul_into, matmul_tn_add
 from .reversible import ReversibleModel
-from .revlstm_window import WindowRun
+from .revlstm_window import RevLSTMWindow
+from .window import run_window
 from .._kernels.revlstm import (revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell,
                                 revlstm_back)
 
@@ -84,27 +85,7 @@ class RevLSTM(ReversibleModel):
     def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
         if not (self.window_kernels and want_grad) or np.iscomplexobj(theta):
             return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
-        run = WindowRun(self, theta, batch.x, batch.tokens, state0, masks)
-        T, B, L = batch.lead[0], batch.B, self.n_layers
-        store = (np.empty((T + 1, L, 4, B, self.n_hidden // 2), dtype=np.int64)
-                 if mode == "standard" else None)
-        run.forward(store)
-        final_state = run.state()
-        info_bits = run.buf.info_bits
-        mask_bytes = 0 if masks is None else sum(
-            a.nbytes for a in (masks.embed, masks.top) + tuple(masks.between) if a is not None)
-        if store is not None:
-            stored, buffer_bytes = store.nbytes + mask_bytes, 0
-        else:
-            buffer_bytes = run.buf.nbytes
-            stored = buffer_bytes + B * self.state_size * 8 + mask_bytes
-        loss, grad, dstate0, dx = run.backward(batch, store is None, store,
-                                               want_inputs and not batch.tokens)
-        info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
-                "final_state": final_state}
-        if want_inputs:
-            info["dstate0"], info["dx"] = dstate0, dx
-        return loss, grad, info
+        return run_window(self, theta, batch, mode, state0, masks, want_inputs, RevLSTMWindow)
 
     def _parts(self):
         Hh = self.n_hidden // 2

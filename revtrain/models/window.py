@@ -1,0 +1,251 @@
+"""BPTT of a reversible stack through whole-window kernels: the Python side shared by the cells.
+
+Python validates, packs the parameters of the stack into contiguous arrays,
+allocates the workspaces, makes room in the information buffer for a chunk
+of steps, calls one kernel per chunk (forward, then backward) and turns the
+kernels' error codes into :class:`~revtrain.FixedPointError` /
+:class:`~revtrain.ReversalError` naming the layer. The per-step Python driver
+(:mod:`revtrain.models.reversible_bptt`) stays the reference and serves the
+complex-step ``hvp``.
+
+Layouts shared with the kernels (``L`` layers, ``B`` rows):
+
+* ``q`` int64 ``(L, n_parts, B, w)``: every layer's fixed-point parts in the
+  cell's order (``model._parts()``, all of width ``w``);
+* the information buffer has ``L * B`` streams, layer ``l`` uses streams
+  ``l*B .. (l+1)*B - 1``;
+* inputs ``xtok`` int64 ``(T, B)`` with ``mode_in`` 0 (one-hot: rows of
+  ``V0``) or 1 (embedding rows ``E[x] * m_emb``), or ``xflt`` ``(T, B, D0)``
+  with ``mode_in`` 2; input weights ``V0`` (D0, G) and ``Vs`` (max(L-1, 1), H, G);
+* dropout masks ``m_emb`` (B, D0), ``m_btw`` (max(L-1, 1), B, H), ``m_top``
+  (B, H), all ones without dropout.
+
+A cell subclasses :class:`WindowRun` with ``_pack_cell``, ``_forward_chunk``,
+``_backward_chunk`` and ``_add_cell_grads``.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..buffer import InfoBuffer
+from ..errors import ReversalError, check_reversal
+
+#: Steps per kernel call (the buffer gets room for this many steps between calls).
+CHUNK = 32
+
+
+class WindowRun:
+    """The arrays of one ``loss_and_grad`` call of a reversible stack through the kernels.
+
+    Parameters
+    ----------
+    model : ReversibleModel
+    theta : ndarray of float64 (size,)
+    x : ndarray, int64 (T, B) token ids or float64 (T, B, n_in)
+    tokens : bool
+    state0 : ndarray (B, state_size) or None
+    masks : DropoutMasks or None
+    """
+
+    #: Names of the parts in ``q``'s order, and the part names of the kernels' error codes.
+    error_parts = ()
+
+    def __init__(self, model, theta, x, tokens, state0, masks):
+        m = self.m = model
+        L, H, G = m.n_layers, m.n_hidden, m._n_proj
+        self.T, self.B = x.shape[0], x.shape[1]
+        B = self.B
+        self.L, self.H = L, H
+        self.parts = tuple(nm for nm, _ in m._layout_parts)
+        self.w = m._layout_parts[0][1]
+        p = self.p = m.layout.views(theta)
+        pl = self.pl = m.layer_params(p)
+        self.V0 = pl[0]["V"]
+        self.Vs = (np.ascontiguousarray(np.stack([pl[l]["V"] for l in range(1, L)])) if L > 1
+                   else np.zeros((1, H, G)))
+        self.E = p["embed"] if m.embed_dim is not None else np.zeros((1, 1))
+        self.mode_in = 2 if not tokens else (1 if m.embed_dim is not None else 0)
+        self.xtok = x if tokens else np.zeros((1, 1), dtype=np.int64)
+        self.xflt = x if not tokens else np.zeros((1, 1, 1))
+        D0 = self.D0 = self.V0.shape[0] if self.mode_in == 2 else (m.embed_dim or 1)
+        if masks is None:
+            self.m_emb, self.m_btw = np.ones((B, D0)), np.ones((max(L - 1, 1), B, H))
+            self.m_top = np.ones((B, H))
+        else:
+            self.m_emb = masks.embed if masks.embed is not None else np.ones((B, D0))
+            self.m_btw = (np.ascontiguousarray(np.stack(masks.between)) if L > 1
+                          else np.ones((1, B, H)))
+            self.m_top = masks.top
+        q0 = m._initial_fixed(state0, B)
+        self.q = np.empty((L, len(self.parts), B, self.w), dtype=np.int64)
+        for l in range(L):
+            for k, nm in enumerate(self.parts):
+                self.q[l, k] = q0[l][nm]
+        self.q0 = self.q.copy()
+        self.buf = InfoBuffer(L * B, capacity=16)
+        self.inp0, self.inpH, self.P = np.empty((B, D0)), np.empty((B, H)), np.empty((B, G))
+        self._pack_cell()
+
+    # ------------------------------------------------------------ hooks
+    def _pack_cell(self):
+        """Contiguous stacked copies of the cell's parameters and its workspaces."""
+        raise NotImplementedError
+
+    def _forward_chunk(self, t0, t1, store):
+        """Run the forward kernel on steps ``t0 .. t1-1``; return ``(t, layer, part, code)``."""
+        raise NotImplementedError
+
+    def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
+        """Run the backward kernel on steps ``t1-1 .. t0``; return ``(loss, t, layer, part, code)``.
+
+        ``bw`` is the namespace of :meth:`backward`'s arrays (gradients, workspaces).
+        """
+        raise NotImplementedError
+
+    def _cell_grads(self):
+        """Zeroed gradient accumulators of the cell's stacked parameters (a dict)."""
+        raise NotImplementedError
+
+    def _add_cell_grads(self, gl, cg):
+        """Add the accumulated cell gradients ``cg`` to the per-layer views ``gl``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ helpers
+    def _reserve(self, steps):
+        self.buf.reserve(steps * self.m._step_words)
+
+    def inputs(self):
+        """The input arguments shared by the kernels, in their order."""
+        return (self.xtok, self.xflt, self.mode_in, self.E, self.m_emb, self.V0, self.Vs)
+
+    def state(self):
+        """Float64 ``(B, state_size)`` of the current fixed-point state."""
+        m, S = self.m, self.m.layer_state_size
+        out = np.empty((self.B, self.L * S))
+        for l in range(self.L):
+            out[:, l * S:(l + 1) * S] = np.concatenate(list(self.q[l]), axis=1) * m.inv_scale
+        return out
+
+    def _raise(self, t, l, part, code, reverse):
+        m = self.m
+        fn = m._corrupt if reverse else m._overflow
+        m._in_layer(l, fn, self.error_parts[part], t, code, (self.B, self.w))
+
+    def layer_q(self, l):
+        """Layer ``l``'s fixed-point parts as a dict of views (B, w), in the cell's order."""
+        return {nm: self.q[l, k] for k, nm in enumerate(self.parts)}
+
+    def layer_buffer(self, l):
+        """Layer ``l``'s streams of the buffer, as an InfoBuffer whose arrays are views."""
+        B, b = self.B, self.buf
+        view = InfoBuffer(B)
+        view.states, view.counts = b.states[l * B:(l + 1) * B], b.counts[l * B:(l + 1) * B]
+        view.words, view.info = b.words[l * B:(l + 1) * B], b.info[l * B:(l + 1) * B]
+        return view
+
+    # ------------------------------------------------------------ passes
+    def forward(self, store=None):
+        """All steps in fixed point; ``store`` (T+1, L, n_parts, B, w) gets every state (standard)."""
+        st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
+        if store is not None:
+            store[0] = self.q
+        for t0 in range(0, self.T, CHUNK):
+            t1 = min(self.T, t0 + CHUNK)
+            self._reserve(t1 - t0)
+            t, l, part, code = self._forward_chunk(t0, t1, st)
+            if code >= 0:
+                self._raise(t, l, part, code, False)
+
+    def backward(self, batch, reverse, store, want_dx):
+        """Undo (or reload) every step top-down, recompute, backpropagate.
+
+        Returns ``(loss, grad, dstate0, dx)``.
+        """
+        m = self.m
+        L, B, H, T = self.L, self.B, self.H, self.T
+        grad = np.zeros(m.size)
+        g = m.layout.views(grad)
+        gl = m.layer_params(g)
+        sn = self.q * m.inv_scale
+        G = m._n_proj
+        bw = SimpleNamespace(
+            g=g, sn=sn, sp=np.empty_like(sn), ds=np.zeros_like(sn),
+            gE=np.zeros_like(self.E), gV0=np.zeros_like(self.V0), gVs=np.zeros_like(self.Vs),
+            dX=np.empty(self.xflt.shape) if want_dx else np.zeros((1, 1, 1)), want_dx=want_dx,
+            softmax=m.loss_kind == "softmax", dP=np.empty((B, G)), dx0=np.empty((B, self.D0)),
+            dxH=np.empty((B, H)), htop=np.empty((B, H)), dH=np.empty((B, H)),
+            work=np.empty((B, m.n_out)), dPb=np.empty((L, CHUNK, B, G)),
+            Xb0=np.empty((CHUNK, B, self.D0)), XbH=np.empty((max(L - 1, 1), CHUNK, B, H)),
+            cell=self._cell_grads())
+        st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
+        loss = 0.0
+        hook = getattr(m, "_fault_hook", None)        # tests inject faults here
+        if hook is not None:
+            hook("before", self)
+        for t0 in reversed(range(0, T, CHUNK)):
+            t1 = min(T, t0 + CHUNK)
+            if reverse:
+                self._reserve(t1 - t0)
+            loss, t, l, part, code = self._backward_chunk(loss, t0, t1, reverse, st, batch, bw)
+            if code >= 0:
+                self._reversal_failed(t, l, part, code)
+        self._add_cell_grads(gl, bw.cell)
+        for l in range(1, L):
+            gl[l]["V"][...] += bw.gVs[l - 1]
+        gl[0]["V"][...] += bw.gV0
+        if m.embed_dim is not None:
+            g["embed"][...] += bw.gE
+        if hook is not None:
+            hook("after", self)
+        if reverse:
+            for l in range(L):
+                check_reversal(f"{m._layer_tag(l)}: reversible BPTT",
+                               np.array_equal(self.q[l], self.q0[l]), self.layer_buffer(l))
+        S = m.layer_state_size
+        dstate0 = np.empty((B, L * S))
+        for l in range(L):
+            dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
+        return loss, grad, dstate0, (bw.dX if want_dx else None)
+
+    def _reversal_failed(self, t, l, part, code):
+        """Raise the ReversalError of a failed undo, blaming the lowest corrupted layer."""
+        m = self.m
+        try:
+            self._raise(t, l, part, code, True)
+        except ReversalError as err:
+            e = err
+        if l == 0:
+            raise e
+        # the Python driver undoes the layers below on their own and names the lowest failing
+        q = [self.layer_q(j) for j in range(self.L)]
+        q0 = [{nm: self.q0[j, k] for k, nm in enumerate(self.parts)} for j in range(self.L)]
+        bufs = [self.layer_buffer(j) for j in range(self.L)]
+        masks = SimpleNamespace(embed=self.m_emb, between=tuple(self.m_btw), top=self.m_top)
+        ebuf = None if m.embed_dim is None else np.empty((self.B, m.embed_dim))
+        x = self.xtok if self.mode_in < 2 else self.xflt
+        raise m._blame(e, l, t, self.pl, self.p, x, self.mode_in < 2, q, q0, bufs,
+                       np.empty((self.B, m._n_proj)), masks, ebuf, self.B) from None
+
+
+def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class):
+    """``(loss, grad, info)`` of a reversible stack's BPTT through ``run_class``'s kernels."""
+    run = run_class(model, theta, batch.x, batch.tokens, state0, masks)
+    T, B = batch.lead[0], batch.B
+    store = (np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None)
+    run.forward(store)
+    final_state = run.state()
+    info_bits = run.buf.info_bits
+    mask_bytes = 0 if masks is None else sum(
+        a.nbytes for a in (masks.embed, masks.top) + tuple(masks.between) if a is not None)
+    if store is not None:
+        stored, buffer_bytes = store.nbytes + mask_bytes, 0
+    else:
+        buffer_bytes = run.buf.nbytes
+        stored = buffer_bytes + B * model.state_size * 8 + mask_bytes
+    loss, grad, dstate0, dx = run.backward(batch, store is None, store,
+                                           want_inputs and not batch.tokens)
+    info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
+            "final_state": final_state}
+    if want_inputs:
+        info["dstate0"], info["dx"] = dstate0, dx
+    return loss, grad, info
