@@ -34,65 +34,10 @@ from numba import njit
 from ._options import NJIT_OPTS
 from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell, revlstm_back
 from .quantize import forget_add, forget_add_undo
-from .head import softmax_xent_head, mse_head
+from .window import to_float, project, head_step, pass_down, chunk_input_grads
 
 #: Part indices in ``q``: h1, h2, c1, c2.
 H1, H2, C1, C2 = 0, 1, 2, 3
-
-
-@njit(**NJIT_OPTS)
-def _to_float(qp, inv_scale, out):
-    """``out = qp * 2**-F`` (B, Hh)."""
-    B, Hh = qp.shape
-    for r in range(B):
-        for j in range(Hh):
-            out[r, j] = qp[r, j] * inv_scale
-
-
-@njit(**NJIT_OPTS)
-def _h_float(ql, inv_scale, out):
-    """``out = [h1 | h2]`` (B, H) as float from the fixed-point parts ``ql`` (4, B, Hh)."""
-    B, Hh = ql.shape[1], ql.shape[2]
-    for r in range(B):
-        for j in range(Hh):
-            out[r, j] = ql[H1, r, j] * inv_scale
-            out[r, Hh + j] = ql[H2, r, j] * inv_scale
-
-
-@njit(**NJIT_OPTS)
-def _project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, m_btw, inv_scale, inp0, inpH, P):
-    """``P = input_l(t) @ V_l``; the float input goes to ``inp0`` (B, D0) for layer 0
-    (embedding or float inputs) or ``inpH`` (B, H). Layer ``l``'s input is layer
-    ``l-1``'s current state."""
-    B = P.shape[0]
-    if l == 0:
-        if mode_in == 0:
-            G = P.shape[1]
-            for r in range(B):
-                row = xtok[t, r]
-                for c in range(G):
-                    P[r, c] = V0[row, c]
-            return
-        if mode_in == 1:
-            Ed = E.shape[1]
-            for r in range(B):
-                row = xtok[t, r]
-                for c in range(Ed):
-                    inp0[r, c] = E[row, c] * m_emb[r, c]
-        else:
-            D0 = xflt.shape[2]
-            for r in range(B):
-                for c in range(D0):
-                    inp0[r, c] = xflt[t, r, c]
-        np.dot(inp0, V0, P)
-        return
-    _h_float(q[l - 1], inv_scale, inpH)
-    H = inpH.shape[1]
-    m = m_btw[l - 1]
-    for r in range(B):
-        for c in range(H):
-            inpH[r, c] = inpH[r, c] * m[r, c]
-    np.dot(inpH, Vs[l - 1], P)
 
 
 @njit(**NJIT_OPTS)
@@ -102,7 +47,7 @@ def _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g):
     ``g`` (7, B, Hh) receives ``i, f, sf, o, p, sp, g``; ``o`` (B, Hh) the other half's float h.
     """
     Hh = o.shape[1]
-    _to_float(ql[H2 if half == 0 else H1], inv_scale, o)
+    to_float(ql[H2 if half == 0 else H1], inv_scale, o)
     np.dot(o, W, A)
     revlstm_gates(A, P, b, half * 5 * Hh, floor, g[0], g[1], g[2], g[3], g[4], g[5], g[6])
 
@@ -166,8 +111,8 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m
     keep = store.shape[0] > 1
     for t in range(t0, t1):
         for l in range(L):
-            _project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, m_btw, inv_scale, inp0,
-                     inpH, P)
+            project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
+                    inpH, P)
             s0, s1 = l * B, (l + 1) * B
             part, code = layer_forward(q[l], P, W1s[l], W2s[l], bs[l], floor, D, nmin, scale,
                                        inv_scale, bst[s0:s1], bct[s0:s1], bwd[s0:s1],
@@ -177,16 +122,6 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m
             if keep:
                 store[t + 1, l] = q[l]
     return t1, 0, 0, -1
-
-
-@njit(**NJIT_OPTS)
-def _head_rows(t, T, B, per_step):
-    """First label row of step ``t``'s targets, or -1 when the step has none."""
-    if per_step:
-        return t * B
-    if t == T - 1:
-        return 0
-    return -1
 
 
 @njit(**NJIT_OPTS)
@@ -210,11 +145,10 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
     Returns ``(loss, t, layer, part, code)``.
     """
     L, B, Hh = q.shape[0], q.shape[2], q.shape[3]
-    H = 2 * Hh
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
-            _project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, m_btw, inv_scale, inp0,
-                     inpH, P)
+            project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
+                    inpH, P)
             W1, W2, b = W1s[l], W2s[l], bs[l]
             ql = q[l]
             if reverse:
@@ -230,7 +164,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                 _half_gates(0, ql, P, W1, b, floor, inv_scale, o, A, g1)
             spl, snl = sp[l], sn[l]
             for k in range(4):
-                _to_float(ql[k], inv_scale, spl[k])
+                to_float(ql[k], inv_scale, spl[k])
             # float recompute (real: the fixed-point results stand; tanh(c_new) is kept)
             revlstm_cell(spl[C1], spl[H1], g1[0], g1[1], g1[3], g1[4], g1[6], snl[C1], snl[H1],
                          tc[0])
@@ -238,22 +172,8 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                          tc[1])
             dsl = ds[l]
             if l == L - 1:
-                r0 = _head_rows(tt, T, B, per_step)
-                if r0 >= 0:
-                    for r in range(B):
-                        for j in range(Hh):
-                            htop[r, j] = snl[H1, r, j] * m_top[r, j]
-                            htop[r, Hh + j] = snl[H2, r, j] * m_top[r, Hh + j]
-                    if softmax:
-                        loss += softmax_xent_head(htop, U, by, labels[r0:r0 + B], lscale, work,
-                                                  dH, gU, gby)
-                    else:
-                        loss += mse_head(htop, U, by, target[r0:r0 + B], lscale, work, dH,
-                                         gU, gby)
-                    for r in range(B):
-                        for j in range(Hh):
-                            dsl[H1, r, j] += dH[r, j] * m_top[r, j]
-                            dsl[H2, r, j] += dH[r, Hh + j] * m_top[r, Hh + j]
+                loss += head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target,
+                                  lscale, work, htop, dH, gU, gby, dsl)
             # backpropagate: half 2, then half 1
             for hh in range(2):
                 half = 1 - hh
@@ -269,51 +189,23 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                 Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
                 dsl[other] += np.dot(dA, W.T)
             dPb[l, tt - t0] = dP
-            # input weights and the gradient passed down
-            if l == 0 and mode_in == 0:
-                for r in range(B):
-                    row = xtok[tt, r]
-                    for c in range(5 * H):
-                        gV0[row, c] += dP[r, c]
-            elif l == 0:
-                Xb0[tt - t0] = inp0
-                if mode_in == 1 or want_dx:
-                    D0 = dx0.shape[1]
-                    np.dot(dP, V0.T, dx0)
-                    if mode_in == 1:
-                        for r in range(B):
-                            row = xtok[tt, r]
-                            for c in range(D0):
-                                gE[row, c] += dx0[r, c] * m_emb[r, c]
-                    else:
-                        for r in range(B):
-                            for c in range(D0):
-                                dX[tt, r, c] = dx0[r, c]
-            else:
-                XbH[l - 1, tt - t0] = inpH
-                dx = dxH
-                np.dot(dP, Vs[l - 1].T, dx)
-                m = m_btw[l - 1]
-                below = ds[l - 1]
-                for r in range(B):
-                    for j in range(Hh):
-                        below[H1, r, j] += dx[r, j] * m[r, j]
-                        below[H2, r, j] += dx[r, Hh + j] * m[r, Hh + j]
+            pass_down(tt, tt - t0, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, 2, ds,
+                      gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
             for k in range(4):
                 snl[k] = spl[k]
-    _chunk_weight_grads(t1 - t0, mode_in, Ob, dPb, Xb0, XbH, gV0, gVs, gW1s, gW2s, gbs)
+    _chunk_weight_grads(t1 - t0, Ob, dPb, gW1s, gW2s, gbs)
+    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
     return loss, t0, 0, 0, -1
 
 
 @njit(**NJIT_OPTS)
-def _chunk_weight_grads(k, mode_in, Ob, dPb, Xb0, XbH, gV0, gVs, gW1s, gW2s, gbs):
-    """Add a chunk's weight gradients, one product over its ``k * B`` rows per block:
-    ``gW_half += O^T dA_half``, ``gV += X^T dP`` (float inputs of the layer), ``gb += sum dP``."""
+def _chunk_weight_grads(k, Ob, dPb, gW1s, gW2s, gbs):
+    """Add a chunk's recurrent and bias gradients, one product over its ``k * B`` rows per
+    block: ``gW_half += O^T dA_half``, ``gb += sum dP``."""
     L, B, Hh = Ob.shape[0], Ob.shape[3], Ob.shape[4]
-    H = 2 * Hh
     N = k * B
     for l in range(L):
-        dP = dPb[l, :k].reshape((N, 5 * H))
+        dP = dPb[l, :k].reshape((N, 10 * Hh))
         for half in range(2):
             O = Ob[l, half, :k].reshape((N, Hh))
             dA = np.ascontiguousarray(dP[:, half * 5 * Hh:(half + 1) * 5 * Hh])
@@ -322,8 +214,3 @@ def _chunk_weight_grads(k, mode_in, Ob, dPb, Xb0, XbH, gV0, gVs, gW1s, gW2s, gbs
             else:
                 gW2s[l] += np.dot(O.T, dA)
         gbs[l] += dP.sum(axis=0)
-        if l > 0:
-            gVs[l - 1] += np.dot(XbH[l - 1, :k].reshape((N, H)).T, dP)
-        elif mode_in != 0:
-            D0 = Xb0.shape[2]
-            gV0 += np.dot(Xb0[:k].reshape((N, D0)).T, dP)

@@ -1,0 +1,154 @@
+"""Pieces of the whole-window kernels shared by the reversible cells (any cell's stack).
+
+Layouts as in :mod:`revtrain.models.window`: ``q`` int64 ``(L, n_parts, B, w)``
+with the first ``nh`` parts forming the hidden state ``h`` (B, H = nh * w) that
+the next layer and the output layer read; float states ``sn``/``ds`` of the
+same shape; inputs ``xtok`` / ``xflt`` with ``mode_in`` 0 (one-hot), 1
+(embedding) or 2 (float); input weights ``V0`` (D0, G), ``Vs`` (., H, G).
+"""
+import numpy as np
+from numba import njit
+
+from ._options import NJIT_OPTS
+from .head import softmax_xent_head, mse_head
+
+
+@njit(**NJIT_OPTS)
+def to_float(qp, inv_scale, out):
+    """``out = qp * 2**-F`` (B, w)."""
+    B, w = qp.shape
+    for r in range(B):
+        for j in range(w):
+            out[r, j] = qp[r, j] * inv_scale
+
+
+@njit(**NJIT_OPTS)
+def h_float(ql, nh, inv_scale, out):
+    """``out`` (B, nh * w) = the first ``nh`` fixed-point parts of ``ql`` side by side, as float."""
+    B, w = ql.shape[1], ql.shape[2]
+    for k in range(nh):
+        for r in range(B):
+            for j in range(w):
+                out[r, k * w + j] = ql[k, r, j] * inv_scale
+
+
+@njit(**NJIT_OPTS)
+def project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, nh, m_btw, inv_scale, inp0, inpH,
+            P):
+    """``P = input_l(t) @ V_l`` (B, G); the float input goes to ``inp0`` (layer 0, embedding
+    or float inputs) or ``inpH``. Layer ``l``'s input is layer ``l-1``'s current ``h``, masked."""
+    B = P.shape[0]
+    if l == 0:
+        if mode_in == 0:
+            G = P.shape[1]
+            for r in range(B):
+                row = xtok[t, r]
+                for c in range(G):
+                    P[r, c] = V0[row, c]
+            return
+        if mode_in == 1:
+            Ed = E.shape[1]
+            for r in range(B):
+                row = xtok[t, r]
+                for c in range(Ed):
+                    inp0[r, c] = E[row, c] * m_emb[r, c]
+        else:
+            D0 = xflt.shape[2]
+            for r in range(B):
+                for c in range(D0):
+                    inp0[r, c] = xflt[t, r, c]
+        np.dot(inp0, V0, P)
+        return
+    h_float(q[l - 1], nh, inv_scale, inpH)
+    H = inpH.shape[1]
+    m = m_btw[l - 1]
+    for r in range(B):
+        for c in range(H):
+            inpH[r, c] = inpH[r, c] * m[r, c]
+    np.dot(inpH, Vs[l - 1], P)
+
+
+@njit(**NJIT_OPTS)
+def _add_h(dsl, nh, d, m):
+    """``dsl[k] += d[:, k*w:(k+1)*w] * m[...]`` for the ``nh`` hidden parts."""
+    B, w = dsl.shape[1], dsl.shape[2]
+    for k in range(nh):
+        for r in range(B):
+            for j in range(w):
+                dsl[k, r, j] += d[r, k * w + j] * m[r, k * w + j]
+
+
+@njit(**NJIT_OPTS)
+def head_step(t, T, per_step, snl, nh, m_top, U, by, softmax, labels, target, lscale, work,
+              htop, dH, gU, gby, dsl):
+    """Output layer of step ``t`` on the top layer's (masked) ``h``; adds dL/dh to ``dsl``.
+
+    Returns the step's loss (0 when the step has no target).
+    """
+    B, w = snl.shape[1], snl.shape[2]
+    if per_step:
+        r0 = t * B
+    elif t == T - 1:
+        r0 = 0
+    else:
+        return 0.0
+    for k in range(nh):
+        for r in range(B):
+            for j in range(w):
+                htop[r, k * w + j] = snl[k, r, j] * m_top[r, k * w + j]
+    if softmax:
+        loss = softmax_xent_head(htop, U, by, labels[r0:r0 + B], lscale, work, dH, gU, gby)
+    else:
+        loss = mse_head(htop, U, by, target[r0:r0 + B], lscale, work, dH, gU, gby)
+    _add_h(dsl, nh, dH, m_top)
+    return loss
+
+
+@njit(**NJIT_OPTS)
+def pass_down(t, i, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, nh, ds, gE, gV0,
+              dX, want_dx, dx0, dxH, Xb0, XbH):
+    """Input side of layer ``l``'s backward at step ``t`` (row ``i`` of the chunk).
+
+    One-hot inputs scatter-add ``dP`` into rows of ``gV0``; float inputs are kept
+    in ``Xb0`` / ``XbH`` for :func:`chunk_input_grads`; dL/d(input) = ``dP V^T``
+    goes to the embedding rows, ``dX[t]`` or the layer below's ``h`` (masked).
+    """
+    B, G = dP.shape
+    if l == 0 and mode_in == 0:
+        for r in range(B):
+            row = xtok[t, r]
+            for c in range(G):
+                gV0[row, c] += dP[r, c]
+    elif l == 0:
+        Xb0[i] = inp0
+        if mode_in == 1 or want_dx:
+            D0 = dx0.shape[1]
+            np.dot(dP, V0.T, dx0)
+            if mode_in == 1:
+                for r in range(B):
+                    row = xtok[t, r]
+                    for c in range(D0):
+                        gE[row, c] += dx0[r, c] * m_emb[r, c]
+            else:
+                for r in range(B):
+                    for c in range(D0):
+                        dX[t, r, c] = dx0[r, c]
+    else:
+        XbH[l - 1, i] = inpH
+        np.dot(dP, Vs[l - 1].T, dxH)
+        _add_h(ds[l - 1], nh, dxH, m_btw[l - 1])
+
+
+@njit(**NJIT_OPTS)
+def chunk_input_grads(k, mode_in, dPb, Xb0, XbH, gV0, gVs):
+    """Add a chunk's input-weight gradients, ``gV += X^T dP`` over its ``k * B`` rows."""
+    L, B, G = dPb.shape[0], dPb.shape[2], dPb.shape[3]
+    N = k * B
+    for l in range(L):
+        dP = dPb[l, :k].reshape((N, G))
+        if l > 0:
+            H = XbH.shape[3]
+            gVs[l - 1] += np.dot(XbH[l - 1, :k].reshape((N, H)).T, dP)
+        elif mode_in != 0:
+            D0 = Xb0.shape[2]
+            gV0 += np.dot(Xb0[:k].reshape((N, D0)).T, dP)
