@@ -9,11 +9,15 @@ a constant momentum, and prints a markdown table:
   ``P * n_iters * log2(1 / gamma)`` bits;
 * trajectory bytes: storing ``w_t`` in float64 for every iteration
   (``8 * P * n_iters``), what reverse mode without reversal needs;
+* fingerprint bytes: the 8 bytes per iteration with which the reverse pass
+  checks that the complex-step gradient gives the forward step's increment;
 * the time of the forward pass (training) and of the reverse pass (undoing
-  each step, recomputing its gradient, one exact Hessian-vector product).
+  each step with the gradient and exact Hessian-vector product of one
+  ``grad_and_hvp``), and how many reverse iterations also needed
+  ``loss_and_grad`` (the complex-step gradient rounded to another increment).
 
 Targets (issue 5): at 1000 iterations and momentum 0.9, memory >= 300x
-smaller than the trajectory; reverse <= 4x forward time.
+smaller than the trajectory; reverse <= 4x forward time (issue 12: <= 2x).
 
 Usage: python profiling/bench_hypergrad.py [--iters 100 1000 10000] [--hidden 64] ...
 """
@@ -68,10 +72,11 @@ def main(argv=None):
     print(f"RNN(n_in={V}, n_hidden={args.hidden}, n_out={V}): P = {model.size} parameters; "
           f"batches of T={args.seq_len} x B={args.batch} characters; lr={args.lr}, "
           f"momentum={args.momentum} (held as {gamma * 2**16:.0f}/2**16)\n")
-    print("| iterations | buffer bytes | bound bytes | buffer / bound | trajectory bytes "
-          "| trajectory / buffer | forward s (CPU) | reverse s (CPU) | reverse / forward (CPU) "
-          "| reverse / forward (wall) | val loss |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| iterations | buffer bytes | bound bytes | buffer / bound | fingerprint bytes "
+          "| trajectory bytes | trajectory / (buffer + fingerprints) | forward s (CPU) "
+          "| reverse s (CPU) | reverse / forward (CPU) | reverse / forward (wall) "
+          "| extra gradients | val loss |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.iters:
         opt = rt.ExactSGD(args.lr, args.momentum)
         try:
@@ -81,14 +86,16 @@ def main(argv=None):
             continue
         s = hg.stats
         bound = model.size * n * np.log2(1.0 / gamma) / 8.0
+        held = s.buffer_bytes + s.fingerprint_bytes
         print(f"| {n} | {s.buffer_bytes} ({human(s.buffer_bytes)}) | {bound:.0f} "
-              f"| {s.buffer_bytes / bound:.4f} | {s.trajectory_bytes} "
-              f"({human(s.trajectory_bytes)}) | {s.trajectory_bytes / s.buffer_bytes:.0f}x "
+              f"| {s.buffer_bytes / bound:.4f} | {s.fingerprint_bytes} | {s.trajectory_bytes} "
+              f"({human(s.trajectory_bytes)}) | {s.trajectory_bytes / held:.0f}x "
               f"| {s.forward_cpu_seconds:.2f} | {s.reverse_cpu_seconds:.2f} "
               f"| {s.reverse_cpu_seconds / s.forward_cpu_seconds:.2f}x "
-              f"| {s.reverse_seconds / s.forward_seconds:.2f}x | {hg.val_loss:.4f} |")
+              f"| {s.reverse_seconds / s.forward_seconds:.2f}x "
+              f"| {s.reverse_gradients} of {n} | {hg.val_loss:.4f} |")
 
-    # where the reverse time goes: one training gradient, one hvp, one step / unstep
+    # where the time goes: one training gradient, one grad_and_hvp, one step / unstep
     x, y = xs[0], ys[0]
     opt = rt.ExactSGD(args.lr, args.momentum)
     state = opt.init(theta0)
@@ -103,7 +110,7 @@ def main(argv=None):
         return min(ts)
 
     t_grad = best(lambda: model.loss_and_grad(theta0, x, y))
-    t_hvp = best(lambda: model.hvp(theta0, x, y, g))
+    t_both = best(lambda: model.grad_and_hvp(theta0, x, y, g))
     st = [state]
 
     def step_unstep():
@@ -111,11 +118,13 @@ def main(argv=None):
         st[0] = opt.unstep(s1, lambda th, t: g)
 
     t_pair = best(step_unstep)
-    print(f"\nper iteration (CPU time, best of 20): gradient {t_grad * 1e3:.3f} ms, exact hvp "
-          f"{t_hvp * 1e3:.3f} ms ({t_hvp / t_grad:.2f}x the gradient), ExactSGD step + "
-          f"unstep {t_pair * 1e3:.3f} ms ({t_pair / model.size * 1e9:.1f} ns per parameter)")
-    print("reverse pass per iteration = gradient (to recover v exactly) + hvp + unstep; "
-          "forward = gradient + step")
+    print(f"\nper iteration (CPU time, best of 20): gradient {t_grad * 1e3:.3f} ms, "
+          f"grad_and_hvp (one complex-step pass) {t_both * 1e3:.3f} ms ({t_both / t_grad:.2f}x "
+          f"the gradient), ExactSGD step + unstep {t_pair * 1e3:.3f} ms "
+          f"({t_pair / model.size * 1e9:.1f} ns per parameter)")
+    print("forward per iteration = gradient + step; reverse = grad_and_hvp (its gradient "
+          "undoes the step when its increment's fingerprint matches, else also a gradient) "
+          "+ unstep")
 
 
 if __name__ == "__main__":

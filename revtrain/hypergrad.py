@@ -7,19 +7,32 @@ bit, recovering every ``(w_t, v_t)`` from the information buffer instead of
 storing the trajectory, and accumulates the gradient of the validation loss
 with respect to the learning rates, momenta, weight decay, initial weights
 and initial weight scale.
+
+Each reverse iteration needs the training gradient at ``w_t`` bit for bit (to
+undo the velocity update) and a Hessian-vector product there. One complex-step
+pass, ``model.grad_and_hvp``, gives both, but its gradient (the real part of a
+complex128 computation, always by standard BPTT) is not guaranteed to be
+bit-identical to the ``loss_and_grad`` gradient the forward step used: for some
+models, BPTT modes and sizes it differs in the last bit of a few entries. The
+step only uses the gradient through its fixed-point increment
+``rint((1 - gamma) * 2**Fv * (g + lambda * w))``, so the forward pass keeps a
+64-bit fingerprint of that increment vector per iteration (8 bytes, against
+about ``P * log2(1/gamma) / 8`` bytes of buffer); the reverse pass takes the
+complex-step gradient when the fingerprint of its increment matches and
+otherwise recomputes the gradient with ``loss_and_grad``.
 """
 import math
 import time
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
+from numba import njit, int64, uint64
 
 from ._checks import nonneg_int, positive_int
 from .errors import DivergenceError, FixedPointError, ReversalError
 from .errors import check_reversal as _check_reversal
 from .optim import ExactSGD
 from .trainer import step_dropout_seed
-from ._kernels.sgd import group_dot
 
 #: Training stops (DivergenceError) when its loss exceeds this many times the first
 #: iteration's loss (for a softmax loss, only if it is also above DIVERGED_SOFTMAX * log(n_out)).
@@ -50,6 +63,16 @@ class HyperStats(NamedTuple):
     forward_cpu_seconds, reverse_cpu_seconds : float
         The same in CPU time of this process (less sensitive to other load on
         the machine).
+    fingerprint_bytes : int
+        Bytes of the per-iteration fingerprints of the velocity increments
+        (8 per iteration; 0 for a model without ``grad_and_hvp``), held with
+        the buffer.
+    reverse_gradients : int
+        Training gradients the reverse pass computed with ``loss_and_grad``
+        besides its one ``grad_and_hvp`` per iteration: iterations where the
+        complex-step gradient's increment differed from the forward's, or
+        that needed no Hessian-vector product (then ``loss_and_grad`` alone);
+        every iteration for a model without ``grad_and_hvp``.
     """
     buffer_bytes: int
     info_bits: float
@@ -60,6 +83,8 @@ class HyperStats(NamedTuple):
     n_params: int
     forward_cpu_seconds: float = 0.0
     reverse_cpu_seconds: float = 0.0
+    fingerprint_bytes: int = 0
+    reverse_gradients: int = 0
 
 
 class HyperGradient(NamedTuple):
@@ -204,19 +229,67 @@ def _step(opt, state, g, t, n_iters):
                               "for more range") from e
 
 
-def _forward(model, opt, theta0, batch, n_iters, bptt, drop):
+# Limit of the step kernels' range checks (revtrain._kernels.sgd.SAFE_LIMIT).
+_SAFE_LIMIT = 4.0e18
+
+
+@njit(cache=True, error_model="numpy")
+def _fingerprint_kernel(g, w, gidx, cv, wd, inv_w):
+    """``(ok, h)``: ``h = sum_i m_i * q_i mod 2**64`` of the velocity increments
+    ``q_i = rint(cv_j * (g_i + wd_j * w_i * inv_w))`` (``j = gidx[i]``), computed with the
+    arithmetic of ``sgd_step`` / ``sgd_unstep_velocity``; ``m_i`` odd (splitmix64 of
+    ``i``), so increments that differ in one entry always differ in ``h``. ``ok`` is
+    False (and ``h`` 0) if an increment is not finite or out of the steps' range."""
+    h = uint64(0)
+    bad = False
+    for i in range(g.shape[0]):
+        j = gidx[i]
+        inc = cv[j] * (g[i] + wd[j] * (float(w[i]) * inv_w))
+        bad = bad or not (abs(inc) < _SAFE_LIMIT)      # no branch: the loop vectorises
+        z = (uint64(i) + uint64(1)) * uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> uint64(30))) * uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> uint64(27))) * uint64(0x94D049BB133111EB)
+        z = (z ^ (z >> uint64(31))) | uint64(1)
+        h += uint64(int64(np.rint(inc))) * z
+    if bad:
+        return False, uint64(0)
+    return True, h
+
+
+def _fingerprint(opt, t, w, g, gidx):
+    """Fingerprint (uint64) of the fixed-point velocity increment that ``opt``'s step
+    ``t`` makes from weights ``w`` (int64) and training gradient ``g``, or None when
+    that step would refuse ``g`` (not finite, out of range).
+
+    Equal fingerprints mean (up to a 2**-64 chance for increments that differ in
+    several entries; never for one entry) that the step, and so its exact undo,
+    is the same for both gradients. ``cv`` and ``wd`` are the step kernels'
+    (``(1 - gamma_t) * 2**Fv`` from the quantised momentum, the weight decay).
+    """
+    _, gam, wd = opt.hyperparameters(t)
+    cv = (1.0 - gam) * 2.0 ** opt.velocity_frac_bits
+    ok, h = _fingerprint_kernel(np.ascontiguousarray(g, dtype=np.float64), w, gidx, cv,
+                                np.ascontiguousarray(wd), 2.0 ** -opt.frac_bits)
+    return h if ok else None
+
+
+def _forward(model, opt, theta0, batch, n_iters, bptt, drop, fingerprints):
     """Train ``n_iters`` exact steps from ``theta0``.
 
-    Returns ``(state, w_init, train_loss)``: the final :class:`ExactSGDState`,
-    ``to_fixed(theta0)`` (int64 ``(P,)``) and the training losses ``(n_iters,)``.
-    Raises :class:`DivergenceError` as :func:`hypergradient` documents.
+    Returns ``(state, w_init, train_loss, fps)``: the final :class:`ExactSGDState`,
+    ``to_fixed(theta0)`` (int64 ``(P,)``), the training losses ``(n_iters,)`` and,
+    if ``fingerprints``, the :func:`_fingerprint` of every step (uint64
+    ``(n_iters,)``; else None). Raises :class:`DivergenceError` as
+    :func:`hypergradient` documents.
     """
     state = opt.init(theta0)
     w_init = state.w.copy()
+    gidx = opt.group_index(w_init.shape[0])
     S = state.buffer.n_streams
     chunk = -(-state.w.shape[0] // S)
     state.buffer.reserve(int(opt.info_bits_per_param(n_iters) * chunk / 32.0 * 1.02) + 64)
     train_loss = np.empty(n_iters)
+    fps = np.zeros(n_iters, dtype=np.uint64) if fingerprints else None
     limit = math.inf
     for t in range(n_iters):
         x, y = batch(t)
@@ -229,8 +302,11 @@ def _forward(model, opt, theta0, batch, n_iters, bptt, drop):
                 f"training loss {loss:.4g} is above {limit:.4g} (the first iteration's was "
                 f"{train_loss[0]:.4g})", step=t + 1, loss=loss, hint=_HINT)
         train_loss[t] = loss
+        w_t = state.w
         state = _step(opt, state, g, t, n_iters)
-    return state, w_init, train_loss
+        if fps is not None:       # the step took g, so its increment is finite and in range
+            fps[t] = _fingerprint(opt, t, w_t, g, gidx)
+    return state, w_init, train_loss, fps
 
 
 def _validation(model, theta, val_data, n_iters):
@@ -279,7 +355,104 @@ def _undo(fn, t, *args):
                             "deterministic, or the state was corrupted") from e
 
 
-def _reverse_step(model, opt, state, t, batch, bptt, adj, drop):
+# The two adjoint kernels fuse what one reverse iteration does per element besides
+# the undo. Their per-group sums add the same terms in the same order as a plain
+# ``out[gidx[i]] += a[i] * b[i]`` loop (``group_dot``), but keep the running sum of
+# a run of equal ``gidx`` in a register (a layout's groups are contiguous runs), so
+# the additions do not wait on a store and a load each.
+@njit(cache=True, error_model="numpy")
+def _adjoint_before(dw, v, dv, gidx, lr, om, d_lr, u):
+    """Before undoing iteration ``t`` (``v = v_{t+1}``), element by element::
+
+        d_lr[j] += dw_i * v_i;   dv_i += lr_j * dw_i;   u_i = om_j * dv_i
+
+    (``j = gidx[i]``, ``om = 1 - gamma_t``). Returns whether ``u`` has a nonzero."""
+    nonzero = False
+    P = dw.shape[0]
+    if P == 0:
+        return nonzero
+    cur = gidx[0]
+    acc = d_lr[cur]
+    for i in range(P):
+        j = gidx[i]
+        if j != cur:
+            d_lr[cur] = acc
+            cur = j
+            acc = d_lr[j]
+        acc += dw[i] * v[i]
+        dv[i] += lr[j] * dw[i]
+        u[i] = om[j] * dv[i]
+        nonzero = nonzero or u[i] != 0.0
+    d_lr[cur] = acc
+    return nonzero
+
+
+@njit(cache=True, error_model="numpy")
+def _adjoint_after(dw, dv, v, g, w, hu, u, with_hu, gidx, gam, wd, d_mom, wdv):
+    """After undoing iteration ``t`` (``v = v_t``, ``w = w_t``, ``g = g_t``)::
+
+        d_mom[j] += dv_i * ((v_i + g_i) + wd_j * w_i);   wdv[j] += w_i * dv_i
+        dw_i -= hu_i + wd_j * u_i    (if with_hu);       dv_i *= gam_j
+
+    Returns False if a ``dv_i`` or ``dw_i`` is not finite."""
+    P = dw.shape[0]
+    if P == 0:
+        return True
+    zero = 0.0                  # stays 0 unless some x - x is NaN: x not finite
+    cur = gidx[0]
+    acc_mom, acc_wdv = d_mom[cur], wdv[cur]
+    for i in range(P):
+        j = gidx[i]
+        if j != cur:
+            d_mom[cur], wdv[cur] = acc_mom, acc_wdv
+            cur = j
+            acc_mom, acc_wdv = d_mom[j], wdv[j]
+        acc_mom += dv[i] * ((v[i] + g[i]) + wd[j] * w[i])
+        acc_wdv += w[i] * dv[i]
+        if with_hu:
+            dw[i] -= hu[i] + wd[j] * u[i]
+        dv[i] *= gam[j]
+        zero += (dv[i] - dv[i]) + (dw[i] - dw[i])
+    d_mom[cur], wdv[cur] = acc_mom, acc_wdv
+    return zero == 0.0
+
+
+class _Reverse:
+    """What the reverse pass needs besides the state and the adjoints, and its counts.
+
+    ``fps``: the forward's fingerprints (None: the model has no ``grad_and_hvp``,
+    so each iteration takes ``loss_and_grad`` and ``hvp``); ``gradients``: the
+    ``loss_and_grad`` calls made so far.
+    """
+    __slots__ = ("model", "opt", "batch", "bptt", "drop", "gidx", "fps", "gradients")
+
+    def __init__(self, model, opt, batch, bptt, drop, gidx, fps):
+        self.model, self.opt, self.batch, self.bptt, self.drop = model, opt, batch, bptt, drop
+        self.gidx, self.fps, self.gradients = gidx, fps, 0
+
+    def gradient(self, w_t, x, y, dkw):
+        self.gradients += 1
+        return self.model.loss_and_grad(w_t, x, y, bptt=self.bptt, **dkw)[1]
+
+    def gradient_and_hvp(self, t, pending, x, y, u, dkw):
+        """``(g, Hu)`` at ``w_t = pending.theta``: ``g`` bit for bit the step's gradient
+        or one with the same fixed-point increment (so the undo is exact), ``Hu`` the
+        Hessian-vector product of the training loss (``u`` None when it is 0: then
+        ``loss_and_grad`` alone, and ``Hu`` None)."""
+        w_t = pending.theta
+        if u is None:
+            return self.gradient(w_t, x, y, dkw), None
+        if self.fps is None:
+            return self.gradient(w_t, x, y, dkw), self.model.hvp(w_t, x, y, u, **dkw)
+        _, g, hu = self.model.grad_and_hvp(w_t, x, y, u, **dkw)
+        fp = _fingerprint(self.opt, t, pending.w, g, self.gidx)
+        if fp is None or fp != self.fps[t]:
+            # the complex-step gradient rounds to another increment somewhere
+            g = self.gradient(w_t, x, y, dkw)
+        return g, hu
+
+
+def _reverse_step(rev, state, v, t, adj):
     """Undo iteration ``t`` exactly and carry the adjoints ``adj`` back through it.
 
     With ``u = (1 - gamma_t) * dv`` (elementwise, per group) and sums over
@@ -288,44 +461,45 @@ def _reverse_step(model, opt, state, t, batch, bptt, adj, drop):
         d alpha_t  = dw . v_{t+1}
         dv        += alpha_t * dw
         w_t        = w_{t+1} - alpha_t * v_{t+1}            (exact, unstep_weights)
-        g_t        = grad L_train(w_t; batch t) + lambda * w_t
-        v_t        = (v_{t+1} + (1 - gamma_t) * g_t) / gamma_t    (exact, unstep_velocity)
-        d gamma_t  = dv . (v_t + g_t)
+        g_t, H_t u = grad L_train(w_t; batch t), its Hessian times u
+        v_t        = (v_{t+1} + (1 - gamma_t) * (g_t + lambda * w_t)) / gamma_t
+                                                            (exact, unstep_velocity)
+        d gamma_t  = dv . (v_t + g_t + lambda * w_t)
         d lambda  -= (1 - gamma_t) * w_t . dv
         dw        -= H_t u + lambda * u                     (H_t: Hessian of L_train at w_t)
         dv        *= gamma_t
 
-    ``drop`` is the dropout seed of the run (or None): the gradient and the
-    Hessian-vector product of iteration ``t`` use the masks its forward step used.
-    Returns the state before iteration ``t``; ``adj`` is updated in place.
+    ``g_t`` and ``H_t u`` come from one ``grad_and_hvp`` (plus a ``loss_and_grad``
+    when its gradient's increment does not match the forward's, see
+    :meth:`_Reverse.gradient_and_hvp`). ``v`` is ``v_{t+1}`` in float64; ``rev.drop``
+    the dropout seed of the run (or None): iteration ``t`` uses the masks its
+    forward step used. Returns ``(state, v_t)``, the state before iteration ``t``
+    and its velocity in float64; ``adj`` is updated in place.
     """
-    dkw = _dropout_kw(model, drop, t)
-    gidx = opt.group_index(adj.dw.shape[0])
+    model, opt, gidx = rev.model, rev.opt, rev.gidx
+    dkw = _dropout_kw(model, rev.drop, t)
     lr, gam, wd = opt.hyperparameters(t)
-    group_dot(adj.dw, opt.velocity(state), gidx, adj.d_lr[t])
-    adj.dv += lr[gidx] * adj.dw
+    # d g / d w = H + diag(lambda): the Hessian acts on (1 - gamma) * dv, not the
+    # other way round (they differ when gamma differs between groups)
+    u = np.empty_like(adj.dv)
+    nonzero = _adjoint_before(adj.dw, v, adj.dv, gidx, lr, 1.0 - gam, adj.d_lr[t], u)
     pending = _undo(opt.unstep_weights, t, state)
     w_t = pending.theta
-    x, y = batch(t)
-    _, g = model.loss_and_grad(w_t, x, y, bptt=bptt, **dkw)
+    x, y = rev.batch(t)
+    g, hu = rev.gradient_and_hvp(t, pending, x, y, u if nonzero else None, dkw)
     state = _undo(opt.unstep_velocity, t, pending, g)
-    wd_e = wd[gidx]
-    group_dot(adj.dv, opt.velocity(state) + g + wd_e * w_t, gidx, adj.d_mom[t])
-    tmp = np.zeros(adj.d_wd.shape[0])
-    group_dot(w_t, adj.dv, gidx, tmp)
-    adj.d_wd -= (1.0 - gam) * tmp
-    u = (1.0 - gam)[gidx] * adj.dv
-    if np.any(u):
-        # d g / d w = H + diag(lambda): the Hessian acts on (1 - gamma) * dv, not the
-        # other way round (they differ when gamma differs between groups)
-        adj.dw -= model.hvp(w_t, x, y, u, **dkw) + wd_e * u
-    adj.dv *= gam[gidx]
-    if not (np.isfinite(adj.dv).all() and np.isfinite(adj.dw).all()):
+    v = opt.velocity(state)
+    wdv = np.zeros(adj.d_wd.shape[0])
+    finite = _adjoint_after(adj.dw, adj.dv, v, np.ascontiguousarray(g, dtype=np.float64), w_t,
+                            u if hu is None else np.ascontiguousarray(hu, dtype=np.float64),
+                            u, hu is not None, gidx, gam, wd, adj.d_mom[t], wdv)
+    adj.d_wd -= (1.0 - gam) * wdv
+    if not finite:
         raise DivergenceError(
             f"the hypergradient overflowed going back through iteration t={t}: the "
             "training run is chaotic (learning rate or momentum too large for it) and "
             "its hypergradients do not exist in any useful sense", step=t + 1, hint=_HINT)
-    return state
+    return state, v
 
 
 def _check_end(state, w_init):
@@ -381,12 +555,19 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         dv        *= gamma_t
 
     with ``H_t u`` the exact (complex-step) Hessian-vector product of the
-    training loss at ``w_t`` (``model.hvp``), applied to ``u = (1 - gamma_t) * dv``
-    (elementwise: with per-group momenta the order matters). Then ``dtheta0 = dw`` and
+    training loss at ``w_t``, applied to ``u = (1 - gamma_t) * dv``
+    (elementwise: with per-group momenta the order matters). One
+    ``model.grad_and_hvp`` per iteration gives ``g_t`` and ``H_t u``; its gradient
+    is used to undo the step only if it gives the same fixed-point increment as
+    the forward's ``loss_and_grad`` gradient (checked against a 64-bit
+    fingerprint per iteration kept by the forward pass), else the gradient is
+    recomputed with ``loss_and_grad`` (``stats.reverse_gradients`` counts these).
+    Then ``dtheta0 = dw`` and
     ``d init_scale_g = dw . direction_g``. The fixed-point roundings are
     treated as the identity (each is at most half a unit in the last place).
     Memory: the buffer (about ``log2(1/gamma)`` bits per parameter and
-    iteration) plus O(P), not the ``8 * P * n_iters`` bytes of the trajectory.
+    iteration), 8 bytes of fingerprint per iteration and O(P), not the
+    ``8 * P * n_iters`` bytes of the trajectory.
 
     Training that diverges is stopped, not differentiated: the forward pass
     raises :class:`~revtrain.DivergenceError` when a training loss or gradient
@@ -400,7 +581,8 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     ----------
     model : RecurrentModel
         Anything with ``layout``, ``loss_and_grad(theta, x, y, bptt=)`` and
-        ``hvp(theta, x, y, v)`` (both also taking ``dropout_seed=`` when the
+        ``grad_and_hvp(theta, x, y, v) -> (loss, grad, Hv)`` or, without it,
+        ``hvp(theta, x, y, v)`` (all also taking ``dropout_seed=`` when the
         model has ``dropout > 0`` and ``dropout_seed`` is given); ``n_out``
         and ``loss_kind`` are used if present. A stack (``n_layers > 1``,
         ``embed_dim``) has the groups ``embed``, ``layer0``, ``layer1``, ...,
@@ -460,22 +642,27 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     if dropout_seed is not None:
         dropout_seed = nonneg_int(dropout_seed, "dropout_seed")
     P, G = theta0.shape[0], opt.n_groups
+    both = callable(getattr(model, "grad_and_hvp", None))
     t0, c0 = time.perf_counter(), time.process_time()
-    state, w_init, train_loss = _forward(model, opt, theta0, batch, n_iters, bptt,
-                                         dropout_seed)
+    state, w_init, train_loss, fps = _forward(model, opt, theta0, batch, n_iters, bptt,
+                                              dropout_seed, both)
     t1, c1 = time.perf_counter(), time.process_time()
     buffer_bytes, info_bits = state.buffer.nbytes, state.buffer.info_bits
 
     final_theta = opt.params(state)
     val_loss, dw = _validation(model, final_theta, val_data, n_iters)
     adj = _Adjoint(dw, n_iters, G)
+    rev = _Reverse(model, opt, batch, bptt, dropout_seed, opt.group_index(P), fps)
+    v = opt.velocity(state)
     for t in range(n_iters - 1, -1, -1):
-        state = _reverse_step(model, opt, state, t, batch, bptt, adj, dropout_seed)
+        state, v = _reverse_step(rev, state, v, t, adj)
     t2, c2 = time.perf_counter(), time.process_time()
     if check_reversal:
         _check_end(state, w_init)
     stats = HyperStats(buffer_bytes=int(buffer_bytes), info_bits=float(info_bits),
                        trajectory_bytes=8 * P * n_iters, forward_seconds=t1 - t0,
                        reverse_seconds=t2 - t1, n_iters=n_iters, n_params=P,
-                       forward_cpu_seconds=c1 - c0, reverse_cpu_seconds=c2 - c1)
+                       forward_cpu_seconds=c1 - c0, reverse_cpu_seconds=c2 - c1,
+                       fingerprint_bytes=0 if fps is None else int(fps.nbytes),
+                       reverse_gradients=rev.gradients)
     return _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats)
