@@ -44,6 +44,8 @@ not depend on whether the CPU has an FMA unit; only the speed does).
 """
 import math
 
+import numpy as np
+
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import overload, intrinsic
@@ -218,6 +220,8 @@ def _tanh_impl(z):
             t = tanh_fast(z.real)
             return complex(t, z.imag * (1.0 - t * t))
         return impl
+    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: computed in float64
+        return lambda z: tanh_fast(np.float64(z))
     return lambda z: tanh_fast(z)
 
 
@@ -228,6 +232,8 @@ def _exp_impl(z):
             e = exp_fast(z.real)
             return complex(e, z.imag * e)
         return impl
+    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: computed in float64
+        return lambda z: exp_fast(np.float64(z))
     return lambda z: exp_fast(z)
 
 
@@ -247,6 +253,8 @@ def _sigmoid_impl(z):
             s = sigmoid_fast(z.real)
             return complex(s, z.imag * s * (1.0 - s))
         return impl
+    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: computed in float64
+        return lambda z: sigmoid_fast(np.float64(z))
     return lambda z: sigmoid_fast(z)
 
 

@@ -99,12 +99,13 @@ def layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, i
 
 @njit(**NJIT_OPTS)
 def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_btw, q,
-                  bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale, floor, store, inp0, inpH,
-                  P, o, A, g, n, inc):
+                  bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale, floor, store, s0, inp0,
+                  inpH, P, o, A, g, n, inc):
     """Steps ``t0 .. t1-1`` of every layer in fixed point (layers 0..L-1 per step).
 
-    ``store`` (T+1, L, 4, B, Hh) int64 receives the state after step ``t`` at
-    ``t + 1`` when it has more than one row (standard mode), else is not touched.
+    ``store`` (., L, 4, B, Hh) int64 receives the state after step ``t`` at row
+    ``t + 1 - s0`` when it has more than one row (standard mode: ``s0 = 0``; a
+    forward-only chunk: ``s0 = t0``), else is not touched.
     ``inp0`` (B, D0), ``inpH`` (B, H): the layers' float inputs. Returns ``(t, layer, part, code)``.
     """
     L, B = q.shape[0], q.shape[2]
@@ -113,14 +114,14 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m
         for l in range(L):
             project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
                     inpH, P)
-            s0, s1 = l * B, (l + 1) * B
+            r0, r1 = l * B, (l + 1) * B
             part, code = layer_forward(q[l], P, W1s[l], W2s[l], bs[l], floor, D, nmin, scale,
-                                       inv_scale, bst[s0:s1], bct[s0:s1], bwd[s0:s1],
-                                       binf[s0:s1], log2, o, A, g, n, inc)
+                                       inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1],
+                                       binf[r0:r1], log2, o, A, g, n, inc)
             if code >= 0:
                 return t, l, part, code
             if keep:
-                store[t + 1, l] = q[l]
+                store[t + 1 - s0, l] = q[l]
     return t1, 0, 0, -1
 
 

@@ -69,13 +69,24 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
 
     #: The state is split in two halves updated in turn (n_hidden must be even).
     two_halves = False
+    #: Gradients and forward passes through whole-window kernels (:mod:`revtrain.models.window`);
+    #: False runs the per-step Python driver, the reference (the complex-step hvp always does).
+    window_kernels = False
+    #: Whether ``dtype="float32"`` is available (it runs through the window kernels).
+    supports_float32 = False
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
                  max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS, *, n_layers=1,
-                 embed_dim=None, dropout=0.0):
+                 embed_dim=None, dropout=0.0, dtype="float64"):
         if self.two_halves and is_int(n_hidden) and n_hidden % 2:
             raise ValueError(f"n_hidden must be even for {type(self).__name__} (two halves), "
                              f"got {n_hidden}")
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        if dtype == "float32" and not self.supports_float32:
+            raise ValueError(f"dtype='float32' is not available for {type(self).__name__} yet "
+                             f"(RevLSTM has it); use dtype='float64'")
+        self.dtype = dtype
         self.frac_bits = int_in_range(frac_bits, "frac_bits", 8, 52)
         self.gate_bits = int_in_range(gate_bits, "gate_bits", 1, 16)
         self.max_forget_bits = int_in_range(max_forget_bits, "max_forget_bits", 1, self.gate_bits)
@@ -97,6 +108,23 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
                 f"n_out={self.n_out}, loss={self.loss_kind!r}, frac_bits={self.frac_bits}, "
                 f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits}"
                 f"{self._stack_repr()})")
+
+    def _stack_repr(self):
+        out = super()._stack_repr()
+        return out + (f", dtype={self.dtype!r}" if self.dtype != "float64" else "")
+
+    def _use_window(self, theta):
+        """Whether this call runs through the window kernels (see :attr:`window_kernels`)."""
+        if np.iscomplexobj(theta):
+            if self.dtype != "float64":
+                raise ValueError(f"the complex-step hvp (and hypergradients) need float64: "
+                                 f"this {type(self).__name__} computes in {self.dtype}; build "
+                                 f"the model with dtype='float64' for them")
+            return False
+        if self.dtype != "float64" and not self.window_kernels:
+            raise ValueError(f"dtype={self.dtype!r} runs through the window kernels: "
+                             f"window_kernels must be True")
+        return self.window_kernels
 
     @property
     def layer_state_size(self):

@@ -5,7 +5,7 @@ from ..params import ParamSpec
 from .._kernels.gemm import matmul_into, matmul_tn_add
 from .reversible import ReversibleModel
 from .revlstm_window import RevLSTMWindow
-from .window import run_window
+from .window import run_window, window_loss, window_hidden
 from .._kernels.revlstm import (revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell,
                                 revlstm_back)
 
@@ -78,14 +78,21 @@ class RevLSTM(ReversibleModel):
     forget_per_unit = 2
     _head_parts = ("h1", "h2")
     two_halves = True
-    #: Gradients through the whole-window kernels (:mod:`revtrain.models.revlstm_window`);
-    #: False runs the per-step Python driver, the reference (the complex-step hvp always does).
     window_kernels = True
 
+    supports_float32 = True
+
     def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
-        if not (self.window_kernels and want_grad) or np.iscomplexobj(theta):
+        if not self._use_window(theta):
             return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
+        if not want_grad:
+            return window_loss(self, theta, batch, state0, masks, RevLSTMWindow)
         return run_window(self, theta, batch, mode, state0, masks, want_inputs, RevLSTMWindow)
+
+    def _hidden(self, theta, x, tokens, state0):
+        if not self._use_window(theta):
+            return super()._hidden(theta, x, tokens, state0)
+        return window_hidden(self, theta, x, tokens, state0, RevLSTMWindow)
 
     def _parts(self):
         Hh = self.n_hidden // 2

@@ -17,36 +17,37 @@ class RevLSTMWindow(WindowRun):
     error_parts = ("c1", "h1", "c2", "h2")
 
     def _pack_cell(self):
-        pl, B, Hh = self.pl, self.B, self.H // 2
-        self.W1s = np.ascontiguousarray(np.stack([q["W1"] for q in pl]))
-        self.W2s = np.ascontiguousarray(np.stack([q["W2"] for q in pl]))
-        self.bs = np.ascontiguousarray(np.stack([q["b"] for q in pl]))
-        self.o, self.A = np.empty((B, Hh)), np.empty((B, 5 * Hh))
-        self.g1, self.g2 = np.empty((7, B, Hh)), np.empty((7, B, Hh))
+        pl, B, Hh, dt = self.pl, self.B, self.H // 2, self.dt
+        self.W1s = np.ascontiguousarray(np.stack([q["W1"] for q in pl]), dtype=dt)
+        self.W2s = np.ascontiguousarray(np.stack([q["W2"] for q in pl]), dtype=dt)
+        self.bs = np.ascontiguousarray(np.stack([q["b"] for q in pl]), dtype=dt)
+        self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 5 * Hh), dtype=dt)
+        self.g1, self.g2 = np.empty((7, B, Hh), dtype=dt), np.empty((7, B, Hh), dtype=dt)
         self.n = np.empty((B, Hh), dtype=np.int64)
         self.inc = np.empty((B, Hh), dtype=np.int64)
 
-    def _forward_chunk(self, t0, t1, store):
+    def _forward_chunk(self, t0, t1, store, s0):
         m, b = self.m, self.buf
         return stack_forward(
             t0, t1, *self.inputs(), self.W1s, self.W2s, self.bs, self.m_btw, self.q, b.states,
             b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor,
-            store, self.inp0, self.inpH, self.P, self.o, self.A, self.g1, self.n, self.inc)
+            store, s0, self.inp0, self.inpH, self.P, self.o, self.A, self.g1, self.n, self.inc)
 
     def _cell_grads(self):
         L, B, Hh = self.L, self.B, self.H // 2
+        dt = self.dt
         return {"W1s": np.zeros_like(self.W1s), "W2s": np.zeros_like(self.W2s),
-                "bs": np.zeros_like(self.bs), "Ob": np.empty((L, 2, CHUNK, B, Hh)),
-                "tc": np.empty((2, B, Hh))}
+                "bs": np.zeros_like(self.bs), "Ob": np.empty((L, 2, CHUNK, B, Hh), dtype=dt),
+                "tc": np.empty((2, B, Hh), dtype=dt)}
 
     def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
-        m, b, c, p, g = self.m, self.buf, bw.cell, self.p, bw.g
+        m, b, c = self.m, self.buf, bw.cell
         return stack_backward(
             loss, t0, t1, self.T, reverse, *self.inputs(), self.W1s, self.W2s, self.bs,
             self.m_btw, self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2,
-            m.D, m.nmin, m.scale, m.inv_scale, m.floor, p["U"], p["b_y"], bw.softmax,
-            batch.labels, batch.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
-            bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], g["U"], g["b_y"], bw.dX, bw.want_dx,
+            m.D, m.nmin, m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax,
+            batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
+            bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx,
             self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb,
             bw.Xb0, bw.XbH)

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..buffer import InfoBuffer
 from ..errors import ReversalError, check_reversal
+from .._kernels.head import softmax_xent_head, mse_head
 
 #: Steps per kernel call (the buffer gets room for this many steps between calls).
 CHUNK = 32
@@ -52,6 +53,7 @@ class WindowRun:
 
     def __init__(self, model, theta, x, tokens, state0, masks):
         m = self.m = model
+        dt = self.dt = np.dtype(getattr(m, "dtype", "float64"))
         L, H, G = m.n_layers, m.n_hidden, m._n_proj
         self.T, self.B = x.shape[0], x.shape[1]
         B = self.B
@@ -60,22 +62,26 @@ class WindowRun:
         self.w = m._layout_parts[0][1]
         p = self.p = m.layout.views(theta)
         pl = self.pl = m.layer_params(p)
-        self.V0 = pl[0]["V"]
-        self.Vs = (np.ascontiguousarray(np.stack([pl[l]["V"] for l in range(1, L)])) if L > 1
-                   else np.zeros((1, H, G)))
-        self.E = p["embed"] if m.embed_dim is not None else np.zeros((1, 1))
+        self.V0 = pl[0]["V"].astype(dt, copy=False)
+        self.Vs = (np.ascontiguousarray(np.stack([pl[l]["V"] for l in range(1, L)]), dtype=dt)
+                   if L > 1 else np.zeros((1, H, G), dtype=dt))
+        self.E = (p["embed"].astype(dt, copy=False) if m.embed_dim is not None
+                  else np.zeros((1, 1), dtype=dt))
+        self.U, self.by = p["U"].astype(dt, copy=False), p["b_y"].astype(dt, copy=False)
         self.mode_in = 2 if not tokens else (1 if m.embed_dim is not None else 0)
         self.xtok = x if tokens else np.zeros((1, 1), dtype=np.int64)
-        self.xflt = x if not tokens else np.zeros((1, 1, 1))
+        self.xflt = x.astype(dt, copy=False) if not tokens else np.zeros((1, 1, 1), dtype=dt)
         D0 = self.D0 = self.V0.shape[0] if self.mode_in == 2 else (m.embed_dim or 1)
         if masks is None:
-            self.m_emb, self.m_btw = np.ones((B, D0)), np.ones((max(L - 1, 1), B, H))
-            self.m_top = np.ones((B, H))
+            self.m_emb = np.ones((B, D0), dtype=dt)
+            self.m_btw = np.ones((max(L - 1, 1), B, H), dtype=dt)
+            self.m_top = np.ones((B, H), dtype=dt)
         else:
-            self.m_emb = masks.embed if masks.embed is not None else np.ones((B, D0))
-            self.m_btw = (np.ascontiguousarray(np.stack(masks.between)) if L > 1
-                          else np.ones((1, B, H)))
-            self.m_top = masks.top
+            self.m_emb = (masks.embed.astype(dt, copy=False) if masks.embed is not None
+                          else np.ones((B, D0), dtype=dt))
+            self.m_btw = (np.ascontiguousarray(np.stack(masks.between), dtype=dt) if L > 1
+                          else np.ones((1, B, H), dtype=dt))
+            self.m_top = masks.top.astype(dt, copy=False)
         q0 = m._initial_fixed(state0, B)
         self.q = np.empty((L, len(self.parts), B, self.w), dtype=np.int64)
         for l in range(L):
@@ -83,7 +89,8 @@ class WindowRun:
                 self.q[l, k] = q0[l][nm]
         self.q0 = self.q.copy()
         self.buf = InfoBuffer(L * B, capacity=16)
-        self.inp0, self.inpH, self.P = np.empty((B, D0)), np.empty((B, H)), np.empty((B, G))
+        self.inp0, self.inpH = np.empty((B, D0), dtype=dt), np.empty((B, H), dtype=dt)
+        self.P = np.empty((B, G), dtype=dt)
         self._pack_cell()
 
     # ------------------------------------------------------------ hooks
@@ -91,8 +98,10 @@ class WindowRun:
         """Contiguous stacked copies of the cell's parameters and its workspaces."""
         raise NotImplementedError
 
-    def _forward_chunk(self, t0, t1, store):
-        """Run the forward kernel on steps ``t0 .. t1-1``; return ``(t, layer, part, code)``."""
+    def _forward_chunk(self, t0, t1, store, s0):
+        """Run the forward kernel on steps ``t0 .. t1-1`` (the state after step ``t`` goes to
+        ``store[t + 1 - s0]`` when ``store`` has more than one row); return
+        ``(t, layer, part, code)``."""
         raise NotImplementedError
 
     def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
@@ -152,9 +161,26 @@ class WindowRun:
         for t0 in range(0, self.T, CHUNK):
             t1 = min(self.T, t0 + CHUNK)
             self._reserve(t1 - t0)
-            t, l, part, code = self._forward_chunk(t0, t1, st)
+            t, l, part, code = self._forward_chunk(t0, t1, st, 0)
             if code >= 0:
                 self._raise(t, l, part, code, False)
+
+    def forward_top(self):
+        """Forward only, chunk by chunk; yields ``(t0, h)`` with ``h`` (k, B, H) the top
+        layer's (masked) hidden states after steps ``t0 .. t0+k-1``, float in the run's dtype."""
+        L, H = self.L, self.H
+        nh = H // self.w
+        store = np.empty((CHUNK + 1,) + self.q.shape, dtype=np.int64)
+        for t0 in range(0, self.T, CHUNK):
+            t1 = min(self.T, t0 + CHUNK)
+            self._reserve(t1 - t0)
+            t, l, part, code = self._forward_chunk(t0, t1, store, t0)
+            if code >= 0:
+                self._raise(t, l, part, code, False)
+            k = t1 - t0
+            top = store[1:k + 1, L - 1, :nh]                        # (k, nh, B, w)
+            h = np.concatenate(list(np.moveaxis(top, 1, 0)), axis=2) * self.m.inv_scale
+            yield t0, (h * self.m_top).astype(self.dt, copy=False)
 
     def backward(self, batch, reverse, store, want_dx):
         """Undo (or reload) every step top-down, recompute, backpropagate.
@@ -166,17 +192,23 @@ class WindowRun:
         grad = np.zeros(m.size)
         g = m.layout.views(grad)
         gl = m.layer_params(g)
-        sn = self.q * m.inv_scale
+        dt = self.dt
+        sn = (self.q * m.inv_scale).astype(dt)
         G = m._n_proj
+        f64 = dt == np.float64           # float64 accumulates the output layer's gradient in place
         bw = SimpleNamespace(
             g=g, sn=sn, sp=np.empty_like(sn), ds=np.zeros_like(sn),
+            gU=g["U"] if f64 else np.zeros_like(self.U),
+            gby=g["b_y"] if f64 else np.zeros_like(self.by),
             gE=np.zeros_like(self.E), gV0=np.zeros_like(self.V0), gVs=np.zeros_like(self.Vs),
-            dX=np.empty(self.xflt.shape) if want_dx else np.zeros((1, 1, 1)), want_dx=want_dx,
-            softmax=m.loss_kind == "softmax", dP=np.empty((B, G)), dx0=np.empty((B, self.D0)),
-            dxH=np.empty((B, H)), htop=np.empty((B, H)), dH=np.empty((B, H)),
-            work=np.empty((B, m.n_out)), dPb=np.empty((L, CHUNK, B, G)),
-            Xb0=np.empty((CHUNK, B, self.D0)), XbH=np.empty((max(L - 1, 1), CHUNK, B, H)),
-            cell=self._cell_grads())
+            dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
+            want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
+            dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
+            htop=np.empty((B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
+            work=np.empty((B, m.n_out), dtype=dt), dPb=np.empty((L, CHUNK, B, G), dtype=dt),
+            Xb0=np.empty((CHUNK, B, self.D0), dtype=dt),
+            XbH=np.empty((max(L - 1, 1), CHUNK, B, H), dtype=dt),
+            target=batch.target.astype(dt, copy=False), cell=self._cell_grads())
         st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
         loss = 0.0
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
@@ -190,6 +222,9 @@ class WindowRun:
             if code >= 0:
                 self._reversal_failed(t, l, part, code)
         self._add_cell_grads(gl, bw.cell)
+        if not f64:
+            g["U"][...] += bw.gU
+            g["b_y"][...] += bw.gby
         for l in range(1, L):
             gl[l]["V"][...] += bw.gVs[l - 1]
         gl[0]["V"][...] += bw.gV0
@@ -205,7 +240,8 @@ class WindowRun:
         dstate0 = np.empty((B, L * S))
         for l in range(L):
             dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
-        return loss, grad, dstate0, (bw.dX if want_dx else None)
+        dx = bw.dX.astype(np.float64, copy=False) if want_dx else None
+        return float(loss), grad, dstate0, dx
 
     def _reversal_failed(self, t, l, part, code):
         """Raise the ReversalError of a failed undo, blaming the lowest corrupted layer."""
@@ -249,3 +285,35 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     if want_inputs:
         info["dstate0"], info["dx"] = dstate0, dx
     return loss, grad, info
+
+
+def window_loss(model, theta, batch, state0, masks, run_class):
+    """``(loss, None, info)`` of a forward pass through the kernels (nothing kept for a backward)."""
+    run = run_class(model, theta, batch.x, batch.tokens, state0, masks)
+    B, T, dt = batch.B, batch.lead[0], run.dt
+    head = softmax_xent_head if model.loss_kind == "softmax" else mse_head
+    loss = 0.0
+    for t0, h in run.forward_top():
+        k = h.shape[0]
+        if batch.per_step:
+            rows, hr = slice(t0 * B, (t0 + k) * B), h.reshape(k * B, -1)
+        elif t0 + k == T:
+            rows, hr = slice(0, B), h[k - 1]
+        else:
+            continue
+        hr = np.ascontiguousarray(hr)
+        n = hr.shape[0]
+        tgt = (batch.labels[rows] if model.loss_kind == "softmax"
+               else batch.target[rows].astype(dt, copy=False))
+        loss += float(head(hr, run.U, run.by, tgt, batch.scale, np.empty((n, model.n_out), dt),
+                           np.empty_like(hr), np.zeros_like(run.U), np.zeros_like(run.by)))
+    return loss, None, {"stored_bytes": 0, "final_state": run.state()}
+
+
+def window_hidden(model, theta, x, tokens, state0, run_class):
+    """``(hs, final_state)``: the top layer's hidden states (T, B, H) float64 and the last state."""
+    run = run_class(model, theta, x, tokens, state0, None)
+    hs = np.empty((x.shape[0], x.shape[1], model.n_hidden))
+    for t0, h in run.forward_top():
+        hs[t0:t0 + h.shape[0]] = h
+    return hs, run.state()

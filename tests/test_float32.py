@@ -1,0 +1,108 @@
+"""dtype="float32" (RevLSTM, through the whole-window kernels): exact reversal in float32.
+
+Parameters stay float64 at the API (the optimiser's master copy); the kernels
+compute activations and gradients in float32, and the fixed-point state stays
+int64, so undoing a step recomputes the same float32 gates bit for bit.
+"""
+import numpy as np
+import pytest
+
+import revtrain as rt
+from revtrain import RevLSTM, RevGRU
+
+
+def _data(rng, T, B, V=5, floats=False):
+    x = rng.standard_normal((T, B, V)) if floats else rng.integers(0, V, (T, B))
+    return x, rng.integers(0, V, (T, B))
+
+
+@pytest.mark.parametrize("L, embed, floats", [(1, None, False), (2, 4, False), (3, None, True)])
+def test_float32_reversible_equals_standard_bit_for_bit(L, embed, floats):
+    rng = np.random.default_rng(L)
+    m = RevLSTM(5, 8, 5, n_layers=L, embed_dim=embed, dropout=0.2, dtype="float32")
+    theta = m.init_params(1)
+    x, y = _data(rng, 40, 3, floats=floats)
+    s0 = 0.3 * rng.standard_normal((3, m.state_size))
+    out = [m.loss_and_grad(theta, x, y, bptt=mode, dropout_seed=4, initial_state=s0,
+                           input_grad=True, return_stats=True)
+           for mode in ("reversible", "standard")]
+    (la, ga, ia, sa), (lb, gb, ib, sb) = out
+    assert la == lb and np.array_equal(ga, gb)
+    assert np.array_equal(ia.initial_state, ib.initial_state)
+    assert ia.x is None or np.array_equal(ia.x, ib.x)
+    assert np.array_equal(sa.final_state, sb.final_state)
+    assert ga.dtype == np.float64 and sa.stored_bytes < sb.stored_bytes
+
+
+def test_float32_gradient_is_close_to_float64():
+    """The float32 gradient against the float64 model's, at a character-model size."""
+    rng = np.random.default_rng(0)
+    m32 = RevLSTM(30, 64, 30, n_layers=2, embed_dim=16, dtype="float32")
+    m64 = RevLSTM(30, 64, 30, n_layers=2, embed_dim=16)
+    theta = m64.init_params(2)
+    x, y = _data(rng, 64, 8, V=30)
+    l32, g32 = m32.loss_and_grad(theta, x, y)
+    l64, g64 = m64.loss_and_grad(theta, x, y)
+    assert abs(l32 - l64) <= 1e-5 * abs(l64)
+    assert np.abs(g32 - g64).max() <= 1e-4 * np.abs(g64).max()
+    # and the same float32 run twice: the same bits
+    l32b, g32b = m32.loss_and_grad(theta, x, y)
+    assert l32b == l32 and np.array_equal(g32b, g32)
+
+
+def test_float32_forward_passes_agree_with_training():
+    rng = np.random.default_rng(1)
+    m = RevLSTM(5, 8, 5, n_layers=2, dtype="float32")
+    theta = m.init_params(0)
+    x, y = _data(rng, 40, 2)
+    loss, _, st = m.loss_and_grad(theta, x, y, return_stats=True)
+    assert m.loss(theta, x, y) == pytest.approx(loss, rel=1e-6)
+    assert np.array_equal(m.final_state(theta, x), st.final_state)
+    p = m.predict(theta, x)
+    assert p.shape == (40, 2, 5) and np.allclose(p.sum(axis=-1), 1.0)
+
+
+def test_float32_fault_is_detected():
+    rng = np.random.default_rng(3)
+    m = RevLSTM(5, 8, 5, n_layers=2, dtype="float32")
+    theta = m.init_params(0)
+    x, y = _data(rng, 40, 3)
+
+    def hook(when, run):
+        if when == "before":
+            b = run.layer_buffer(1)
+            b.words[1, int(b.counts[1]) // 2] ^= np.uint32(1 << 9)
+    m._fault_hook = hook
+    with pytest.raises(rt.ReversalError, match=r"RevLSTM layer 1 \(of 2\)"):
+        m.loss_and_grad(theta, x, y)
+
+
+def test_float32_arguments_and_limits():
+    m = RevLSTM(5, 8, 5, dtype="float32")
+    theta = m.init_params(0)
+    x, y = _data(np.random.default_rng(0), 6, 2)
+    with pytest.raises(ValueError, match="need float64: this RevLSTM computes in float32"):
+        m.hvp(theta, x, y, np.ones(theta.size))
+    with pytest.raises(ValueError, match="dtype must be 'float64' or 'float32', got 'float16'"):
+        RevLSTM(5, 8, 5, dtype="float16")
+    if not getattr(RevGRU, "supports_float32", False):
+        with pytest.raises(ValueError, match="dtype='float32' is not available for RevGRU"):
+            RevGRU(5, 8, 5, dtype="float32")
+    m.window_kernels = False
+    with pytest.raises(ValueError, match="runs through the window kernels"):
+        m.loss_and_grad(theta, x, y)
+    assert "dtype='float32'" in repr(RevLSTM(5, 8, 5, dtype="float32"))
+
+
+def test_float32_model_saves_and_resumes(tmp_path):
+    m = RevLSTM(6, 8, 6, n_layers=2, embed_dim=4, dropout=0.1, dtype="float32")
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 6, 400)
+    a = rt.Trainer(m, rt.Adam(0.01), seed=0)
+    a.fit(data, steps=4, batch_size=2, seq_len=8, quiet=True)
+    a.save(tmp_path / "m.npz")
+    b = rt.Trainer.load(tmp_path / "m.npz")
+    assert b.model.dtype == "float32"
+    a.fit(data, steps=3, batch_size=2, seq_len=8, quiet=True)
+    b.fit(data, steps=3, batch_size=2, seq_len=8, quiet=True)
+    assert np.array_equal(a.theta, b.theta)
