@@ -2,7 +2,10 @@
 import numpy as np
 
 from ..params import ParamSpec
+from .._kernels.gemm import matmul_into, matmul_tn_add
 from .reversible import ReversibleModel
+from .revgru_window import RevGRUWindow
+from .window import run_window
 from .._kernels.revgru import revgru_gates1, revgru_gates2, revgru_cell, revgru_back1, revgru_back2
 from .._kernels.quantize import quantise_convex
 
@@ -67,6 +70,15 @@ class RevGRU(ReversibleModel):
     forget_per_unit = 1
     _head_parts = ("h1", "h2")
     two_halves = True
+    #: Gradients through the whole-window kernels (:mod:`revtrain.models.revgru_window`);
+    #: False runs the per-step Python driver, the reference (the complex-step hvp and
+    #: forward-only calls always do).
+    window_kernels = True
+
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
+        if not (want_grad and self._use_window(theta)):
+            return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
+        return run_window(self, theta, batch, mode, state0, masks, want_inputs, RevGRUWindow)
 
     def _parts(self):
         Hh = self.n_hidden // 2
@@ -99,10 +111,11 @@ class RevGRU(ReversibleModel):
     def _gates(self, p, P, k, mine, o, c):
         Hh = self.n_hidden // 2
         off = 3 * Hh * k
-        np.dot(o, p["W" + mine], out=c["A" + mine])
+        o = np.ascontiguousarray(o)
+        matmul_into(o, p["W" + mine], c["A" + mine])
         revgru_gates1(c["A" + mine], P, p["b"], off, self.floor, o, c["z" + mine],
                       c["sz" + mine], c["r" + mine], c["ro" + mine])
-        np.dot(c["ro" + mine], p["Wg" + mine], out=c["G" + mine])
+        matmul_into(c["ro" + mine], p["Wg" + mine], c["G" + mine])
         revgru_gates2(c["G" + mine], P, p["b"], off, c["g" + mine])
 
     def _quant(self, c, mine):
@@ -140,17 +153,21 @@ class RevGRU(ReversibleModel):
         c = cache
         do = np.empty_like(ds["h1"])
         for k, mine, other in reversed(_HALVES):
-            o = s_prev["h2"] if k == 0 else s_new["h1"]
+            o = np.ascontiguousarray(s_prev["h2"] if k == 0 else s_new["h1"])
             off = 3 * Hh * k
-            dA = dP[:, off:off + 3 * Hh]
             revgru_back1(c["z" + mine], c["sz" + mine], c["g" + mine], s_prev["h" + mine],
                          self.floor, ds["h" + mine], dP, off)
-            dAg = dA[:, 2 * Hh:]
-            g["Wg" + mine] += np.dot(c["ro" + mine].T, dAg)
-            dRO = np.dot(dAg, p["Wg" + mine].T)
+            dAg = np.ascontiguousarray(dP[:, off + 2 * Hh:off + 3 * Hh])
+            gWg = g["Wg" + mine]
+            matmul_tn_add(c["ro" + mine], dAg, gWg, np.empty_like(gWg))
+            dRO = np.empty_like(do)
+            matmul_into(dAg, p["Wg" + mine].T, dRO)
             revgru_back2(dRO, c["r" + mine], o, dP, off, do)
-            dAzr = dA[:, :2 * Hh]
-            g["W" + mine] += np.dot(o.T, dAzr)
-            do += np.dot(dAzr, p["W" + mine].T)
+            dAzr = np.ascontiguousarray(dP[:, off:off + 2 * Hh])
+            gW = g["W" + mine]
+            matmul_tn_add(o, dAzr, gW, np.empty_like(gW))
+            d_o = np.empty_like(do)
+            matmul_into(dAzr, p["W" + mine].T, d_o)
+            do += d_o
             ds["h" + other] += do
         g["b"] += dP.sum(axis=0)

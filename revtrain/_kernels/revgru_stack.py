@@ -1,0 +1,232 @@
+"""Whole-window kernels of a RevGRU stack: the time loop, with the layers inside, in Numba.
+
+One call runs steps ``t0 .. t1-1`` of every layer forward in fixed point
+(:func:`stack_forward`), or undoes them top-down, recomputes them in float and
+backpropagates (:func:`stack_backward`). Python validates, allocates the
+workspaces and the buffer room for a chunk of steps, and reads the results
+(:mod:`revtrain.models.revgru_window`).
+
+Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
+
+* ``q`` int64 ``(L, 2, B, Hh)``: the fixed-point parts ``[h1, h2]`` of every
+  layer (contiguous ``(B, Hh)`` blocks); ``sn`` float64 of the same shape holds
+  the float state after the current step in the backward pass.
+* The information buffer has ``L * B`` streams: layer ``l`` uses streams
+  ``l*B .. (l+1)*B - 1``.
+* Parameters are contiguous copies: ``V0`` (D0, 3H) for layer 0, ``Vs``
+  ``(max(L-1, 1), H, 3H)`` for layers 1.., ``W1s``, ``W2s`` ``(L, Hh, 2Hh)``
+  (columns ``[z | r]``), ``Wg1s``, ``Wg2s`` ``(L, Hh, Hh)``, ``bs`` ``(L, 3H)``;
+  gradients ``gV0``, ``gVs``, ... of the same shapes.
+* Inputs: ``xtok`` int64 ``(T, B)`` (token ids, ``mode_in = 0``: one-hot,
+  ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float64 ``(T, B, D0)``
+  (``mode_in = 2``). Dropout masks ``m_btw`` ``(max(L-1, 1), B, H)`` and
+  ``m_top`` ``(B, H)`` are all ones without dropout.
+* Gates of one half: ``g`` (5, B, Hh) holds ``z`` (floored), ``sz`` (its
+  sigmoid), ``r``, ``ro = r * o`` and the candidate ``g``.
+
+Every step does exactly the operations of the Python cell
+(:class:`revtrain.models.revgru.RevGRU`) in the same order, with the same
+element kernels, so its results equal those of the Python driver.
+
+Errors are returned, not raised: ``(t, layer, part, code)`` with ``code = -1``
+when fine, else the flat ``(row, unit)`` index of the element; ``part`` is
+0 or 1 for ``h1``, ``h2``.
+"""
+import numpy as np
+from numba import njit
+
+from ._options import NJIT_OPTS
+from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
+from .quantize import quantise_convex, forget_add, forget_add_undo
+from .window import to_float, project, head_step, pass_down, chunk_input_grads
+
+#: Part indices in ``q``: h1, h2.
+H1, H2 = 0, 1
+#: Gate indices in ``g``: z, sigmoid of z's pre-activation, r, r * o, candidate g.
+GZ, GSZ, GR, GRO, GG = 0, 1, 2, 3, 4
+
+
+@njit(**NJIT_OPTS)
+def _half_gates(half, ql, P, W, Wg, b, floor, inv_scale, o, A, Gm, g):
+    """Gates of half ``half`` (0 or 1) from the other half's current fixed-point ``h``.
+
+    ``g`` (5, B, Hh) receives ``z, sz, r, ro, g``; ``o`` (B, Hh) the other half's float h;
+    ``A`` (B, 2Hh) and ``Gm`` (B, Hh) are the products ``o W`` and ``ro Wg``.
+    """
+    Hh = o.shape[1]
+    off = half * 3 * Hh
+    to_float(ql[H2 if half == 0 else H1], inv_scale, o)
+    np.dot(o, W, A)
+    revgru_gates1(A, P, b, off, floor, o, g[GZ], g[GSZ], g[GR], g[GRO])
+    np.dot(g[GRO], Wg, Gm)
+    revgru_gates2(Gm, P, b, off, g[GG])
+
+
+@njit(**NJIT_OPTS)
+def layer_forward(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf,
+                  log2, o, A, Gm, g, n, inc):
+    """One fixed-point step of one layer (half 1, then half 2); returns ``(part, code)``."""
+    for half in range(2):
+        W = W1 if half == 0 else W2
+        Wg = Wg1 if half == 0 else Wg2
+        _half_gates(half, ql, P, W, Wg, b, floor, inv_scale, o, A, Gm, g)
+        quantise_convex(g[GZ], g[GG], D, nmin, scale, n, inc)
+        code = forget_add(ql[H1 + half], n, inc, D, st, ct, wd, inf, log2)
+        if code >= 0:
+            return half, code
+    return 0, -1
+
+
+@njit(**NJIT_OPTS)
+def layer_undo(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf,
+               log2, o, A, Gm, g1, g2, n, inc):
+    """Undo one step of one layer exactly (half 2, then half 1); the gates stay in ``g1``, ``g2``.
+
+    Returns ``(part, code)``.
+    """
+    for hh in range(2):
+        half = 1 - hh
+        W = W1 if half == 0 else W2
+        Wg = Wg1 if half == 0 else Wg2
+        g = g1 if half == 0 else g2
+        _half_gates(half, ql, P, W, Wg, b, floor, inv_scale, o, A, Gm, g)
+        quantise_convex(g[GZ], g[GG], D, nmin, scale, n, inc)
+        code = forget_add_undo(ql[H1 + half], n, inc, D, st, ct, wd, inf, log2)
+        if code >= 0:
+            return half, code
+    return 0, -1
+
+
+@njit(**NJIT_OPTS)
+def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s, W2s, Wg2s, bs, m_btw,
+                  q, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale, floor, store, s0,
+                  inp0, inpH, P, o, A, Gm, g, n, inc):
+    """Steps ``t0 .. t1-1`` of every layer in fixed point (layers 0..L-1 per step).
+
+    ``store`` (., L, 2, B, Hh) int64 receives the state after step ``t`` at row
+    ``t + 1 - s0`` when it has more than one row (standard mode: ``s0 = 0``; a
+    forward-only chunk: ``s0 = t0``), else is not touched.
+    ``inp0`` (B, D0), ``inpH`` (B, H): the layers' float inputs. Returns ``(t, layer, part, code)``.
+    """
+    L, B = q.shape[0], q.shape[2]
+    keep = store.shape[0] > 1
+    for t in range(t0, t1):
+        for l in range(L):
+            project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
+                    inpH, P)
+            r0, r1 = l * B, (l + 1) * B
+            part, code = layer_forward(q[l], P, W1s[l], Wg1s[l], W2s[l], Wg2s[l], bs[l], floor,
+                                       D, nmin, scale, inv_scale, bst[r0:r1], bct[r0:r1],
+                                       bwd[r0:r1], binf[r0:r1], log2, o, A, Gm, g, n, inc)
+            if code >= 0:
+                return t, l, part, code
+            if keep:
+                store[t + 1 - s0, l] = q[l]
+    return t1, 0, 0, -1
+
+
+@njit(**NJIT_OPTS)
+def _copy_cols(src, c0, out):
+    """``out = src[:, c0:c0 + out.shape[1]]`` (a contiguous copy of a column block)."""
+    B, w = out.shape
+    for r in range(B):
+        for j in range(w):
+            out[r, j] = src[r, c0 + j]
+
+
+@njit(**NJIT_OPTS)
+def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s,
+                   W2s, Wg2s, bs, m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin,
+                   scale, inv_scale, floor, U, by, softmax, labels, target, lscale, per_step,
+                   sn, sp, ds, gE, gV0, gVs, gW1s, gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx,
+                   inp0, inpH, P, dP, dx0, dxH, o, A, Gm, g1, g2, n, inc, dAzr, dAg, dRO, do,
+                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH):
+    """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
+    the stored state and recompute the gates, output layer on the top, backpropagate.
+
+    ``sn`` (L, 2, B, Hh) float holds each layer's float state after the current step
+    on entry (and before ``t0`` on exit); ``ds`` the gradient with respect to it.
+    The float recompute of a real step changes nothing (the fixed-point state stands,
+    the gates are those of the undo or of the stored state), as in the Python cell.
+    ``loss`` is the running loss (added to step by step, in the Python driver's order).
+    The weight gradients are summed once per call over the chunk's steps (``Ob``,
+    ``ROb`` hold the chunk's ``o`` and ``r * o`` per half, ``dPb`` the pre-activation
+    gradients, ``Xb0``, ``XbH`` the inputs), so they agree with the Python driver's
+    step-by-step sums to rounding, not bit for bit; the loss, the trajectory and the
+    gradients with respect to the states and inputs are the same bits.
+    Returns ``(loss, t, layer, part, code)``.
+    """
+    L, B, Hh = q.shape[0], q.shape[2], q.shape[3]
+    for tt in range(t1 - 1, t0 - 1, -1):
+        for l in range(L - 1, -1, -1):
+            project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
+                    inpH, P)
+            W1, Wg1, W2, Wg2, b = W1s[l], Wg1s[l], W2s[l], Wg2s[l], bs[l]
+            ql = q[l]
+            if reverse:
+                r0, r1 = l * B, (l + 1) * B
+                part, code = layer_undo(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale,
+                                        inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1],
+                                        binf[r0:r1], log2, o, A, Gm, g1, g2, n, inc)
+                if code >= 0:
+                    return loss, tt, l, part, code
+            else:
+                ql[:] = store[tt, l]
+                _half_gates(1, store[tt + 1, l], P, W2, Wg2, b, floor, inv_scale, o, A, Gm, g2)
+                _half_gates(0, ql, P, W1, Wg1, b, floor, inv_scale, o, A, Gm, g1)
+            spl, snl = sp[l], sn[l]
+            for k in range(2):
+                to_float(ql[k], inv_scale, spl[k])
+            dsl = ds[l]
+            if l == L - 1:
+                loss += head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target,
+                                  lscale, work, htop, dH, gU, gby, dsl)
+            # backpropagate: half 2, then half 1
+            for hh in range(2):
+                half = 1 - hh
+                g = g1 if half == 0 else g2
+                mine, other = (H1, H2) if half == 0 else (H2, H1)
+                # the other half's h this half read: h2 before the step (half 0), new h1 (half 1)
+                ov = spl[H2] if half == 0 else snl[H1]
+                off = half * 3 * Hh
+                revgru_back1(g[GZ], g[GSZ], g[GG], spl[mine], floor, dsl[mine], dP, off)
+                _copy_cols(dP, off + 2 * Hh, dAg)
+                np.dot(dAg, (Wg1 if half == 0 else Wg2).T, dRO)
+                revgru_back2(dRO, g[GR], ov, dP, off, do)
+                _copy_cols(dP, off, dAzr)
+                np.dot(dAzr, (W1 if half == 0 else W2).T, tmp)
+                do += tmp
+                dsl[other] += do
+                Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
+                ROb[l, half, tt - t0] = g[GRO]
+            dPb[l, tt - t0] = dP
+            pass_down(tt, tt - t0, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, 2, ds,
+                      gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
+            for k in range(2):
+                snl[k] = spl[k]
+    _chunk_weight_grads(t1 - t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs)
+    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    return loss, t0, 0, 0, -1
+
+
+@njit(**NJIT_OPTS)
+def _chunk_weight_grads(k, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs):
+    """Add a chunk's recurrent and bias gradients, one product over its ``k * B`` rows per
+    block: ``gW_half += O^T dA_zr``, ``gWg_half += RO^T dA_g``, ``gb += sum dP``."""
+    L, B, Hh = Ob.shape[0], Ob.shape[3], Ob.shape[4]
+    N = k * B
+    for l in range(L):
+        dP = dPb[l, :k].reshape((N, 6 * Hh))
+        for half in range(2):
+            off = half * 3 * Hh
+            O = Ob[l, half, :k].reshape((N, Hh))
+            RO = ROb[l, half, :k].reshape((N, Hh))
+            dAzr = np.ascontiguousarray(dP[:, off:off + 2 * Hh])
+            dAg = np.ascontiguousarray(dP[:, off + 2 * Hh:off + 3 * Hh])
+            if half == 0:
+                gW1s[l] += np.dot(O.T, dAzr)
+                gWg1s[l] += np.dot(RO.T, dAg)
+            else:
+                gW2s[l] += np.dot(O.T, dAzr)
+                gWg2s[l] += np.dot(RO.T, dAg)
+        gbs[l] += dP.sum(axis=0)

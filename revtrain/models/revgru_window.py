@@ -1,0 +1,64 @@
+"""RevGRU BPTT through the whole-window kernels (:mod:`revtrain._kernels.revgru_stack`).
+
+The results equal those of the per-step Python driver: the loss, the
+fixed-point trajectory and the gradients with respect to states and inputs
+bit for bit, the parameter gradient to rounding (the kernels sum weight
+gradients once per chunk).
+"""
+import numpy as np
+
+from .window import WindowRun, CHUNK
+from .._kernels.revgru_stack import stack_forward, stack_backward
+
+
+class RevGRUWindow(WindowRun):
+    """A RevGRU stack's arrays: ``W1s``, ``W2s`` (L, Hh, 2Hh), ``Wg1s``, ``Wg2s`` (L, Hh, Hh),
+    ``bs`` (L, 3H); parts ``[h1, h2]``."""
+
+    error_parts = ("h1", "h2")
+
+    def _pack_cell(self):
+        pl, B, Hh, dt = self.pl, self.B, self.H // 2, self.dt
+        for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
+            setattr(self, nm + "s", np.ascontiguousarray(np.stack([q[nm] for q in pl]), dtype=dt))
+        self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 2 * Hh), dtype=dt)
+        self.Gm = np.empty((B, Hh), dtype=dt)
+        self.g1, self.g2 = np.empty((5, B, Hh), dtype=dt), np.empty((5, B, Hh), dtype=dt)
+        self.n = np.empty((B, Hh), dtype=np.int64)
+        self.inc = np.empty((B, Hh), dtype=np.int64)
+
+    def _weights(self):
+        return self.W1s, self.Wg1s, self.W2s, self.Wg2s, self.bs
+
+    def _forward_chunk(self, t0, t1, store, s0=0):
+        m, b = self.m, self.buf
+        return stack_forward(
+            t0, t1, *self.inputs(), *self._weights(), self.m_btw, self.q, b.states, b.counts,
+            b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor, store, s0,
+            self.inp0, self.inpH, self.P, self.o, self.A, self.Gm, self.g1, self.n, self.inc)
+
+    def _cell_grads(self):
+        L, B, Hh, dt = self.L, self.B, self.H // 2, self.dt
+        c = {nm: np.zeros_like(getattr(self, nm)) for nm in ("W1s", "Wg1s", "W2s", "Wg2s", "bs")}
+        c.update(Ob=np.empty((L, 2, CHUNK, B, Hh), dtype=dt),
+                 ROb=np.empty((L, 2, CHUNK, B, Hh), dtype=dt))
+        for nm, w in (("dAzr", 2 * Hh), ("dAg", Hh), ("dRO", Hh), ("do", Hh), ("tmp", Hh)):
+            c[nm] = np.empty((B, w), dtype=dt)
+        return c
+
+    def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
+        m, b, c = self.m, self.buf, bw.cell
+        return stack_backward(
+            loss, t0, t1, self.T, reverse, *self.inputs(), *self._weights(), self.m_btw,
+            self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2, m.D, m.nmin,
+            m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
+            batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
+            c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, self.inp0,
+            self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
+            self.n, self.inc, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
+            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH)
+
+    def _add_cell_grads(self, gl, cg):
+        for l in range(self.L):
+            for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
+                gl[l][nm][...] += cg[nm + "s"][l]
