@@ -6,6 +6,9 @@ from ..params import ParamSpec
 from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
 from .._kernels.momentum_rnn import momentum_gates, leaky_h_inc, momentum_snap, momentum_back
 from .._kernels.quantize import quantise_convex
+from .._kernels.gemm import matmul_into, matmul_tn_add
+from .momentum_window import MomentumRNNWindow
+from .window import run_window
 
 
 class MomentumCoupled(ReversibleModel):
@@ -160,6 +163,16 @@ class MomentumRNN(MomentumCoupled):
     BETA_DEFAULT = 0.25
     forget_per_unit = 2
     _gamma_one_ok = False
+    #: Gradients through the whole-window kernels (:mod:`revtrain.models.momentum_window`);
+    #: False runs the per-step Python driver, the reference (the complex-step hvp and
+    #: forward-only calls always do).
+    window_kernels = True
+
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
+        if not (want_grad and self._use_window(theta)):
+            return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
+        return run_window(self, theta, batch, mode, state0, masks, want_inputs,
+                          MomentumRNNWindow)
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
                  frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS,
@@ -201,7 +214,8 @@ class MomentumRNN(MomentumCoupled):
                 "gam": np.empty((B, H), dtype=dtype), "sig": np.empty((B, H), dtype=dtype)}
 
     def _gates(self, p, P, h, c):
-        np.dot(h, p["W"], out=c["A"])
+        # products through Numba's BLAS, as in the whole-window kernels (the same bits)
+        matmul_into(np.ascontiguousarray(h), p["W"], c["A"])
         bg = p["b_g"] if self.learned else self._bg_dummy.astype(P.dtype)
         momentum_gates(c["A"], P, p["b"], bg, self.floor,
                        0.0 if self.learned else self.gamma, self.learned, c["g"], c["gam"], c["sig"])
@@ -248,8 +262,10 @@ class MomentumRNN(MomentumCoupled):
         H = self.n_hidden
         momentum_back(cache["g"], cache["gam"], cache["sig"], s_prev["v"], self.floor,
                       self.learned, self.beta, 1.0 - self.beta, ds["h"], ds["v"], dP)
-        g["W"] += np.dot(s_prev["h"].T, dP)
+        matmul_tn_add(np.ascontiguousarray(s_prev["h"]), dP, g["W"], np.empty_like(g["W"]))
         g["b"] += dP[:, :H].sum(axis=0)
         if self.learned:
             g["b_g"] += dP[:, H:].sum(axis=0)
-        ds["h"] += np.dot(dP, p["W"].T)
+        d_h = np.empty_like(ds["h"])
+        matmul_into(dP, p["W"].T, d_h)
+        ds["h"] += d_h

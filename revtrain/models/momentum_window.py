@@ -1,0 +1,63 @@
+"""MomentumRNN BPTT through the whole-window kernels (:mod:`revtrain._kernels.momentum_stack`).
+
+The results equal those of the per-step Python driver: the loss, the
+fixed-point trajectory and the gradients with respect to states and inputs
+bit for bit, the parameter gradient to rounding (the kernels sum weight
+gradients once per chunk).
+"""
+import numpy as np
+
+from .window import WindowRun, CHUNK
+from .._kernels.momentum_stack import stack_forward, stack_backward
+
+
+class MomentumRNNWindow(WindowRun):
+    """A MomentumRNN stack's arrays: ``Ws`` (L, H, G), ``bs``, ``bgs`` (L, H); parts ``[h, v]``.
+
+    ``bgs`` is zero with a constant gamma (the gate kernel does not read it then).
+    """
+
+    error_parts = ("h", "v")
+
+    def _pack_cell(self):
+        m, pl, B, H, L, dt = self.m, self.pl, self.B, self.H, self.L, self.dt
+        self.Ws = np.ascontiguousarray(np.stack([q["W"] for q in pl]), dtype=dt)
+        self.bs = np.ascontiguousarray(np.stack([q["b"] for q in pl]), dtype=dt)
+        self.bgs = (np.ascontiguousarray(np.stack([q["b_g"] for q in pl]), dtype=dt)
+                    if m.learned else np.zeros((L, H), dtype=dt))
+        self.consts = (m.floor, 0.0 if m.learned else m.gamma, m.learned, m._nbeta, m._cbeta)
+        self.hf, self.A = np.empty((B, H), dtype=dt), np.empty((B, m._n_proj), dtype=dt)
+        self.gt = np.zeros((3, B, H), dtype=dt)
+        self.n = np.empty((B, H), dtype=np.int64)
+        self.inc = np.empty((B, H), dtype=np.int64)
+
+    def _forward_chunk(self, t0, t1, store, s0=0):
+        m, b = self.m, self.buf
+        return stack_forward(
+            t0, t1, *self.inputs(), self.Ws, self.bs, self.bgs, self.m_btw, self.q, b.states,
+            b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, *self.consts,
+            store, s0, self.inp0, self.inpH, self.P, self.hf, self.A, self.gt, self.n, self.inc)
+
+    def _cell_grads(self):
+        L, B, H, dt = self.L, self.B, self.H, self.dt
+        return {"Ws": np.zeros_like(self.Ws), "bs": np.zeros((L, self.m._n_proj), dtype=dt),
+                "Ob": np.empty((L, CHUNK, B, H), dtype=dt)}
+
+    def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
+        m, b, c = self.m, self.buf, bw.cell
+        return stack_backward(
+            loss, t0, t1, self.T, reverse, *self.inputs(), self.Ws, self.bs, self.bgs,
+            self.m_btw, self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2,
+            m.D, m.nmin, m.scale, m.inv_scale, *self.consts, m.beta, 1.0 - m.beta, self.U,
+            self.by, bw.softmax, batch.labels, bw.target, batch.scale, batch.per_step, bw.sn,
+            bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX,
+            bw.want_dx, self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.hf, self.A,
+            self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH)
+
+    def _add_cell_grads(self, gl, cg):
+        H = self.H
+        for l in range(self.L):
+            gl[l]["W"][...] += cg["Ws"][l]
+            gl[l]["b"][...] += cg["bs"][l, :H]
+            if self.m.learned:
+                gl[l]["b_g"][...] += cg["bs"][l, H:]
