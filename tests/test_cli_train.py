@@ -257,7 +257,7 @@ def test_layers_embed_dropout_are_saved_resumed_and_rebuilt(tmp_path, text_file,
     code, o, err = run(["train", *DEEP, "--data", str(text_file), "--steps", "5", "--out",
                         str(ref), "--quiet"], capsys)
     assert code == 0, err
-    assert "summary (RevLSTM, hidden 8, 2 layers, embed 4, dropout 0.2, reversible" in o
+    assert "summary (RevLSTM, hidden 8, 2 layers, embed 4, dropout 0.2, float32, reversible" in o
     tr = Trainer.load(ref)
     assert (tr.model.n_layers, tr.model.embed_dim, tr.model.dropout) == (2, 4, 0.2)
     cli_opts = tr.metadata["cli"]
@@ -265,7 +265,7 @@ def test_layers_embed_dropout_are_saved_resumed_and_rebuilt(tmp_path, text_file,
     code, o, err = run(["train", *DEEP, "--data", str(text_file), "--steps", "2", "--out",
                         str(out), "--print-every", "5"], capsys)
     assert code == 0, err
-    assert "RevLSTM(hidden=8, 2 layers, embed 4, dropout 0.2) with reversible BPTT" in o
+    assert "RevLSTM(hidden=8, 2 layers, embed 4, dropout 0.2, float32) with reversible BPTT" in o
     for extra, needle in ((["--layers", "1"], "--layers 1 contradicts the run"),
                           (["--embed", "5"], "--embed 5 contradicts the run"),
                           (["--dropout", "0"], "--dropout 0.0 contradicts the run")):
@@ -320,3 +320,23 @@ def test_a_model_that_does_not_stack_refuses_the_stack_options(monkeypatch):
                        "stack layers"):
         _common.make_model("mdrnn", 5, 4, layers=2, dropout=0.1)
     assert _common.make_model("mdrnn", 5, 4).n_layers == 1
+
+
+def test_dtype_option(tmp_path, text_file, capsys):
+    """--dtype: float32 by default where the model has it (revlstm), saved, checked on resume;
+    a model without float32 refuses it with a usage error."""
+    out = tmp_path / "m.npz"
+    code, o, err = run(["train", "--model", "revlstm", "--hidden", "8", "--seq-len", "10",
+                        "--batch-size", "2", "--data", str(text_file), "--steps", "2",
+                        "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert Trainer.load(out).model.dtype == "float32" and "float32" in o
+    code, _, err = run(["train", "--resume", str(out), "--steps", "3", "--dtype", "float64",
+                        "--quiet"], capsys)
+    assert code == 2 and "--dtype" in err, err
+    code, _, err = run(["train", *TINY, "--data", str(text_file), "--steps", "1",
+                        "--dtype", "float32", "--out", ""], capsys)
+    assert code == 2 and "--dtype float32: RNN computes in float64 only so far" in err, err
+    code, o, err = run(["train", *TINY, "--data", str(text_file), "--steps", "1", "--out", "",
+                        "--quiet"], capsys)
+    assert code == 0 and "float32" not in o, err             # rnn: float64 by default

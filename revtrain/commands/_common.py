@@ -25,7 +25,7 @@ SGD_LR_FACTOR = 300.0
 
 TRAIN_DEFAULTS = dict(model="revlstm", hidden=128, seq_len=64, batch_size=32, steps=300,
                       lr=None, seed=0, out="revtrain_model.npz", val_chars=20000,
-                      grad_clip=1.0, layers=1, embed=None, dropout=0.0)
+                      grad_clip=1.0, layers=1, embed=None, dropout=0.0, dtype="float32")
 
 
 class UsageError(Exception):
@@ -92,7 +92,7 @@ def model_class(name, what="model"):
     return cls
 
 
-def make_model(name, vocab_size, hidden, layers=1, embed=None, dropout=0.0):
+def make_model(name, vocab_size, hidden, layers=1, embed=None, dropout=0.0, dtype="float64"):
     """The character model ``--model name`` (vocabulary in and out) with the stack options.
 
     A model class that does not stack (``stackable`` False) given ``--layers``
@@ -108,9 +108,15 @@ def make_model(name, vocab_size, hidden, layers=1, embed=None, dropout=0.0):
         kw["embed_dim"] = embed
     if dropout:
         kw["dropout"] = dropout
-    if kw and not getattr(cls, "stackable", True):
+    stack_kw = dict(kw)
+    if dtype != "float64":
+        if not getattr(cls, "supports_float32", False):
+            raise UsageError(f"--dtype {dtype}: {cls.__name__} computes in float64 only so far "
+                             "(float32 is available for --model revlstm)")
+        kw["dtype"] = dtype
+    if stack_kw and not getattr(cls, "stackable", True):
         flags = {"n_layers": "--layers", "embed_dim": "--embed", "dropout": "--dropout"}
-        given = " ".join(f"{flags[k]} {v}" for k, v in kw.items())
+        given = " ".join(f"{flags[k]} {v}" for k, v in stack_kw.items())
         raise UsageError(f"{given}: {cls.__name__} does not stack layers (it takes one layer, "
                          "no embedding and no dropout)")
     try:

@@ -20,9 +20,9 @@ EXIT_INTERRUPTED = 130
 #: Options a resumed run takes from the model file (given again, they must agree with it).
 SAVED_OPTIONS = ("model", "hidden", "seq_len", "batch_size", "bptt", "lr", "optimizer",
                  "grad_clip", "state", "seed", "data", "val_chars", "lr_schedule",
-                 "layers", "embed", "dropout")
+                 "layers", "embed", "dropout", "dtype")
 #: Options added after files were first written: a file without them ran with these values.
-LATER_OPTIONS = {"layers": 1, "embed": None, "dropout": 0.0}
+LATER_OPTIONS = {"layers": 1, "embed": None, "dropout": 0.0, "dtype": "float64"}
 
 
 def _flag(name):
@@ -55,6 +55,9 @@ def _resolve(a):
     if o["state"] is None:
         o["state"] = DEFAULT_STATE.get(o["model"], "carry")
     cls = model_class(MODELS[o["model"]])
+    if o["dtype"] is None:
+        o["dtype"] = (TRAIN_DEFAULTS["dtype"] if getattr(cls, "supports_float32", False)
+                      else "float64")
     modes = tuple(getattr(cls, "bptt_modes", BPTT_MODES))
     if o["bptt"] is None:
         o["bptt"] = "reversible" if "reversible" in modes else modes[0]
@@ -145,7 +148,7 @@ def _note_schedule_model(info, o):
 def _new_trainer(o, corpus):
     from ..trainer import Trainer
     model = make_model(o["model"], corpus.vocab.size, o["hidden"], o["layers"], o["embed"],
-                       o["dropout"])
+                       o["dropout"], o["dtype"])
     return Trainer(model, _optimizer(o), bptt=o["bptt"], seed=o["seed"], metadata={"cli": o})
 
 
@@ -205,6 +208,7 @@ def _describe(o, trainer, corpus, resumed):
            else f"sgd lr schedule {o['lr_schedule']}")
     verb = f"resuming at step {trainer.steps_done + 1} of" if resumed else "training"
     stack = stack_text(o["layers"], o["embed"], o["dropout"])
+    stack += f", {o['dtype']}" if o.get("dtype", "float64") != "float64" else ""
     return (f"{verb} {cls_name}(hidden={o['hidden']}{stack}) with {o['bptt']} BPTT on {src}: "
             f"{len(corpus.train)} train / {len(corpus.val)} validation chars, vocabulary "
             f"{corpus.vocab.size}; {o['steps']} steps of {x.shape[0]} x {o['batch_size']}, "
@@ -293,6 +297,7 @@ def _summary(o, trainer, hist, ev, corpus, total, out, resumed):
             std = None
     last = hist.loss[-10:]
     stack = stack_text(o["layers"], o["embed"], o["dropout"])
+    stack += f", {o['dtype']}" if o.get("dtype", "float64") != "float64" else ""
     print(f"\nsummary ({cls_name}, hidden {o['hidden']}{stack}, {bptt} BPTT, "
           f"{len(hist.loss)} steps, seed {o['seed']})")
     print(f"  train loss        {hist.loss[-1]:.4f} nats/char (mean of last {len(last)} steps: "
@@ -326,6 +331,11 @@ def add_parser(sub):
     t.add_argument("--hidden", type=pos_int, default=None,
                    help=f"hidden units (default: {d['hidden']})")
     add_stack_options(t)
+    t.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="float type of the activations and gradients (the fixed-point state "
+                   "stays int64, so reversal stays exact; parameters stay float64 for the "
+                   "optimiser); float32 is available for revlstm (default: "
+                   f"{d['dtype']} where available, else float64)")
     t.add_argument("--seq-len", type=pos_int, default=None,
                    help=f"truncated-BPTT window length (default: {d['seq_len']})")
     t.add_argument("--batch-size", type=pos_int, default=None,
