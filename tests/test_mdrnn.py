@@ -1,6 +1,7 @@
 """MDRNN: wavefront and raster kernels against a slow NumPy reference (loops over cells),
-wavefront == raster, finite differences, checkpointing by diagonals, complex-step
-Hessian-vector products, bad input, no recompilation."""
+the float64 product kernels against NumPy in long double (with a rounding-error bound) and
+their blocking-independent bits, wavefront == raster, finite differences, checkpointing by
+diagonals, complex-step Hessian-vector products, bad input, no recompilation."""
 import numpy as np
 import pytest
 
@@ -70,8 +71,8 @@ def make_grid(kind, per_cell, tokens, seed=0, rows=R, cols=C, B_=B):
     return x, y
 
 
-def model_theta(kind, order="wavefront", seed=1):
-    m = rt.MDRNN(D, H, O, loss=kind, order=order)
+def model_theta(kind, order="wavefront", seed=1, n_hidden=H):
+    m = rt.MDRNN(D, n_hidden, O, loss=kind, order=order)
     theta = m.init_params(seed=seed, scale=1.2)
     theta += 0.1 * np.random.default_rng(seed + 100).normal(size=theta.size)  # non-zero biases
     return m, theta
@@ -113,6 +114,24 @@ def test_matches_reference(kind, per_cell, tokens, order):
     assert abs(loss - rl) <= 1e-12 * abs(rl)
     assert normwise(grad, rg) <= 1e-12
     assert m.loss(theta, x, y) == pytest.approx(rl, rel=1e-12)
+
+
+@pytest.mark.parametrize("n_hidden,B_", [(37, 3), (45, 1), (64, 2)])
+@pytest.mark.parametrize("order", ["wavefront", "raster"])
+def test_matches_reference_wide(n_hidden, B_, order):
+    """Widths that take the float64 kernels' 4x32, 4x8 and scalar-column blocks."""
+    for kind, per_cell, tokens in CASES:
+        m, theta = model_theta(kind, order, seed=11, n_hidden=n_hidden)
+        x, y = make_grid(kind, per_cell, tokens, seed=12, rows=5, cols=6, B_=B_)
+        loss, grad = m.loss_and_grad(theta, x, y)
+        rl, rg, hs = ref_mdrnn(m, theta, x, y)
+        assert abs(loss - rl) <= 1e-12 * abs(rl)
+        assert normwise(grad, rg) <= 1e-12
+        np.testing.assert_allclose(m.final_state(theta, x), hs[-1, -1], rtol=1e-13, atol=1e-15)
+        if order == "wavefront":
+            l1, g1 = m.loss_and_grad(theta, x, y, bptt="checkpoint", checkpoint_every=3)
+            assert abs(l1 - loss) <= 1e-13 * abs(loss)
+            assert normwise(g1, grad) <= 1e-13
 
 
 @pytest.mark.parametrize("rows,cols", SHAPES)
@@ -205,6 +224,180 @@ def test_hvp(kind, per_cell, tokens, order):
     m, theta = model_theta(kind, order, seed=7)
     x, y = make_grid(kind, per_cell, tokens, seed=7)
     check_hvp(m, theta, x, y)
+
+
+@pytest.mark.parametrize("order", ["wavefront", "raster"])
+def test_hvp_wide(order):
+    """Complex step (BLAS products) against finite differences of float64 gradients
+    (vector kernels)."""
+    m, theta = model_theta("softmax", order, seed=13, n_hidden=40)
+    x, y = make_grid("softmax", True, False, seed=13, rows=4, cols=5)
+    check_hvp(m, theta, x, y)
+
+
+# ------------------------------------------------------------ kernel level
+def ref_sweeps(P, Wn, Ww, b, dh):
+    """States, dL/da and dL/dWn, dL/dWw of the grid by loops over the cells (NumPy).
+
+    P : (rows, cols, B, H) input projections; dh : (rows, cols, B, H) dL/dh from the
+    output layer. Any dtype (complex: the complex step, tanh to first order as the kernels).
+    """
+    rows, cols = P.shape[:2]
+    h = np.zeros_like(P)
+    for i in range(rows):
+        for j in range(cols):
+            a = P[i, j] + b
+            if i > 0:
+                a = a + h[i - 1, j] @ Wn
+            if j > 0:
+                a = a + h[i, j - 1] @ Ww
+            t = np.tanh(a.real)
+            h[i, j] = t + 1j * a.imag * (1 - t * t) if np.iscomplexobj(a) else t
+    dh = dh.copy()
+    da = np.zeros_like(P)
+    dWn, dWw = np.zeros_like(Wn), np.zeros_like(Ww)
+    for i in range(rows - 1, -1, -1):
+        for j in range(cols - 1, -1, -1):
+            da[i, j] = dh[i, j] * (1 - h[i, j] ** 2)
+            if i > 0:
+                dh[i - 1, j] += da[i, j] @ Wn.T
+                dWn += h[i - 1, j].T @ da[i, j]
+            if j > 0:
+                dh[i, j - 1] += da[i, j] @ Ww.T
+                dWw += h[i, j - 1].T @ da[i, j]
+    return h, da, dWn, dWw
+
+
+def _close(got, want, tol):
+    """Normwise relative error below tol; complex: the real part and the imaginary part
+    (of order 1e-30, the complex step) each."""
+    parts = [(got.real, want.real)]
+    if np.iscomplexobj(want):
+        parts.append((got.imag, want.imag))
+    for g, w in parts:
+        assert np.max(np.abs(g - w)) <= tol * np.max(np.abs(w)), (np.max(np.abs(g - w)),
+                                                                np.max(np.abs(w)))
+
+
+@pytest.mark.parametrize("rows,cols,B_,H_", [(5, 7, 1, 64), (6, 4, 3, 45), (3, 3, 2, 13),
+                                           (4, 6, 2, 8), (1, 5, 1, 37), (7, 1, 2, 33),
+                                           (2, 2, 1, 3)])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_wavefront_kernels_match_loops(rows, cols, B_, H_, dtype):
+    """The wavefront kernels on the whole grid and in segments of diagonals, against
+    ref_sweeps, in float64 (vector kernels) and complex128 (BLAS)."""
+    rng = np.random.default_rng(rows * 100 + cols * 10 + H_)
+
+    def draw(*shape, scale=1.0):
+        a = scale * rng.normal(size=shape)
+        return a + 1e-30j * rng.normal(size=shape) if dtype == np.complex128 else a
+    P = draw(rows, cols, B_, H_)
+    Wn, Ww = draw(H_, H_, scale=1.5 / np.sqrt(H_)), draw(H_, H_, scale=1.5 / np.sqrt(H_))
+    b, dh = draw(H_, scale=0.2), draw(rows, cols, B_, H_)
+    h, da, dWn, dWw = ref_sweeps(P, Wn, Ww, b, dh)
+
+    perm, off, i0s = diagonal_order(rows, cols)
+    N, n_diag = rows * cols, rows + cols - 1
+    by_diag = lambda a: np.ascontiguousarray(a.reshape(N, B_, H_)[perm])     # noqa: E731
+    tmp = np.empty((min(rows, cols) * B_, H_), dtype=dtype)
+    tmpHH = np.empty((H_, H_), dtype=dtype)
+    S = by_diag(P)
+    k_mdrnn.mdrnn_wavefront_forward(S, Wn, Ww, b, off, i0s, 0, n_diag, 0, tmp)
+    _close(S, by_diag(h), 1e-13)
+    # segments of diagonals from the states of the diagonal before each: the same bits
+    for d0, d1 in [(0, 2), (2, n_diag), (1, n_diag - 1)]:
+        if not 0 <= d0 < d1 <= n_diag:
+            continue
+        base = off[d0 - 1] if d0 > 0 else 0
+        seg = np.concatenate([S[base:off[d0]], by_diag(P)[off[d0]:off[d1]]])
+        k_mdrnn.mdrnn_wavefront_forward(seg, Wn, Ww, b, off, i0s, d0, d1, base, tmp)
+        np.testing.assert_array_equal(seg, S[base:off[d1]])
+
+    dS = by_diag(dh)
+    gWn, gWw = np.zeros_like(Wn), np.zeros_like(Ww)
+    k_mdrnn.mdrnn_wavefront_backward(S, dS, np.ascontiguousarray(Wn.T),
+                                     np.ascontiguousarray(Ww.T), off, i0s, 0, n_diag, 0,
+                                     gWn, gWw, tmp, tmpHH)
+    _close(dS, by_diag(da), 1e-13)
+    if N > 1:
+        _close(gWn if rows > 1 else gWw, dWn if rows > 1 else dWw, 1e-13)
+        _close(gWw if cols > 1 else gWn, dWw if cols > 1 else dWn, 1e-13)
+
+
+U53 = 2.0 ** -53
+
+
+def _bound(terms, mag):
+    """Rounding-error bound gamma_terms * mag of an FMA chain (plus one addition)."""
+    return (terms + 2) * U53 / (1 - (terms + 2) * U53) * mag
+
+
+@pytest.mark.parametrize("K,N", [(1, 1), (3, 5), (8, 8), (13, 37), (64, 64), (45, 70),
+                                 (33, 8), (64, 40)])
+def test_rows_matmul_add_f64(K, N):
+    """C[c:c+n] += A[a:a+n] @ W against long double, within the bound of a K-term chain;
+    rows outside untouched; a row's bits do not depend on the other rows, on n or on the
+    column's block (4x32, 4x8 or scalar)."""
+    rng = np.random.default_rng(K * 100 + N)
+    for n in (1, 2, 3, 4, 5, 7, 8, 9, 33):
+        C = rng.normal(size=(n + 7, N))
+        A = rng.normal(size=(n + 5, K))
+        W = rng.normal(size=(K, N))
+        c, a = 3, 2
+        got = C.copy()
+        k_mdrnn._rows_matmul_add_f64(got, c, A, a, n, W)
+        L = np.longdouble
+        exact = C[c:c + n].astype(L) + A[a:a + n].astype(L) @ W.astype(L)
+        mag = np.abs(C[c:c + n]) + np.abs(A[a:a + n]) @ np.abs(W)
+        assert np.all(np.abs(got[c:c + n] - exact) <= _bound(K, mag))
+        np.testing.assert_array_equal(got[:c], C[:c])
+        np.testing.assert_array_equal(got[c + n:], C[c + n:])
+        one = C.copy()
+        for r in range(n):                      # row by row
+            k_mdrnn._rows_matmul_add_f64(one, c + r, A, a + r, 1, W)
+        np.testing.assert_array_equal(one, got)
+        for j in {0, N // 2, N - 1}:           # one column alone: the scalar path
+            col = C[:, j:j + 1].copy()
+            k_mdrnn._rows_matmul_add_f64(col, c, A, a, n, np.ascontiguousarray(W[:, j:j + 1]))
+            np.testing.assert_array_equal(col[:, 0], got[:, j])
+        if K == N:      # C and A one array (rows of the previous diagonal feed the next)
+            both = np.zeros((2 * n + 1, N))
+            both[:n] = A[a:a + n]
+            both[n + 1:] = C[c:c + n]
+            k_mdrnn._rows_matmul_add_f64(both, n + 1, both, 0, n, W)
+            np.testing.assert_array_equal(both[n + 1:], got[c:c + n])
+
+
+@pytest.mark.parametrize("K,N", [(1, 1), (3, 5), (8, 8), (13, 37), (64, 64), (45, 70),
+                                 (6, 32)])
+def test_tn_matmul_add_f64(K, N):
+    """Out += X[x:x+n]^T @ D[e:e+n] against long double, within the bound of an n-term
+    sum; the rows are summed in chunks of 32 (splitting a call there gives the same bits);
+    an element's bits do not depend on its block."""
+    rng = np.random.default_rng(K * 100 + N + 7)
+    for n in (1, 2, 5, 31, 32, 33, 64, 70):
+        Out = rng.normal(size=(K, N))
+        X = rng.normal(size=(n + 3, K))
+        D = rng.normal(size=(n + 4, N))
+        x, e = 1, 4
+        got = Out.copy()
+        k_mdrnn._tn_matmul_add_f64(got, X, x, D, e, n)
+        L = np.longdouble
+        exact = Out.astype(L) + X[x:x + n].astype(L).T @ D[e:e + n].astype(L)
+        mag = np.abs(Out) + np.abs(X[x:x + n]).T @ np.abs(D[e:e + n])
+        assert np.all(np.abs(got - exact) <= _bound(n, mag))
+        split = Out.copy()
+        for r0 in range(0, n, 32):
+            k_mdrnn._tn_matmul_add_f64(split, X, x + r0, D, e + r0, min(32, n - r0))
+        np.testing.assert_array_equal(split, got)
+        for k in {0, K // 2, K - 1}:           # one row of Out alone
+            row = Out[k:k + 1].copy()
+            k_mdrnn._tn_matmul_add_f64(row, np.ascontiguousarray(X[:, k:k + 1]), x, D, e, n)
+            np.testing.assert_array_equal(row[0], got[k])
+        for j in {0, N // 2, N - 1}:           # one column alone: the scalar path
+            col = Out[:, j:j + 1].copy()
+            k_mdrnn._tn_matmul_add_f64(col, X, x, np.ascontiguousarray(D[:, j:j + 1]), e, n)
+            np.testing.assert_array_equal(col[:, 0], got[:, j])
 
 
 def test_bad_input():

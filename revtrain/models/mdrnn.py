@@ -62,8 +62,11 @@ class MDRNN(RecurrentModel):
         ``"wavefront"`` (default): ``rows + cols - 1`` steps, one per
         anti-diagonal ``i + j = d`` (its cells are independent), each one
         ``(m B, H) x (H, H)`` product per direction over the diagonal's ``m``
-        cells, with states stored by diagonal. ``"raster"``: cell by cell in
-        row-major order (two ``(B, H) x (H, H)`` products per cell; the
+        cells, with states stored by diagonal; a pass is one kernel call (one
+        per segment with checkpointing; the float64 products run in
+        register-blocked vector kernels, see
+        :mod:`revtrain._kernels.mdrnn`). ``"raster"``: cell by cell in
+        row-major order (two ``(B, H) x (H, H)`` BLAS products per cell; the
         reference and benchmark baseline). Both give the same loss and
         gradient to rounding.
 
@@ -179,7 +182,9 @@ class MDRNN(RecurrentModel):
         ends = starts[1:] + [n_diag]
         # workspace: the diagonal before a segment, then the segment's diagonals
         m_max = max(off[e] - off[max(s - 1, 0)] for s, e in zip(starts, ends))
-        ws = np.empty((m_max, B, H), dtype=dtype)
+        # states (ws) and dL/dh (dws) of the diagonal before a segment and of the segment's
+        # diagonals; one allocation made before anything that outlives the call
+        ws, dws = np.empty((2, m_max, B, H), dtype=dtype)
         ckpt = [None] * len(starts)
 
         def forward(si, prev):
@@ -207,7 +212,7 @@ class MDRNN(RecurrentModel):
 
         if not want_grad:
             S, m_prev, _ = forward(0, None)
-            dS = np.empty_like(S)
+            dS = dws[:S.shape[0]]
             loss = seg_loss(S, m_prev, 0, n_diag, dS)
             return loss, None, {"stored_bytes": 0, "final_state": S[-1].real.copy()}
 
@@ -219,8 +224,8 @@ class MDRNN(RecurrentModel):
         final_state = S[-1].real.copy()
         stored = ws.nbytes + sum(c.nbytes for c in ckpt if c is not None)
 
-        dws = np.empty_like(ws)
         tmpHH = np.empty((H, H), dtype=dtype)
+        WnT, WwT = np.ascontiguousarray(Wn.T), np.ascontiguousarray(Ww.T)
         carry = None
         loss = 0.0
         for si in range(len(starts) - 1, -1, -1):
@@ -236,8 +241,8 @@ class MDRNN(RecurrentModel):
             if carry is not None:
                 dS[m - carry.shape[0]:] += carry
             dS[:m_prev] = 0
-            mdrnn_wavefront_backward(S, dS, Wn, Ww, off, i0s, d0, d1, base, g["W_n"], g["W_w"],
-                                     tmp, tmpHH)
+            mdrnn_wavefront_backward(S, dS, WnT, WwT, off, i0s, d0, d1, base, g["W_n"],
+                                     g["W_w"], tmp, tmpHH)
             carry = dS[:m_prev].copy() if m_prev else None
             dA = dS[m_prev:]
             project_grad(x[off[d0]:off[d1]], batch.tokens, dA, g["W_in"])
