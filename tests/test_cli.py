@@ -83,7 +83,7 @@ def test_tiny_train_then_sample(tmp_path, text_file, capsys):
                 "--out", str(out)]
     code, out, err = run(argv(out_file), capsys)
     assert code == 0, err
-    for needle in ("summary (RNN, hidden 8, standard BPTT, 4 steps, seed 0)",
+    for needle in ("summary (RNN, hidden 8, float32, standard BPTT, 4 steps, seed 0)",
                    "validation", "bits/char", "memory for BPTT", "saved to"):
         assert needle in out
     tr = Trainer.load(out_file)

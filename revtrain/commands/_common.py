@@ -111,8 +111,7 @@ def make_model(name, vocab_size, hidden, layers=1, embed=None, dropout=0.0, dtyp
     stack_kw = dict(kw)
     if dtype != "float64":
         if not getattr(cls, "supports_float32", False):
-            raise UsageError(f"--dtype {dtype}: {cls.__name__} computes in float64 only so far "
-                             "(float32 is available for --model revlstm)")
+            raise UsageError(f"--dtype {dtype}: {cls.__name__} computes in float64 only so far")
         kw["dtype"] = dtype
     if stack_kw and not getattr(cls, "stackable", True):
         flags = {"n_layers": "--layers", "embed_dim": "--embed", "dropout": "--dropout"}

@@ -334,8 +334,7 @@ def add_parser(sub):
     t.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="float type of the activations and gradients (the fixed-point state "
                    "stays int64, so reversal stays exact; parameters stay float64 for the "
-                   "optimiser); float32 is available for revlstm (default: "
-                   f"{d['dtype']} where available, else float64)")
+                   f"optimiser) (default: {d['dtype']})")
     t.add_argument("--seq-len", type=pos_int, default=None,
                    help=f"truncated-BPTT window length (default: {d['seq_len']})")
     t.add_argument("--batch-size", type=pos_int, default=None,

@@ -121,6 +121,13 @@ class RecurrentModel:
         on the recurrent state. Applied only when a call passes
         ``dropout_seed`` (training); evaluation, sampling and ``hvp`` run
         without it unless asked.
+    dtype : {"float64", "float32"}
+        Float type of the activations and gradients (keyword). Parameters
+        stay float64 at the API (``theta``, the returned gradient, the
+        optimiser's copy); a float32 model computes with float32 copies, and
+        reversible cells keep their int64 fixed-point state, so reversal
+        stays exact. The complex-step ``hvp`` (and so hypergradients) need
+        float64. Available where :attr:`supports_float32`.
 
     The recurrent state of a stack is the layers' states side by side:
     ``(B, state_size)`` with layer ``l`` in columns
@@ -133,9 +140,11 @@ class RecurrentModel:
     n_lead = 1
     #: Whether the model takes ``n_layers > 1``, ``embed_dim`` and ``dropout``.
     stackable = True
+    #: Whether ``dtype="float32"`` is available.
+    supports_float32 = False
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", *, n_layers=1, embed_dim=None,
-                 dropout=0.0):
+                 dropout=0.0, dtype="float64"):
         self.n_in = positive_int(n_in, "n_in")
         self.n_hidden = positive_int(n_hidden, "n_hidden")
         self.n_out = positive_int(n_out, "n_out")
@@ -149,7 +158,19 @@ class RecurrentModel:
                                    or self.dropout):
             raise ValueError(f"{type(self).__name__} does not stack layers: n_layers must be 1, "
                              f"got {n_layers!r}")
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        if dtype == "float32" and not self.supports_float32:
+            raise ValueError(f"dtype='float32' is not available for {type(self).__name__} yet; "
+                             f"use dtype='float64'")
+        self.dtype = dtype
         self.layout = ParamLayout(self._specs())
+
+    def _float64_only(self, what):
+        """ValueError when a float32 model is asked for ``what`` (which needs float64)."""
+        if self.dtype != "float64":
+            raise ValueError(f"{what} need float64: this {type(self).__name__} computes in "
+                             f"{self.dtype}; build the model with dtype='float64' for them")
 
     def _stack_repr(self):
         """``, n_layers=.., embed_dim=.., dropout=..`` for the arguments that are not the default."""
@@ -160,6 +181,8 @@ class RecurrentModel:
             out += f", embed_dim={self.embed_dim}"
         if self.dropout:
             out += f", dropout={self.dropout!r}"
+        if self.dtype != "float64":
+            out += f", dtype={self.dtype!r}"
         return out
 
     # ----------------------------------------------------------------- layout

@@ -84,11 +84,12 @@ class MDRNN(RecurrentModel):
 
     stackable = False
 
-    def __init__(self, n_in, n_hidden, n_out, loss="softmax", order="wavefront", *, n_layers=1):
+    def __init__(self, n_in, n_hidden, n_out, loss="softmax", order="wavefront", *, n_layers=1,
+                 dtype="float64"):
         if order not in ("wavefront", "raster"):
             raise ValueError(f"order must be 'wavefront' or 'raster', got {order!r}")
         self.order = order
-        super().__init__(n_in, n_hidden, n_out, loss=loss, n_layers=n_layers)
+        super().__init__(n_in, n_hidden, n_out, loss=loss, n_layers=n_layers, dtype=dtype)
         self._orders = {}
 
     def __repr__(self):

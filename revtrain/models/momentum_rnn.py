@@ -8,7 +8,6 @@ from .._kernels.momentum_rnn import momentum_gates, leaky_h_inc, momentum_snap, 
 from .._kernels.quantize import quantise_convex
 from .._kernels.gemm import matmul_into, matmul_tn_add
 from .momentum_window import MomentumRNNWindow
-from .window import run_window
 
 
 class MomentumCoupled(ReversibleModel):
@@ -163,22 +162,16 @@ class MomentumRNN(MomentumCoupled):
     BETA_DEFAULT = 0.25
     forget_per_unit = 2
     _gamma_one_ok = False
-    #: Gradients through the whole-window kernels (:mod:`revtrain.models.momentum_window`);
-    #: False runs the per-step Python driver, the reference (the complex-step hvp and
-    #: forward-only calls always do).
-    window_kernels = True
-
-    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
-        if not (want_grad and self._use_window(theta)):
-            return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
-        return run_window(self, theta, batch, mode, state0, masks, want_inputs,
-                          MomentumRNNWindow)
+    #: Whole-window kernels of the stack (see :class:`~revtrain.models.reversible.ReversibleModel`).
+    window_class = MomentumRNNWindow
+    supports_float32 = True
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
                  frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS,
-                 *, beta=None, n_layers=1, embed_dim=None, dropout=0.0):
+                 *, beta=None, n_layers=1, embed_dim=None, dropout=0.0, dtype="float64"):
         super().__init__(n_in, n_hidden, n_out, loss, gamma, frac_bits, max_forget_bits,
-                         gate_bits, n_layers=n_layers, embed_dim=embed_dim, dropout=dropout)
+                         gate_bits, n_layers=n_layers, embed_dim=embed_dim, dropout=dropout,
+                         dtype=dtype)
         if beta is None:
             beta = max(self.BETA_DEFAULT, self.floor)
         if not is_number(beta) or not (self.floor <= beta and np.rint(beta * self.D) < self.D):

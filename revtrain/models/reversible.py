@@ -13,6 +13,7 @@ import numpy as np
 
 from .base import RecurrentModel
 from .reversible_bptt import ReversibleBPTT
+from .window import run_window, window_loss, window_hidden
 from .._checks import is_int, int_in_range
 from ..errors import FixedPointError, ReversalError
 from ..fixed_point import to_fixed
@@ -69,11 +70,11 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
 
     #: The state is split in two halves updated in turn (n_hidden must be even).
     two_halves = False
-    #: Gradients and forward passes through whole-window kernels (:mod:`revtrain.models.window`);
-    #: False runs the per-step Python driver, the reference (the complex-step hvp always does).
-    window_kernels = False
-    #: Whether ``dtype="float32"`` is available (it runs through the window kernels).
-    supports_float32 = False
+    #: The cell's :class:`~revtrain.models.window.WindowRun` (whole-window kernels), or None.
+    window_class = None
+    #: Run through the window kernels when the cell has them (False: the per-step Python
+    #: driver, the reference; the complex-step hvp always runs it).
+    window_kernels = True
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", frac_bits=REV_FRAC_BITS,
                  max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS, *, n_layers=1,
@@ -81,12 +82,6 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
         if self.two_halves and is_int(n_hidden) and n_hidden % 2:
             raise ValueError(f"n_hidden must be even for {type(self).__name__} (two halves), "
                              f"got {n_hidden}")
-        if dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-        if dtype == "float32" and not self.supports_float32:
-            raise ValueError(f"dtype='float32' is not available for {type(self).__name__} yet "
-                             f"(RevLSTM has it); use dtype='float64'")
-        self.dtype = dtype
         self.frac_bits = int_in_range(frac_bits, "frac_bits", 8, 52)
         self.gate_bits = int_in_range(gate_bits, "gate_bits", 1, 16)
         self.max_forget_bits = int_in_range(max_forget_bits, "max_forget_bits", 1, self.gate_bits)
@@ -97,7 +92,7 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
         self.inv_scale = 2.0 ** -self.frac_bits
         self._log2 = log2_table(self.D)
         super().__init__(n_in, n_hidden, n_out, loss, n_layers=n_layers, embed_dim=embed_dim,
-                         dropout=dropout)
+                         dropout=dropout, dtype=dtype)
         self._layout_parts = list(self._parts())
         # words one step can emit per stream: each exact multiply pushes at most gate_bits
         # bits before its pop, and each forget_add pass may emit 2 more partial words
@@ -109,22 +104,29 @@ class ReversibleModel(ReversibleBPTT, RecurrentModel):
                 f"max_forget_bits={self.max_forget_bits}, gate_bits={self.gate_bits}"
                 f"{self._stack_repr()})")
 
-    def _stack_repr(self):
-        out = super()._stack_repr()
-        return out + (f", dtype={self.dtype!r}" if self.dtype != "float64" else "")
-
     def _use_window(self, theta):
         """Whether this call runs through the window kernels (see :attr:`window_kernels`)."""
         if np.iscomplexobj(theta):
-            if self.dtype != "float64":
-                raise ValueError(f"the complex-step hvp (and hypergradients) need float64: "
-                                 f"this {type(self).__name__} computes in {self.dtype}; build "
-                                 f"the model with dtype='float64' for them")
+            self._float64_only("the complex-step hvp (and hypergradients)")
             return False
-        if self.dtype != "float64" and not self.window_kernels:
+        use = self.window_kernels and self.window_class is not None
+        if self.dtype != "float64" and not use:
             raise ValueError(f"dtype={self.dtype!r} runs through the window kernels: "
                              f"window_kernels must be True")
-        return self.window_kernels
+        return use
+
+    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
+        if not self._use_window(theta):
+            return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
+        if not want_grad:
+            return window_loss(self, theta, batch, state0, masks, self.window_class)
+        return run_window(self, theta, batch, mode, state0, masks, want_inputs,
+                          self.window_class)
+
+    def _hidden(self, theta, x, tokens, state0):
+        if not self._use_window(theta):
+            return super()._hidden(theta, x, tokens, state0)
+        return window_hidden(self, theta, x, tokens, state0, self.window_class)
 
     @property
     def layer_state_size(self):

@@ -5,7 +5,6 @@ from ..params import ParamSpec
 from .._kernels.gemm import matmul_into, matmul_tn_add
 from .reversible import ReversibleModel
 from .revgru_window import RevGRUWindow
-from .window import run_window
 from .._kernels.revgru import revgru_gates1, revgru_gates2, revgru_cell, revgru_back1, revgru_back2
 from .._kernels.quantize import quantise_convex
 
@@ -70,15 +69,9 @@ class RevGRU(ReversibleModel):
     forget_per_unit = 1
     _head_parts = ("h1", "h2")
     two_halves = True
-    #: Gradients through the whole-window kernels (:mod:`revtrain.models.revgru_window`);
-    #: False runs the per-step Python driver, the reference (the complex-step hvp and
-    #: forward-only calls always do).
-    window_kernels = True
-
-    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
-        if not (want_grad and self._use_window(theta)):
-            return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
-        return run_window(self, theta, batch, mode, state0, masks, want_inputs, RevGRUWindow)
+    #: Whole-window kernels of the stack (see :class:`~revtrain.models.reversible.ReversibleModel`).
+    window_class = RevGRUWindow
+    supports_float32 = True
 
     def _parts(self):
         Hh = self.n_hidden // 2

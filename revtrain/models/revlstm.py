@@ -5,7 +5,6 @@ from ..params import ParamSpec
 from .._kernels.gemm import matmul_into, matmul_tn_add
 from .reversible import ReversibleModel
 from .revlstm_window import RevLSTMWindow
-from .window import run_window, window_loss, window_hidden
 from .._kernels.revlstm import (revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell,
                                 revlstm_back)
 
@@ -78,21 +77,9 @@ class RevLSTM(ReversibleModel):
     forget_per_unit = 2
     _head_parts = ("h1", "h2")
     two_halves = True
-    window_kernels = True
-
+    #: Whole-window kernels of the stack (see :class:`~revtrain.models.reversible.ReversibleModel`).
+    window_class = RevLSTMWindow
     supports_float32 = True
-
-    def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
-        if not self._use_window(theta):
-            return super()._run(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
-        if not want_grad:
-            return window_loss(self, theta, batch, state0, masks, RevLSTMWindow)
-        return run_window(self, theta, batch, mode, state0, masks, want_inputs, RevLSTMWindow)
-
-    def _hidden(self, theta, x, tokens, state0):
-        if not self._use_window(theta):
-            return super()._hidden(theta, x, tokens, state0)
-        return window_hidden(self, theta, x, tokens, state0, RevLSTMWindow)
 
     def _parts(self):
         Hh = self.n_hidden // 2

@@ -98,9 +98,9 @@ class RevMDRNN(MomentumCoupled):
 
     def __init__(self, n_in, n_hidden, n_out, loss="softmax", gamma=None,
                  frac_bits=REV_FRAC_BITS, max_forget_bits=MAX_FORGET_BITS, gate_bits=GATE_BITS,
-                 *, n_layers=1):
+                 *, n_layers=1, dtype="float64"):
         super().__init__(n_in, n_hidden, n_out, loss, gamma, frac_bits, max_forget_bits,
-                         gate_bits, n_layers=n_layers)
+                         gate_bits, n_layers=n_layers, dtype=dtype)
         self._diags = {}
 
     # --------------------------------------------------------------- helpers

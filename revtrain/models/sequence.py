@@ -79,8 +79,17 @@ class SequenceModel(RecurrentModel):
         D), when given, receives dL/dx_seg (float inputs).
     """
 
+    supports_float32 = True
+
     def _zero_state(self, B, dtype):
         return np.zeros((B, self.state_size), dtype=dtype)
+
+    def _compute_params(self, theta):
+        """``theta`` in the compute dtype: a float32 copy for a float32 model (complex: float64 only)."""
+        if np.iscomplexobj(theta):
+            self._float64_only("the complex-step hvp (and hypergradients)")
+            return theta
+        return theta.astype(self.dtype, copy=False)
 
     def _head(self, p, g, batch, h_rows, rows, dH_rows, dtype):
         """Loss on hidden-state rows ``h_rows`` (N, H) with targets ``rows`` (slice)."""
@@ -168,6 +177,7 @@ class SequenceModel(RecurrentModel):
         return out
 
     def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
+        theta = self._compute_params(theta)
         dtype = theta.dtype
         T, B, H = batch.lead[0], batch.B, self.n_hidden
         p = self.layout.views(theta)
@@ -188,8 +198,8 @@ class SequenceModel(RecurrentModel):
                 top, _ = self._stack_forward(p, pls, x[t0:t0 + klen], batch.tokens, states, work,
                                              masks, klen)
                 loss = loss + self._segment_loss(p, g, batch, top, t0, klen, dH[:klen])
-            return loss, None, {"stored_bytes": 0,
-                                "final_state": np.concatenate(states, axis=1).real.copy()}
+            return loss, None, {"stored_bytes": 0, "final_state": np.concatenate(
+                states, axis=1).real.astype(np.float64)}
         if mode == "standard":
             k = T
         k = min(k, T)
@@ -228,24 +238,28 @@ class SequenceModel(RecurrentModel):
             stored += work["emb"].nbytes
         if checkpoints is not None:
             stored += checkpoints.nbytes
-        info = {"stored_bytes": stored, "final_state": final_state}
+        info = {"stored_bytes": stored, "final_state": final_state.astype(np.float64)}
         if want_inputs:
-            info["dstate0"] = np.concatenate(dstates, axis=1).real.copy()
-            info["dx"] = None if dX is None else dX.real.copy()
+            info["dstate0"] = np.concatenate(dstates, axis=1).real.astype(np.float64)
+            info["dx"] = None if dX is None else dX.real.astype(np.float64)
+        if grad.dtype == np.float32:
+            grad = grad.astype(np.float64)
         return loss, grad, info
 
     def _hidden(self, theta, x, tokens, state0):
         T, B = x.shape[0], x.shape[1]
+        theta = self._compute_params(theta)
+        dtype = theta.dtype
         p = self.layout.views(theta)
         pls = self.layer_params(p)
-        state = self._zero_state(B, np.float64) if state0 is None else state0
+        state = self._zero_state(B, dtype) if state0 is None else state0.astype(dtype)
         states = [s.copy() for s in self.layer_states(state)]
         k = min(T, FORWARD_CHUNK)
-        work = self._stack_work(k, B, np.float64, None)
+        work = self._stack_work(k, B, dtype, None)
         hs = np.empty((T, B, self.n_hidden))
         for t0 in range(0, T, k):
             klen = min(k, T - t0)
             top, _ = self._stack_forward(p, pls, x[t0:t0 + klen], tokens, states, work, None,
                                          klen)
             hs[t0:t0 + klen] = top
-        return hs, np.concatenate(states, axis=1)
+        return hs, np.concatenate(states, axis=1).astype(np.float64)
