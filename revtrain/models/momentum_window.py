@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, CHUNK
+from .window import WindowRun
 from .._kernels.momentum_stack import stack_forward, stack_backward
 
 
@@ -41,7 +41,7 @@ class MomentumRNNWindow(WindowRun):
     def _cell_grads(self):
         L, B, H, dt = self.L, self.B, self.H, self.dt
         return {"Ws": np.zeros_like(self.Ws), "bs": np.zeros((L, self.m._n_proj), dtype=dt),
-                "Ob": np.empty((L, CHUNK, B, H), dtype=dt)}
+                "Ob": np.empty((L, self.chunk, B, H), dtype=dt)}
 
     def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, CHUNK
+from .window import WindowRun
 from .._kernels.revgru_stack import stack_forward, stack_backward
 
 
@@ -40,8 +40,8 @@ class RevGRUWindow(WindowRun):
     def _cell_grads(self):
         L, B, Hh, dt = self.L, self.B, self.H // 2, self.dt
         c = {nm: np.zeros_like(getattr(self, nm)) for nm in ("W1s", "Wg1s", "W2s", "Wg2s", "bs")}
-        c.update(Ob=np.empty((L, 2, CHUNK, B, Hh), dtype=dt),
-                 ROb=np.empty((L, 2, CHUNK, B, Hh), dtype=dt))
+        c.update(Ob=np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
+                 ROb=np.empty((L, 2, self.chunk, B, Hh), dtype=dt))
         for nm, w in (("dAzr", 2 * Hh), ("dAg", Hh), ("dRO", Hh), ("do", Hh), ("tmp", Hh)):
             c[nm] = np.empty((B, w), dtype=dt)
         return c

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, CHUNK
+from .window import WindowRun
 from .._kernels.revlstm_stack import stack_forward, stack_backward
 
 
@@ -37,7 +37,7 @@ class RevLSTMWindow(WindowRun):
         L, B, Hh = self.L, self.B, self.H // 2
         dt = self.dt
         return {"W1s": np.zeros_like(self.W1s), "W2s": np.zeros_like(self.W2s),
-                "bs": np.zeros_like(self.bs), "Ob": np.empty((L, 2, CHUNK, B, Hh), dtype=dt),
+                "bs": np.zeros_like(self.bs), "Ob": np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
                 "tc": np.empty((2, B, Hh), dtype=dt)}
 
     def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):

@@ -31,8 +31,21 @@ from ..buffer import InfoBuffer
 from ..errors import ReversalError, check_reversal
 from .._kernels.head import softmax_xent_head, mse_head
 
-#: Steps per kernel call (the buffer gets room for this many steps between calls).
+#: Most steps per kernel call (the buffer gets room for a call's steps before it).
 CHUNK = 32
+#: Rows (steps x batch rows) a call aims at: its weight gradients are one product over them.
+CHUNK_ROWS = 64
+
+
+def chunk_steps(B):
+    """Steps per kernel call for ``B`` rows: ``CHUNK_ROWS / B`` within ``[1, CHUNK]``.
+
+    A call's weight gradients are one product over its ``steps * B`` rows, and
+    its scratch (the rows' pre-activation gradients) is that size: about 64
+    rows keeps both the products efficient at ``B = 1`` and the scratch small
+    at ``B = 32`` (it grew the peak memory of large batches tenfold with 32 steps).
+    """
+    return max(1, min(CHUNK, CHUNK_ROWS // max(B, 1)))
 
 
 class WindowRun:
@@ -57,6 +70,7 @@ class WindowRun:
         L, H, G = m.n_layers, m.n_hidden, m._n_proj
         self.T, self.B = x.shape[0], x.shape[1]
         B = self.B
+        self.chunk = chunk_steps(B)
         self.L, self.H = L, H
         self.parts = tuple(nm for nm, _ in m._layout_parts)
         self.w = m._layout_parts[0][1]
@@ -158,8 +172,8 @@ class WindowRun:
         st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
         if store is not None:
             store[0] = self.q
-        for t0 in range(0, self.T, CHUNK):
-            t1 = min(self.T, t0 + CHUNK)
+        for t0 in range(0, self.T, self.chunk):
+            t1 = min(self.T, t0 + self.chunk)
             self._reserve(t1 - t0)
             t, l, part, code = self._forward_chunk(t0, t1, st, 0)
             if code >= 0:
@@ -205,17 +219,17 @@ class WindowRun:
             want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
             dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
             htop=np.empty((B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
-            work=np.empty((B, m.n_out), dtype=dt), dPb=np.empty((L, CHUNK, B, G), dtype=dt),
-            Xb0=np.empty((CHUNK, B, self.D0), dtype=dt),
-            XbH=np.empty((max(L - 1, 1), CHUNK, B, H), dtype=dt),
+            work=np.empty((B, m.n_out), dtype=dt), dPb=np.empty((L, self.chunk, B, G), dtype=dt),
+            Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
+            XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
             target=batch.target.astype(dt, copy=False), cell=self._cell_grads())
         st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
         loss = 0.0
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
         if hook is not None:
             hook("before", self)
-        for t0 in reversed(range(0, T, CHUNK)):
-            t1 = min(T, t0 + CHUNK)
+        for t0 in reversed(range(0, T, self.chunk)):
+            t1 = min(T, t0 + self.chunk)
             if reverse:
                 self._reserve(t1 - t0)
             loss, t, l, part, code = self._backward_chunk(loss, t0, t1, reverse, st, batch, bw)
