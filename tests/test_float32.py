@@ -133,3 +133,23 @@ def test_grid_models_stay_float64():
         with pytest.raises(ValueError, match=f"dtype='float32' is not available for "
                                              f"{cls.__name__} yet"):
             cls(3, 4, 2, dtype="float32")
+
+
+def test_float32_bits_depend_on_the_blas_thread_setting_only_through_it():
+    """Under one BLAS setting a float32 run gives the same bits every time (the default
+    is 1 thread); the float64 result does not depend on the setting at all."""
+    rng = np.random.default_rng(11)
+    x, y = _data(rng, 20, 16, V=30)
+    m64 = rt.LSTM(30, 64, 30, n_layers=2)
+    theta = m64.init_params(0)
+    old = rt.set_blas_threads(1)
+    try:
+        a = m64.loss_and_grad(theta, x, y)
+        rt.set_blas_threads(2)
+        b = m64.loss_and_grad(theta, x, y)
+    finally:
+        rt.set_blas_threads(old)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    m32 = rt.LSTM(30, 64, 30, n_layers=2, dtype="float32")
+    c, d = m32.loss_and_grad(theta, x, y), m32.loss_and_grad(theta, x, y)
+    assert c[0] == d[0] and np.array_equal(c[1], d[1])
