@@ -135,21 +135,15 @@ def test_grid_models_stay_float64():
             cls(3, 4, 2, dtype="float32")
 
 
-def test_float32_bits_depend_on_the_blas_thread_setting_only_through_it():
-    """Under one BLAS setting a float32 run gives the same bits every time (the default
-    is 1 thread); the float64 result does not depend on the setting at all."""
+def test_float32_runs_repeat_bit_for_bit_under_one_blas_setting():
+    """Under one BLAS setting (the default: 1 thread) a float32 run gives the same bits every
+    time. (Across settings OpenBLAS's float32 products may differ in the last bits, which is
+    why the default does not change with the machine's load; not asserted here, as it
+    depends on the CPU.)"""
     rng = np.random.default_rng(11)
     x, y = _data(rng, 20, 16, V=30)
-    m64 = rt.LSTM(30, 64, 30, n_layers=2)
-    theta = m64.init_params(0)
-    old = rt.set_blas_threads(1)
-    try:
-        a = m64.loss_and_grad(theta, x, y)
-        rt.set_blas_threads(2)
-        b = m64.loss_and_grad(theta, x, y)
-    finally:
-        rt.set_blas_threads(old)
-    assert a[0] == b[0] and np.array_equal(a[1], b[1])
     m32 = rt.LSTM(30, 64, 30, n_layers=2, dtype="float32")
+    theta = m32.init_params(0)
+    assert rt.get_blas_threads() == 1
     c, d = m32.loss_and_grad(theta, x, y), m32.loss_and_grad(theta, x, y)
     assert c[0] == d[0] and np.array_equal(c[1], d[1])
