@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun
+from .window import WindowRun, stacked
 from .._kernels.momentum_stack import stack_forward, stack_backward
 
 
@@ -21,9 +21,9 @@ class MomentumRNNWindow(WindowRun):
 
     def _pack_cell(self):
         m, pl, B, H, L, dt = self.m, self.pl, self.B, self.H, self.L, self.dt
-        self.Ws = np.ascontiguousarray(np.stack([q["W"] for q in pl]), dtype=dt)
-        self.bs = np.ascontiguousarray(np.stack([q["b"] for q in pl]), dtype=dt)
-        self.bgs = (np.ascontiguousarray(np.stack([q["b_g"] for q in pl]), dtype=dt)
+        self.Ws = stacked([q["W"] for q in pl], dt)
+        self.bs = stacked([q["b"] for q in pl], dt)
+        self.bgs = (stacked([q["b_g"] for q in pl], dt)
                     if m.learned else np.zeros((L, H), dtype=dt))
         self.consts = (m.floor, 0.0 if m.learned else m.gamma, m.learned, m._nbeta, m._cbeta)
         self.hf, self.A = np.empty((B, H), dtype=dt), np.empty((B, m._n_proj), dtype=dt)

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun
+from .window import WindowRun, stacked
 from .._kernels.revgru_stack import stack_forward, stack_backward
 
 
@@ -20,7 +20,7 @@ class RevGRUWindow(WindowRun):
     def _pack_cell(self):
         pl, B, Hh, dt = self.pl, self.B, self.H // 2, self.dt
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
-            setattr(self, nm + "s", np.ascontiguousarray(np.stack([q[nm] for q in pl]), dtype=dt))
+            setattr(self, nm + "s", stacked([q[nm] for q in pl], dt))
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 2 * Hh), dtype=dt)
         self.Gm = np.empty((B, Hh), dtype=dt)
         self.g1, self.g2 = np.empty((5, B, Hh), dtype=dt), np.empty((5, B, Hh), dtype=dt)

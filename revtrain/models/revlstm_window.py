@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun
+from .window import WindowRun, stacked
 from .._kernels.revlstm_stack import stack_forward, stack_backward
 
 
@@ -18,9 +18,9 @@ class RevLSTMWindow(WindowRun):
 
     def _pack_cell(self):
         pl, B, Hh, dt = self.pl, self.B, self.H // 2, self.dt
-        self.W1s = np.ascontiguousarray(np.stack([q["W1"] for q in pl]), dtype=dt)
-        self.W2s = np.ascontiguousarray(np.stack([q["W2"] for q in pl]), dtype=dt)
-        self.bs = np.ascontiguousarray(np.stack([q["b"] for q in pl]), dtype=dt)
+        self.W1s = stacked([q["W1"] for q in pl], dt)
+        self.W2s = stacked([q["W2"] for q in pl], dt)
+        self.bs = stacked([q["b"] for q in pl], dt)
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 5 * Hh), dtype=dt)
         self.g1, self.g2 = np.empty((7, B, Hh), dtype=dt), np.empty((7, B, Hh), dtype=dt)
         self.n = np.empty((B, Hh), dtype=np.int64)

@@ -37,6 +37,16 @@ CHUNK = 32
 CHUNK_ROWS = 64
 
 
+def stacked(arrays, dtype):
+    """The per-layer blocks ``arrays`` as one contiguous ``(L, ...)`` array of ``dtype``.
+
+    One layer already in ``dtype`` is a view (no copy): ``arrays[0][None]``.
+    """
+    if len(arrays) == 1 and arrays[0].dtype == dtype and arrays[0].flags.c_contiguous:
+        return arrays[0][None]
+    return np.ascontiguousarray(np.stack(arrays), dtype=dtype)
+
+
 def chunk_steps(B):
     """Steps per kernel call for ``B`` rows: ``CHUNK_ROWS / B`` within ``[1, CHUNK]``.
 
@@ -77,8 +87,9 @@ class WindowRun:
         p = self.p = m.layout.views(theta)
         pl = self.pl = m.layer_params(p)
         self.V0 = pl[0]["V"].astype(dt, copy=False)
-        self.Vs = (np.ascontiguousarray(np.stack([pl[l]["V"] for l in range(1, L)]), dtype=dt)
-                   if L > 1 else np.zeros((1, H, G), dtype=dt))
+        # a one-layer stack never reads Vs: a (1, 1, G) stand-in
+        self.Vs = (stacked([pl[l]["V"] for l in range(1, L)], dt) if L > 1
+                   else np.zeros((1, 1, G), dtype=dt))
         self.E = (p["embed"].astype(dt, copy=False) if m.embed_dim is not None
                   else np.zeros((1, 1), dtype=dt))
         self.U, self.by = p["U"].astype(dt, copy=False), p["b_y"].astype(dt, copy=False)
@@ -93,7 +104,7 @@ class WindowRun:
         else:
             self.m_emb = (masks.embed.astype(dt, copy=False) if masks.embed is not None
                           else np.ones((B, D0), dtype=dt))
-            self.m_btw = (np.ascontiguousarray(np.stack(masks.between), dtype=dt) if L > 1
+            self.m_btw = (stacked(list(masks.between), dt) if L > 1
                           else np.ones((1, B, H), dtype=dt))
             self.m_top = masks.top.astype(dt, copy=False)
         q0 = m._initial_fixed(state0, B)
