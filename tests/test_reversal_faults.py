@@ -10,7 +10,8 @@ def _run_with_fault(m, theta, x, y, fault, after_last=False):
     """Reversible BPTT with ``fault(q, buf)`` applied just before the first step is undone
     (with ``after_last``: just after the last step, t = 0, is undone).
 
-    A model running the whole-window kernels (RevLSTM) takes the fault through its
+    A model running the whole-window kernels (RevLSTM, RevGRU, MomentumRNN) takes the fault
+    through its
     ``_fault_hook`` (on the top layer's state and buffer streams); the others through
     their per-step ``_fixed_unstep``.
     """

@@ -385,8 +385,9 @@ def _run_with_layer_fault(m, theta, x, y, layer, fault, dseed):
     """Reversible BPTT with ``fault(q, buf)`` applied to layer ``layer``'s kept state and
     buffer just before its first undo (step T-1; the layers above were undone first).
 
-    This hooks the per-step Python driver (RevLSTM's whole-window kernels are switched
-    off here; they are faulted in ``test_a_fault_in_the_window_kernels_names_the_layer``)."""
+    This hooks the per-step Python driver (the whole-window kernels are switched off here;
+    they are faulted in ``test_a_fault_in_the_window_kernels_names_the_layer`` and the
+    cells' window test files)."""
     m.window_kernels = False
     orig = m._fixed_unstep
     T = x.shape[0]
