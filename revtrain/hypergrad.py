@@ -154,6 +154,10 @@ def _check_args(model, opt, theta0, train_batch, val_data, n_iters):
     """
     if not isinstance(opt, ExactSGD):
         raise TypeError(f"opt must be an ExactSGD, got {type(opt).__name__}")
+    if getattr(model, "dtype", "float64") != "float64":
+        raise ValueError(f"hypergradients need float64 (their reverse pass uses the complex-step "
+                         f"hvp): this {type(model).__name__} computes in {model.dtype}; build "
+                         f"the model with dtype='float64'")
     n_iters = positive_int(n_iters, "n_iters")
     if not callable(train_batch):
         raise ValueError(f"train_batch must be a callable t -> (x, y), got "

@@ -410,11 +410,16 @@ class Trainer:
         except FloatingPointError as e:
             raise DivergenceError(f"training diverged at step {step}: "
                                   f"{getattr(e, 'reason', e)}",
-                                  step=step, hint=_HINT) from None
+                                  step=step, hint=self._hint()) from None
         if not np.all(np.isfinite(grad)):
             raise DivergenceError(f"training diverged at step {step}: the gradient has NaN or "
-                                  "inf", step=step, loss=float(loss), hint=_HINT)
+                                  "inf", step=step, loss=float(loss), hint=self._hint())
         return float(loss), grad, stats
+
+    def _hint(self):
+        """What to try after an overflow: a float32 model overflows sooner than float64."""
+        dtype = getattr(self.model, "dtype", "float64")
+        return _HINT if dtype == "float64" else f"{_HINT}, or dtype='float64'"
 
     def _loss_limit(self, first_loss, factor):
         """The loss above which training counts as diverged (None: not known yet or off)."""

@@ -147,3 +147,28 @@ def test_float32_runs_repeat_bit_for_bit_under_one_blas_setting():
     assert rt.get_blas_threads() == 1
     c, d = m32.loss_and_grad(theta, x, y), m32.loss_and_grad(theta, x, y)
     assert c[0] == d[0] and np.array_equal(c[1], d[1])
+
+
+def test_float32_overflow_is_a_divergence_error_naming_float64():
+    """A float32 backward pass that overflows (where float64 stays finite: a MomentumRNN at
+    init scale 5 over 2000 steps) is a DivergenceError that suggests float64, never NaNs."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 64, (2000, 2)), rng.integers(0, 64, (2000, 2))
+    m32, m64 = rt.MomentumRNN(64, 64, 64, dtype="float32"), rt.MomentumRNN(64, 64, 64)
+    theta = m64.init_params(0, scale=5)
+    assert np.isfinite(m64.loss_and_grad(theta, x, y)[1]).all()
+    with pytest.raises(rt.DivergenceError, match=r"gradient has NaN or inf .*dtype='float64'"):
+        m32.loss_and_grad(theta, x, y)
+
+
+def test_hypergradient_refuses_float32_at_once():
+    m = RevLSTM(5, 8, 5, dtype="float32")
+    calls = []
+
+    def batch(t):
+        calls.append(t)
+        return np.zeros((4, 2), dtype=int), np.zeros((4, 2), dtype=int)
+    with pytest.raises(ValueError, match="hypergradients need float64"):
+        rt.hypergradient(m, rt.ExactSGD(0.1, 0.9), m.init_params(0), batch,
+                         (np.zeros((4, 2), dtype=int), np.zeros((4, 2), dtype=int)), 5)
+    assert calls == []

@@ -133,7 +133,7 @@ def _optimizer(o):
 
 #: Header keys of a schedule from ``hypertune --out`` and the train options they match.
 _SCHEDULE_MODEL_KEYS = (("model", "model"), ("hidden", "hidden"), ("layers", "layers"),
-                        ("embed", "embed"), ("dropout", "dropout"))
+                        ("embed", "embed"), ("dropout", "dropout"), ("dtype", "dtype"))
 
 
 def _note_schedule_model(info, o):

@@ -166,6 +166,12 @@ class RecurrentModel:
         self.dtype = dtype
         self.layout = ParamLayout(self._specs())
 
+    def _overflow_hint(self):
+        hint = "try a smaller init scale or learning rate"
+        if self.dtype != "float64":
+            hint += f", or dtype='float64' ({self.dtype} overflows sooner)"
+        return hint
+
     def _float64_only(self, what):
         """ValueError when a float32 model is asked for ``what`` (which needs float64)."""
         if self.dtype != "float64":
@@ -396,7 +402,12 @@ class RecurrentModel:
         loss = float(np.real(loss))
         if not np.isfinite(loss):
             raise DivergenceError(f"the loss is {loss}: the forward pass overflowed",
-                                  hint="try a smaller init scale or learning rate")
+                                  hint=self._overflow_hint())
+        if not np.isfinite(grad).all():
+            i = int(np.flatnonzero(~np.isfinite(grad))[0])
+            raise DivergenceError(f"the gradient has NaN or inf (first in "
+                                  f"'{self.layout.name_of(i)}'): the backward pass overflowed",
+                                  hint=self._overflow_hint())
         out = [loss, grad]
         if input_grad:
             out.append(InputGrads(info.get("dx"), info["dstate0"]))

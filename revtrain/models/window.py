@@ -195,9 +195,9 @@ class WindowRun:
         layer's (masked) hidden states after steps ``t0 .. t0+k-1``, float in the run's dtype."""
         L, H = self.L, self.H
         nh = H // self.w
-        store = np.empty((CHUNK + 1,) + self.q.shape, dtype=np.int64)
-        for t0 in range(0, self.T, CHUNK):
-            t1 = min(self.T, t0 + CHUNK)
+        store = np.empty((self.chunk + 1,) + self.q.shape, dtype=np.int64)
+        for t0 in range(0, self.T, self.chunk):
+            t1 = min(self.T, t0 + self.chunk)
             self._reserve(t1 - t0)
             t, l, part, code = self._forward_chunk(t0, t1, store, t0)
             if code >= 0:
@@ -277,6 +277,11 @@ class WindowRun:
             e = err
         if l == 0:
             raise e
+        if self.dt != np.float64:
+            # the Python driver below recomputes gates in float64: it cannot re-check float32
+            # layers, so say which layers can hold the fault
+            raise ReversalError(f"{e} (layer {l} reads the output of layers 0..{l - 1}: the "
+                                f"corruption may be there)") from None
         # the Python driver undoes the layers below on their own and names the lowest failing
         q = [self.layer_q(j) for j in range(self.L)]
         q0 = [{nm: self.q0[j, k] for k, nm in enumerate(self.parts)} for j in range(self.L)]
