@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked
+from .window import WindowRun, stacked, accumulators, add_back
 from .._kernels.momentum_stack import stack_forward, stack_backward
 
 
@@ -23,8 +23,8 @@ class MomentumRNNWindow(WindowRun):
         m, pl, B, H, L, dt = self.m, self.pl, self.B, self.H, self.L, self.dt
         self.Ws = stacked([q["W"] for q in pl], dt)
         self.bs = stacked([q["b"] for q in pl], dt)
-        self.bgs = (stacked([q["b_g"] for q in pl], dt)
-                    if m.learned else np.zeros((L, H), dtype=dt))
+        self.bgs = (stacked([q["b_g"] for q in pl], dt) if m.learned
+                    else stacked([np.zeros(H, dtype=dt)] * L, dt))
         self.consts = (m.floor, 0.0 if m.learned else m.gamma, m.learned, m._nbeta, m._cbeta)
         self.hf, self.A = np.empty((B, H), dtype=dt), np.empty((B, m._n_proj), dtype=dt)
         self.gt = np.zeros((3, B, H), dtype=dt)
@@ -38,10 +38,19 @@ class MomentumRNNWindow(WindowRun):
             b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, *self.consts,
             store, s0, self.inp0, self.inpH, self.P, self.hf, self.A, self.gt, self.n, self.inc)
 
-    def _cell_grads(self):
+    def _bias_views(self, grad):
+        """Per layer, the gradient of ``[b | b_g]`` (adjacent in ``theta``) as one view of ``grad``."""
+        m, out = self.m, []
+        for l in range(self.L):
+            a = m.layout.offsets[m._layer_name(l, "b")][0]
+            out.append(grad[a:a + m._n_proj])
+        return out
+
+    def _cell_grads(self, gl, grad):
         L, B, H, dt = self.L, self.B, self.H, self.dt
-        return {"Ws": np.zeros_like(self.Ws), "bs": np.zeros((L, self.m._n_proj), dtype=dt),
-                "Ob": np.empty((L, self.chunk, B, H), dtype=dt)}
+        return {"Ws": accumulators([q["W"] for q in gl], dt),
+                "bs": accumulators(self._bias_views(grad), dt),
+                "Ob": np.empty((L, self.chunk, B, H), dtype=dt), "grad": grad}
 
     def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
@@ -55,9 +64,5 @@ class MomentumRNNWindow(WindowRun):
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH)
 
     def _add_cell_grads(self, gl, cg):
-        H = self.H
-        for l in range(self.L):
-            gl[l]["W"][...] += cg["Ws"][l]
-            gl[l]["b"][...] += cg["bs"][l, :H]
-            if self.m.learned:
-                gl[l]["b_g"][...] += cg["bs"][l, H:]
+        add_back([q["W"] for q in gl], cg["Ws"])
+        add_back(self._bias_views(cg["grad"]), cg["bs"])

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked
+from .window import WindowRun, stacked, accumulators, add_back
 from .._kernels.revgru_stack import stack_forward, stack_backward
 
 
@@ -37,9 +37,10 @@ class RevGRUWindow(WindowRun):
             b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor, store, s0,
             self.inp0, self.inpH, self.P, self.o, self.A, self.Gm, self.g1, self.n, self.inc)
 
-    def _cell_grads(self):
+    def _cell_grads(self, gl, grad):
         L, B, Hh, dt = self.L, self.B, self.H // 2, self.dt
-        c = {nm: np.zeros_like(getattr(self, nm)) for nm in ("W1s", "Wg1s", "W2s", "Wg2s", "bs")}
+        c = {nm + "s": accumulators([q[nm] for q in gl], dt)
+             for nm in ("W1", "Wg1", "W2", "Wg2", "b")}
         c.update(Ob=np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
                  ROb=np.empty((L, 2, self.chunk, B, Hh), dtype=dt))
         for nm, w in (("dAzr", 2 * Hh), ("dAg", Hh), ("dRO", Hh), ("do", Hh), ("tmp", Hh)):
@@ -59,6 +60,5 @@ class RevGRUWindow(WindowRun):
             bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH)
 
     def _add_cell_grads(self, gl, cg):
-        for l in range(self.L):
-            for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
-                gl[l][nm][...] += cg[nm + "s"][l]
+        for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
+            add_back([q[nm] for q in gl], cg[nm + "s"])

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked
+from .window import WindowRun, stacked, accumulators, add_back
 from .._kernels.revlstm_stack import stack_forward, stack_backward
 
 
@@ -33,12 +33,12 @@ class RevLSTMWindow(WindowRun):
             b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor,
             store, s0, self.inp0, self.inpH, self.P, self.o, self.A, self.g1, self.n, self.inc)
 
-    def _cell_grads(self):
-        L, B, Hh = self.L, self.B, self.H // 2
-        dt = self.dt
-        return {"W1s": np.zeros_like(self.W1s), "W2s": np.zeros_like(self.W2s),
-                "bs": np.zeros_like(self.bs), "Ob": np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
-                "tc": np.empty((2, B, Hh), dtype=dt)}
+    def _cell_grads(self, gl, grad):
+        L, B, Hh, dt = self.L, self.B, self.H // 2, self.dt
+        c = {nm + "s": accumulators([q[nm] for q in gl], dt) for nm in ("W1", "W2", "b")}
+        c.update(Ob=np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
+                 tc=np.empty((2, B, Hh), dtype=dt))
+        return c
 
     def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
@@ -53,7 +53,5 @@ class RevLSTMWindow(WindowRun):
             bw.Xb0, bw.XbH)
 
     def _add_cell_grads(self, gl, cg):
-        for l in range(self.L):
-            gl[l]["W1"][...] += cg["W1s"][l]
-            gl[l]["W2"][...] += cg["W2s"][l]
-            gl[l]["b"][...] += cg["bs"][l]
+        for nm in ("W1", "W2", "b"):
+            add_back([q[nm] for q in gl], cg[nm + "s"])

@@ -28,6 +28,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..buffer import InfoBuffer
+from numba.typed import List
+
 from ..errors import ReversalError, check_reversal
 from .._kernels.head import softmax_xent_head, mse_head
 
@@ -38,13 +40,34 @@ CHUNK_ROWS = 64
 
 
 def stacked(arrays, dtype):
-    """The per-layer blocks ``arrays`` as one contiguous ``(L, ...)`` array of ``dtype``.
+    """The per-layer blocks ``arrays`` as a Numba typed List of ``dtype`` arrays (``[l]`` in kernels).
 
-    One layer already in ``dtype`` is a view (no copy): ``arrays[0][None]``.
+    Blocks already of ``dtype`` are passed as they are (views of ``theta``, no
+    copies); others are converted.
     """
-    if len(arrays) == 1 and arrays[0].dtype == dtype and arrays[0].flags.c_contiguous:
-        return arrays[0][None]
-    return np.ascontiguousarray(np.stack(arrays), dtype=dtype)
+    out = List()
+    for a in arrays:
+        out.append(a if a.dtype == dtype and a.flags.c_contiguous
+                   else np.ascontiguousarray(a, dtype=dtype))
+    return out
+
+
+def accumulators(views, dtype):
+    """Gradient accumulators of the per-layer blocks ``views`` (a typed List).
+
+    float64: the views of the gradient themselves (the kernels add into them in
+    place); float32: zeroed float32 blocks, added back by :func:`add_back`.
+    """
+    if dtype == np.float64:
+        return stacked(views, dtype)
+    return stacked([np.zeros(v.shape, dtype=dtype) for v in views], dtype)
+
+
+def add_back(views, accs):
+    """Add float32 accumulators ``accs`` to the gradient ``views`` (nothing to do in float64)."""
+    for v, a in zip(views, accs):
+        if a is not v and not np.shares_memory(a, v):
+            v += a
 
 
 def chunk_steps(B):
@@ -87,9 +110,9 @@ class WindowRun:
         p = self.p = m.layout.views(theta)
         pl = self.pl = m.layer_params(p)
         self.V0 = pl[0]["V"].astype(dt, copy=False)
-        # a one-layer stack never reads Vs: a (1, 1, G) stand-in
-        self.Vs = (stacked([pl[l]["V"] for l in range(1, L)], dt) if L > 1
-                   else np.zeros((1, 1, G), dtype=dt))
+        # a one-layer stack never reads Vs: a (1, G) stand-in
+        self.Vs = stacked([pl[l]["V"] for l in range(1, L)] if L > 1
+                          else [np.zeros((1, G), dtype=dt)], dt)
         self.E = (p["embed"].astype(dt, copy=False) if m.embed_dim is not None
                   else np.zeros((1, 1), dtype=dt))
         self.U, self.by = p["U"].astype(dt, copy=False), p["b_y"].astype(dt, copy=False)
@@ -99,13 +122,13 @@ class WindowRun:
         D0 = self.D0 = self.V0.shape[0] if self.mode_in == 2 else (m.embed_dim or 1)
         if masks is None:
             self.m_emb = np.ones((B, D0), dtype=dt)
-            self.m_btw = np.ones((max(L - 1, 1), B, H), dtype=dt)
+            self.m_btw = stacked([np.ones((B, H), dtype=dt)] * max(L - 1, 1), dt)
             self.m_top = np.ones((B, H), dtype=dt)
         else:
             self.m_emb = (masks.embed.astype(dt, copy=False) if masks.embed is not None
                           else np.ones((B, D0), dtype=dt))
-            self.m_btw = (stacked(list(masks.between), dt) if L > 1
-                          else np.ones((1, B, H), dtype=dt))
+            self.m_btw = stacked(list(masks.between) if L > 1
+                                 else [np.ones((B, H), dtype=dt)], dt)
             self.m_top = masks.top.astype(dt, copy=False)
         q0 = m._initial_fixed(state0, B)
         self.q = np.empty((L, len(self.parts), B, self.w), dtype=np.int64)
@@ -136,12 +159,14 @@ class WindowRun:
         """
         raise NotImplementedError
 
-    def _cell_grads(self):
-        """Zeroed gradient accumulators of the cell's stacked parameters (a dict)."""
+    def _cell_grads(self, gl, grad):
+        """The cell's gradient accumulators and scratch (a dict); ``gl`` the per-layer
+        gradient views of the flat ``grad``. Use :func:`accumulators` (float64: the views
+        themselves)."""
         raise NotImplementedError
 
     def _add_cell_grads(self, gl, cg):
-        """Add the accumulated cell gradients ``cg`` to the per-layer views ``gl``."""
+        """Add float32 accumulators in ``cg`` back to the views ``gl`` (see :func:`add_back`)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ helpers
@@ -221,11 +246,15 @@ class WindowRun:
         sn = (self.q * m.inv_scale).astype(dt)
         G = m._n_proj
         f64 = dt == np.float64           # float64 accumulates the output layer's gradient in place
+        gE = g["embed"] if m.embed_dim is not None else np.zeros((1, 1))
+        vs = [gl[l]["V"] for l in range(1, L)] if L > 1 else [np.zeros((1, G))]
         bw = SimpleNamespace(
             g=g, sn=sn, sp=np.empty_like(sn), ds=np.zeros_like(sn),
             gU=g["U"] if f64 else np.zeros_like(self.U),
             gby=g["b_y"] if f64 else np.zeros_like(self.by),
-            gE=np.zeros_like(self.E), gV0=np.zeros_like(self.V0), gVs=np.zeros_like(self.Vs),
+            gE=gE if f64 else np.zeros_like(self.E),
+            gV0=gl[0]["V"] if f64 else np.zeros_like(self.V0), vs=vs,
+            gVs=accumulators(vs, dt),
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
             want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
             dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
@@ -233,7 +262,7 @@ class WindowRun:
             work=np.empty((B, m.n_out), dtype=dt), dPb=np.empty((L, self.chunk, B, G), dtype=dt),
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
-            target=batch.target.astype(dt, copy=False), cell=self._cell_grads())
+            target=batch.target.astype(dt, copy=False), cell=self._cell_grads(gl, grad))
         st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
         loss = 0.0
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
@@ -246,15 +275,14 @@ class WindowRun:
             loss, t, l, part, code = self._backward_chunk(loss, t0, t1, reverse, st, batch, bw)
             if code >= 0:
                 self._reversal_failed(t, l, part, code)
-        self._add_cell_grads(gl, bw.cell)
         if not f64:
+            self._add_cell_grads(gl, bw.cell)
             g["U"][...] += bw.gU
             g["b_y"][...] += bw.gby
-        for l in range(1, L):
-            gl[l]["V"][...] += bw.gVs[l - 1]
-        gl[0]["V"][...] += bw.gV0
-        if m.embed_dim is not None:
-            g["embed"][...] += bw.gE
+            add_back(bw.vs, bw.gVs)
+            gl[0]["V"][...] += bw.gV0
+            if m.embed_dim is not None:
+                g["embed"][...] += bw.gE
         if hook is not None:
             hook("after", self)
         if reverse:
