@@ -10,14 +10,14 @@ Layouts (``L`` layers, ``B`` rows, ``H`` units per layer, ``G = 2H`` columns
 ``[candidate | gate]`` with the learned gate, ``H`` with a constant one):
 
 * ``q`` int64 ``(L, 2, B, H)``: the fixed-point parts ``[h, v]`` of every
-  layer; ``sn`` float64 of the same shape holds the float state after the
+  layer; ``sn`` (float, the run's dtype) of the same shape holds the float state after the
   current step in the backward pass.
 * The information buffer has ``L * B`` streams: layer ``l`` uses streams
   ``l*B .. (l+1)*B - 1``.
-* Parameters are contiguous copies: ``V0`` (D0, G) for layer 0, ``Vs``
-  ``(max(L-1, 1), H, G)`` for layers 1.., ``Ws`` ``(L, H, G)``, ``bs``,
-  ``bgs`` ``(L, H)`` (``bgs`` zeros with a constant gamma); gradients ``gWs``
-  (L, H, G) and ``gbs`` (L, G) (columns ``[b | b_g]``).
+* Parameters: ``V0`` (D0, G) for layer 0; per layer, Numba typed Lists (``Ws[l]``,
+  views of ``theta`` in float64): ``Vs`` of (H, G) for layers 1.., ``Ws`` of (H, G),
+  ``bs``, ``bgs`` of (H,) (``bgs`` zeros with a constant gamma); gradients ``gWs``
+  of (H, G) and ``gbs`` of (G,) (``[b | b_g]``, adjacent in ``theta``).
 * Inputs, dropout masks: as in :mod:`revtrain._kernels.window`.
 * Gate workspace ``gt`` (3, B, H): candidate ``g``, gate ``gam``, its sigmoid ``sig``.
 

@@ -9,16 +9,16 @@ workspaces and the buffer room for a chunk of steps, and reads the results
 Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
 
 * ``q`` int64 ``(L, 2, B, Hh)``: the fixed-point parts ``[h1, h2]`` of every
-  layer (contiguous ``(B, Hh)`` blocks); ``sn`` float64 of the same shape holds
+  layer (contiguous ``(B, Hh)`` blocks); ``sn`` (float, the run's dtype) of the same shape holds
   the float state after the current step in the backward pass.
 * The information buffer has ``L * B`` streams: layer ``l`` uses streams
   ``l*B .. (l+1)*B - 1``.
-* Parameters are contiguous copies: ``V0`` (D0, 3H) for layer 0, ``Vs``
-  ``(max(L-1, 1), H, 3H)`` for layers 1.., ``W1s``, ``W2s`` ``(L, Hh, 2Hh)``
-  (columns ``[z | r]``), ``Wg1s``, ``Wg2s`` ``(L, Hh, Hh)``, ``bs`` ``(L, 3H)``;
-  gradients ``gV0``, ``gVs``, ... of the same shapes.
+* Parameters: ``V0`` (D0, 3H) for layer 0; per layer, Numba typed Lists (``W1s[l]``,
+  views of ``theta`` in float64): ``Vs`` of (H, 3H) for layers 1.., ``W1s``, ``W2s``
+  of (Hh, 2Hh) (columns ``[z | r]``), ``Wg1s``, ``Wg2s`` of (Hh, Hh), ``bs`` of (3H,);
+  gradients ``gV0``, ``gVs``, ... alike (float64: views of the gradient, added into).
 * Inputs: ``xtok`` int64 ``(T, B)`` (token ids, ``mode_in = 0``: one-hot,
-  ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float64 ``(T, B, D0)``
+  ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float ``(T, B, D0)``
   (``mode_in = 2``). Dropout masks ``m_btw`` ``(max(L-1, 1), B, H)`` and
   ``m_top`` ``(B, H)`` are all ones without dropout.
 * Gates of one half: ``g`` (5, B, Hh) holds ``z`` (floored), ``sz`` (its

@@ -8,15 +8,16 @@ workspaces and the buffer room for a chunk of steps, and reads the results.
 Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
 
 * ``q`` int64 ``(L, 4, B, Hh)``: the fixed-point parts ``[h1, h2, c1, c2]`` of
-  every layer (contiguous ``(B, Hh)`` blocks); ``sn`` float64 of the same
+  every layer (contiguous ``(B, Hh)`` blocks); ``sn`` (float, the run's dtype) of the same
   shape holds the float state after the current step in the backward pass.
 * The information buffer has ``L * B`` streams: layer ``l`` uses streams
   ``l*B .. (l+1)*B - 1``.
-* Parameters are contiguous copies: ``V0`` (D0, 5H) for layer 0, ``Vs``
-  ``(max(L-1, 1), H, 5H)`` for layers 1.., ``W1s``, ``W2s`` ``(L, Hh, 5Hh)``,
-  ``bs`` ``(L, 5H)``; gradients ``gV0``, ``gVs``, ... of the same shapes.
+* Parameters: ``V0`` (D0, 5H) for layer 0; per layer, Numba typed Lists (``W1s[l]``,
+  views of ``theta`` in float64): ``Vs`` of (H, 5H) for layers 1.. (one (1, 5H)
+  stand-in for a single layer), ``W1s``, ``W2s`` of (Hh, 5Hh), ``bs`` of (5H,);
+  gradients ``gV0``, ``gVs``, ... alike (float64: views of the gradient, added into).
 * Inputs: ``xtok`` int64 ``(T, B)`` (token ids, ``mode_in = 0``: one-hot,
-  ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float64 ``(T, B, D0)``
+  ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float ``(T, B, D0)``
   (``mode_in = 2``). Dropout masks ``m_btw`` ``(max(L-1, 1), B, H)`` and
   ``m_top`` ``(B, H)`` are all ones without dropout.
 

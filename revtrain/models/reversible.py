@@ -5,7 +5,8 @@ fraction bits) and updates each part of it as ``q <- q * n/D + inc``: an
 exact multiply by a quantised forget-type gate (the digits it destroys go to
 an :class:`~revtrain.buffer.InfoBuffer`, one rANS stream per batch row) and an
 integer add (see :mod:`revtrain._kernels.quantize`). The gates and increments
-are computed in float64 from the *other* parts of the state, so a step can be
+are computed in float (float64, or float32 with ``dtype="float32"``) from the
+*other* parts of the state, so a step can be
 undone bit for bit once those parts are recovered. The BPTT that uses this
 (reversible and standard modes, stacks) is :mod:`revtrain.models.reversible_bptt`.
 """
