@@ -208,11 +208,6 @@ def sigmoid_fast(x):
     return _where(x >= 0.0, s, e * s)
 
 
-@njit(**INLINE_OPTS)
-def _sigmoid_real(a):
-    return sigmoid_fast(a)
-
-
 @overload(tanh_, inline="always")
 def _tanh_impl(z):
     if isinstance(z, types.Complex):

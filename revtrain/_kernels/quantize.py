@@ -162,19 +162,6 @@ def add_checked(q, v, sign):
 
 
 @njit(**NJIT_OPTS)
-def quantise_forget_add(gate, value, D, nmin, scale, n, inc):
-    """Ratios and increments of ``q <- q * gate + value``: ``n = quant(gate)``, ``inc = rint(value * 2**F)``.
-
-    gate, value : float64 (B, K).  n, inc : int64 (B, K) outputs.
-    """
-    B, K = gate.shape
-    for i in range(B):
-        for j in range(K):
-            n[i, j] = quant_gate(gate[i, j], D, nmin)
-            inc[i, j] = fixed_inc(value[i, j], scale)
-
-
-@njit(**NJIT_OPTS)
 def quantise_convex(gate, target, D, nmin, scale, n, inc):
     """Ratios and increments of ``q <- gate*q + (1-gate)*target`` with the quantised gate.
 

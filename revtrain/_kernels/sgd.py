@@ -256,10 +256,3 @@ def sgd_unstep_velocity(w, v, g, gidx, n, wq, we, cv, wd, inv_w, chunk,
                 q = v[i] + int64(np.rint(cv[j] * gt))
                 v_out[i] = div_gamma(q, n[j], wq[j], we[j], states, counts, words, s)
     return 0, -1
-
-
-@njit(**NJIT_OPTS)
-def group_dot(a, b, gidx, out):
-    """``out[j] = sum_{i: gidx[i] == j} a[i] * b[i]`` (``out`` zeroed by the caller)."""
-    for i in range(a.shape[0]):
-        out[gidx[i]] += a[i] * b[i]
