@@ -13,7 +13,7 @@ import pytest
 import revtrain as rt
 from revtrain import MomentumRNN
 from revtrain.models.momentum_window import MomentumRNNWindow
-from test_stacks import _faults
+from test_stacks import window_fault_messages
 
 #: (n_layers, embed_dim, float inputs, loss): one-hot, embedded and float inputs, 1-3 layers.
 CONFIGS = [(1, None, False, "softmax"), (2, 4, False, "softmax"), (3, None, True, "mse"),
@@ -152,17 +152,7 @@ def test_a_fault_in_the_window_kernels_names_the_layer(layer, gamma):
     theta = m.init_params(seed=1)
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 5, (T, B)), rng.integers(0, 5, (T, B))
-    for kind, fault in _faults(layer).items():
-        def hook(when, run, fault=fault):
-            if when == "before":
-                fault(run.layer_q(layer), run.layer_buffer(layer))
-        m._fault_hook = hook
-        try:
-            with pytest.raises(rt.ReversalError) as info:
-                m.loss_and_grad(theta, x, y, dropout_seed=6)
-        finally:
-            del m._fault_hook
-        msg = str(info.value)
+    for kind, msg in window_fault_messages(m, layer, theta, x, y, 6):
         assert msg.startswith(f"MomentumRNN layer {layer} (of {L}):"), (kind, msg)
 
 

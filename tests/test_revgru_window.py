@@ -12,7 +12,7 @@ import pytest
 
 import revtrain as rt
 from revtrain import RevGRU
-from test_stacks import _faults
+from test_stacks import _faults, window_fault_messages
 
 #: (n_layers, embed_dim, float inputs, loss, per-step mse targets)
 CONFIGS = [(1, None, False, "softmax", False), (2, 4, False, "softmax", False),
@@ -128,17 +128,7 @@ def test_a_fault_in_the_window_kernels_names_the_layer(layer):
     finally:
         del m._fault_hook
     assert calls == ["before", "after"] and np.isfinite(grad).all()
-    for kind, fault in _faults(layer).items():
-        def hook(when, run, fault=fault):
-            if when == "before":
-                fault(run.layer_q(layer), run.layer_buffer(layer))
-        m._fault_hook = hook
-        try:
-            with pytest.raises(rt.ReversalError) as info:
-                m.loss_and_grad(theta, x, y, dropout_seed=6)
-        finally:
-            del m._fault_hook
-        msg = str(info.value)
+    for kind, msg in window_fault_messages(m, layer, theta, x, y, 6):
         assert msg.startswith(f"RevGRU layer {layer} (of {L}):"), (kind, msg)
         others = [j for j in range(L) if j != layer]
         assert not any(f"layer {j} (of {L})" in msg for j in others), (kind, msg)

@@ -957,6 +957,23 @@ def test_stack_state_and_input_messages_say_what_to_fix():
         e.loss_and_grad(e.init_params(), np.zeros((5, 2)), np.zeros((5, 2), dtype=int))
 
 
+def window_fault_messages(m, layer, theta, x, y, dseed):
+    """Per fault of :func:`_faults`, ``(kind, message)`` of the ReversalError raised when it
+    flips layer ``layer``'s kept state or buffer streams before the window kernels' backward
+    pass (through ``m._fault_hook``)."""
+    for kind, fault in _faults(layer).items():
+        def hook(when, run, fault=fault):
+            if when == "before":
+                fault(run.layer_q(layer), run.layer_buffer(layer))
+        m._fault_hook = hook
+        try:
+            with pytest.raises(rt.ReversalError) as info:
+                m.loss_and_grad(theta, x, y, dropout_seed=dseed)
+        finally:
+            del m._fault_hook
+        yield kind, str(info.value)
+
+
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_a_fault_in_the_window_kernels_names_the_layer(layer):
     """RevLSTM's whole-window kernels: a flipped bit in layer ``layer``'s kept state or
@@ -968,17 +985,7 @@ def test_a_fault_in_the_window_kernels_names_the_layer(layer):
     theta = m.init_params(seed=1)
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 5, (T, B)), rng.integers(0, 5, (T, B))
-    for kind, fault in _faults(layer).items():
-        def hook(when, run, fault=fault):
-            if when == "before":
-                fault(run.layer_q(layer), run.layer_buffer(layer))
-        m._fault_hook = hook
-        try:
-            with pytest.raises(rt.ReversalError) as info:
-                m.loss_and_grad(theta, x, y, dropout_seed=6)
-        finally:
-            del m._fault_hook
-        msg = str(info.value)
+    for kind, msg in window_fault_messages(m, layer, theta, x, y, 6):
         assert msg.startswith(f"RevLSTM layer {layer} (of {L}):"), (kind, msg)
 
 
