@@ -1,0 +1,223 @@
+"""Data parallel over MPI: micro-batches and an exact integer all-reduce.
+
+A batch is cut into ``M`` micro-batches (``M`` fixed by the user, independent
+of the number of processes ``N``, which must divide it). Rank ``r`` of ``N``
+computes micro-batches ``r*M/N .. (r+1)*M/N - 1``. Each micro-batch's vectors
+(gradients, Hessian-vector products) are converted to fixed point,
+
+    k_m = rint(v_m * 2**F)          int64, F = GRAD_FRAC_BITS fraction bits,
+
+and summed over ``m`` with ``Allreduce(SUM)`` on int64. Integer addition is
+associative, so ``sum_m k_m`` and the float ``2**-F * sum_m k_m`` that every
+rank gets are the same bits for every ``N`` that divides ``M`` and without MPI
+(``comm=None`` runs the same conversion and sum in one process). A float
+all-reduce would not: its sum depends on the number and order of the ranks.
+
+Overflow: every ``|v_m| * 2**F`` must stay below ``2**62 / M`` so that no
+partial sum can wrap (``|v_m| < 2**22 / M`` at ``F = 40``); a larger or
+non-finite value is a :class:`~revtrain.FixedPointError` (or
+:class:`~revtrain.DivergenceError` when not finite) raised on every rank.
+Resolution: ``2**-40 ~ 9.1e-13`` per micro-batch.
+
+Scalars (losses) and small per-micro-batch objects (final states) are
+gathered exactly (``allgather`` of the values themselves) and combined in the
+order of ``m`` on every rank. An exception raised while computing a
+micro-batch on one rank is re-raised on every rank after the collective (same
+class for revtrain's errors), so no rank waits forever for a partner that
+failed. A rank that dies outright is handled by the MPI launcher
+(``mpiexec`` ends the job).
+"""
+import os
+
+import numpy as np
+
+from .errors import DivergenceError, FixedPointError, ReversalError
+
+#: Fraction bits of the fixed-point micro-batch sums.
+GRAD_FRAC_BITS = 40
+
+#: Environment variables that MPI launchers set in every process they start.
+_LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
+
+_ERRORS = {c.__name__: c for c in (DivergenceError, FixedPointError, ReversalError,
+                                   FloatingPointError, ValueError, MemoryError)}
+
+
+def launched_size():
+    """Number of processes the MPI launcher started (1 when not started by ``mpiexec``).
+
+    Read from the launcher's environment, so that a plain run never imports
+    ``mpi4py`` (importing it initialises MPI).
+    """
+    for var in _LAUNCHER_SIZE_VARS:
+        val = os.environ.get(var)
+        if val and val.isdigit():
+            return int(val)
+    return 1
+
+
+def world():
+    """``MPI.COMM_WORLD`` when started by ``mpiexec`` with more than one process, else None.
+
+    Raises
+    ------
+    ImportError
+        Started under MPI with ``N > 1`` but mpi4py is missing (message says
+        ``pip install "revtrain[mpi]"``).
+    """
+    if launched_size() <= 1:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as e:            # pragma: no cover - depends on the install
+        raise ImportError("started under mpiexec with more than one process, but mpi4py is "
+                          "not installed: pip install \"revtrain[mpi]\"") from e
+    return MPI.COMM_WORLD
+
+
+def comm_size(comm):
+    """``comm.Get_size()``, 1 for None."""
+    return 1 if comm is None else int(comm.Get_size())
+
+
+def comm_rank(comm):
+    """``comm.Get_rank()``, 0 for None."""
+    return 0 if comm is None else int(comm.Get_rank())
+
+
+def check_micro(n_micro, batch_size, comm=None):
+    """Validate ``n_micro`` micro-batches of a batch of ``batch_size`` rows on ``comm``.
+
+    ``n_micro`` must divide ``batch_size`` (equal micro-batches) and be a
+    multiple of the number of processes. Returns ``n_micro`` as an int.
+    """
+    if isinstance(n_micro, bool) or not isinstance(n_micro, (int, np.integer)) or n_micro < 1:
+        raise ValueError(f"micro_batches must be a positive int, got {n_micro!r}")
+    n_micro, N = int(n_micro), comm_size(comm)
+    if batch_size % n_micro:
+        raise ValueError(f"micro_batches={n_micro} must divide the batch size {batch_size} "
+                         "(equal micro-batches)")
+    if n_micro % N:
+        raise ValueError(f"micro_batches={n_micro} must be a multiple of the number of MPI "
+                         f"processes ({N}): each process computes the same number of "
+                         "micro-batches")
+    return n_micro
+
+
+def micro_rows(m, n_micro, batch_size):
+    """Rows ``slice`` of micro-batch ``m`` in a batch of ``batch_size`` rows."""
+    k = batch_size // n_micro
+    return slice(m * k, (m + 1) * k)
+
+
+def owned(n_micro, comm=None):
+    """The micro-batches this rank computes: ``range(r*M/N, (r+1)*M/N)``."""
+    N, r = comm_size(comm), comm_rank(comm)
+    k = n_micro // N
+    return range(r * k, (r + 1) * k)
+
+
+def to_fixed_sum(vectors, n_micro, frac_bits=GRAD_FRAC_BITS, what="gradient"):
+    """``sum_i rint(v_i * 2**F)`` as int64 over the given float vectors, overflow checked.
+
+    Raises FixedPointError (or DivergenceError for NaN/inf) naming ``what``.
+    """
+    scale = float(2 ** frac_bits)
+    bound = float(2 ** 62) / n_micro
+    total = None
+    for v in vectors:
+        v = np.asarray(v, dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise DivergenceError(f"the {what} of a micro-batch has NaN or inf")
+        s = v * scale
+        big = np.abs(s) >= bound
+        if big.any():
+            i = int(np.flatnonzero(big.ravel())[0])
+            raise FixedPointError(
+                f"the {what} of a micro-batch is too large for the exact all-reduce: "
+                f"{float(v.ravel()[i])!r} at index {i}; |values| must stay below "
+                f"{bound / scale:.4g} (2**{62 - frac_bits} / micro_batches) at "
+                f"{frac_bits} fraction bits")
+        k = np.rint(s).astype(np.int64)
+        total = k if total is None else total + k
+    return total
+
+
+def reduce_micro(compute, n_micro, comm=None, frac_bits=GRAD_FRAC_BITS, what="gradient"):
+    """Run ``compute(m)`` for this rank's micro-batches and combine them exactly.
+
+    Parameters
+    ----------
+    compute : callable ``m -> (vectors, extra)``
+        ``vectors``: a tuple of float arrays (same shapes for every ``m``) to
+        be summed in fixed point; ``extra``: any picklable value (a loss, a
+        final state) gathered as it is.
+    n_micro : int
+        Micro-batches ``M`` (a multiple of the number of processes).
+    comm : mpi4py communicator or None
+
+    Returns
+    -------
+    sums : tuple of float64 arrays
+        ``2**-F * sum_m rint(v_m * 2**F)`` for each vector: the same bits on
+        every rank and for every number of processes dividing ``M``.
+    extras : list
+        ``extra`` of micro-batch ``m`` at index ``m``, on every rank.
+
+    Raises
+    ------
+    Whatever ``compute`` raised on any rank (revtrain's errors keep their
+    class, others become RuntimeError), on every rank, after the collective.
+    """
+    mine = owned(n_micro, comm)
+    local_vecs, extras, failure = [], {}, None
+    for m in mine:
+        try:
+            vecs, extra = compute(m)
+            local_vecs.append(tuple(np.asarray(v, dtype=np.float64) for v in vecs))
+            extras[m] = extra
+        except Exception as e:           # re-raised on every rank below
+            failure = (m, type(e).__name__, str(e), e)
+            break
+    ints = None
+    if failure is None:
+        try:
+            n_vec = len(local_vecs[0])
+            ints = [to_fixed_sum([lv[i] for lv in local_vecs], n_micro, frac_bits, what)
+                    for i in range(n_vec)]
+        except (FixedPointError, DivergenceError) as e:
+            failure = (mine[0], type(e).__name__, str(e), e)
+    if comm is None:
+        if failure is not None:
+            raise failure[3]
+        scale = 2.0 ** -frac_bits
+        return tuple(k * scale for k in ints), [extras[m] for m in range(n_micro)]
+    return _collect(comm, ints, extras, failure, n_micro, frac_bits)
+
+
+def _collect(comm, ints, extras, failure, n_micro, frac_bits):
+    """The collective part of :func:`reduce_micro`: status and extras first, then the sums."""
+    from mpi4py import MPI
+    status = comm.allgather(None if failure is None else failure[:3])
+    failed = [(r, f) for r, f in enumerate(status) if f is not None]
+    if failed:
+        r, (m, name, msg) = failed[0]
+        if failure is not None and comm_rank(comm) == r:
+            raise failure[3]
+        cls = _ERRORS.get(name, RuntimeError)
+        err = cls(f"MPI rank {r}, micro-batch {m}: {msg}")
+        raise err
+    shapes = [k.shape for k in ints]
+    flat = np.concatenate([k.ravel() for k in ints]) if ints else np.zeros(0, np.int64)
+    total = np.empty_like(flat)
+    comm.Allreduce(flat, total, op=MPI.SUM)
+    all_extras = {}
+    for d in comm.allgather(extras):
+        all_extras.update(d)
+    scale = 2.0 ** -frac_bits
+    out, i = [], 0
+    for shp in shapes:
+        n = int(np.prod(shp))
+        out.append(total[i:i + n].reshape(shp) * scale)
+        i += n
+    return tuple(out), [all_extras[m] for m in range(n_micro)]
