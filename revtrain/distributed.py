@@ -28,6 +28,8 @@ failed. A rank that dies outright is handled by the MPI launcher
 (``mpiexec`` ends the job).
 """
 import os
+import pickle
+import time
 
 import numpy as np
 
@@ -143,7 +145,8 @@ def to_fixed_sum(vectors, n_micro, frac_bits=GRAD_FRAC_BITS, what="gradient"):
     return total
 
 
-def reduce_micro(compute, n_micro, comm=None, frac_bits=GRAD_FRAC_BITS, what="gradient"):
+def reduce_micro(compute, n_micro, comm=None, frac_bits=GRAD_FRAC_BITS, what="gradient",
+                 timing=None):
     """Run ``compute(m)`` for this rank's micro-batches and combine them exactly.
 
     Parameters
@@ -155,6 +158,10 @@ def reduce_micro(compute, n_micro, comm=None, frac_bits=GRAD_FRAC_BITS, what="gr
     n_micro : int
         Micro-batches ``M`` (a multiple of the number of processes).
     comm : mpi4py communicator or None
+    timing : dict, optional
+        Accumulates ``allreduce_s`` (seconds in the int64 ``Allreduce``),
+        ``allreduce_bytes`` (bytes each rank contributes to it), ``gather_s``
+        (seconds in the status and extras gathers) and ``calls``.
 
     Returns
     -------
@@ -192,13 +199,20 @@ def reduce_micro(compute, n_micro, comm=None, frac_bits=GRAD_FRAC_BITS, what="gr
             raise failure[3]
         scale = 2.0 ** -frac_bits
         return tuple(k * scale for k in ints), [extras[m] for m in range(n_micro)]
-    return _collect(comm, ints, extras, failure, n_micro, frac_bits)
+    return _collect(comm, ints, extras, failure, n_micro, frac_bits, timing)
 
 
-def _collect(comm, ints, extras, failure, n_micro, frac_bits):
-    """The collective part of :func:`reduce_micro`: status and extras first, then the sums."""
+def _add(timing, key, value):
+    if timing is not None:
+        timing[key] = timing.get(key, 0) + value
+
+
+def _collect(comm, ints, extras, failure, n_micro, frac_bits, timing=None):
+    """The collective part of :func:`reduce_micro`: status first, then the sums and extras."""
     from mpi4py import MPI
+    t0 = time.perf_counter()
     status = comm.allgather(None if failure is None else failure[:3])
+    _add(timing, "gather_s", time.perf_counter() - t0)
     failed = [(r, f) for r, f in enumerate(status) if f is not None]
     if failed:
         r, (m, name, msg) = failed[0]
@@ -210,10 +224,16 @@ def _collect(comm, ints, extras, failure, n_micro, frac_bits):
     shapes = [k.shape for k in ints]
     flat = np.concatenate([k.ravel() for k in ints]) if ints else np.zeros(0, np.int64)
     total = np.empty_like(flat)
+    t0 = time.perf_counter()
     comm.Allreduce(flat, total, op=MPI.SUM)
+    t1 = time.perf_counter()
     all_extras = {}
     for d in comm.allgather(extras):
         all_extras.update(d)
+    _add(timing, "allreduce_s", t1 - t0)
+    _add(timing, "allreduce_bytes", flat.nbytes)
+    _add(timing, "gather_s", time.perf_counter() - t1)
+    _add(timing, "calls", 1)
     scale = 2.0 ** -frac_bits
     out, i = [], 0
     for shp in shapes:
@@ -221,3 +241,54 @@ def _collect(comm, ints, extras, failure, n_micro, frac_bits):
         out.append(total[i:i + n].reshape(shp) * scale)
         i += n
     return tuple(out), [all_extras[m] for m in range(n_micro)]
+
+
+def is_root(comm):
+    """True on rank 0 (and without MPI): the process that reads inputs and writes outputs."""
+    return comm_rank(comm) == 0
+
+
+def _portable(e):
+    """``e`` if it survives pickling (to be sent to the other ranks), else a RuntimeError."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:           # noqa: BLE001 - any unpicklable exception
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+def on_root(fn, comm=None):
+    """``fn()`` computed on rank 0 only, its result given to every rank (``bcast``).
+
+    An exception ``fn`` raises on rank 0 is raised on every rank (a copy of
+    it; rank 0 re-raises the original), so the ranks leave together instead
+    of the others waiting for rank 0 at the next collective. Without MPI
+    (``comm`` None) this is just ``fn()``.
+    """
+    if comm is None:
+        return fn()
+    if comm_rank(comm) == 0:
+        try:
+            out = fn()
+        except Exception as e:
+            comm.bcast(("error", _portable(e)), root=0)
+            raise
+        comm.bcast(("ok", out), root=0)
+        return out
+    kind, val = comm.bcast(None, root=0)
+    if kind == "error":
+        raise val
+    return val
+
+
+def agree(value, comm, what):
+    """Check that every rank holds the same ``value`` (compared with ``==``); else a
+    ValueError on every rank naming ``what`` and the first rank that differs."""
+    if comm is None:
+        return value
+    values = comm.allgather(value)
+    for r, v in enumerate(values):
+        if v != values[0]:
+            raise ValueError(f"{what} differs between MPI processes (rank {r} has {v!r}, "
+                             f"rank 0 {values[0]!r}); every process must pass the same")
+    return value

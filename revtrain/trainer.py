@@ -11,6 +11,10 @@ state, random generator state), replaced in a single assignment at the end
 of each step, and written whole by :meth:`Trainer.save`. So ``fit(k)``,
 ``save``, ``load``, ``fit(n - k)`` gives the same bits as ``fit(n)``, and a
 later ``fit`` call continues where the last one stopped.
+
+One step's gradient and update are in :mod:`revtrain.train_step` (whole
+batch, or ``micro_batches`` summed exactly, on one process or data parallel
+over MPI with ``comm``; see :mod:`revtrain.distributed`).
 """
 import math
 import time
@@ -19,26 +23,16 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import model_file
+from . import train_step
 from .data import CharVocab
-from .errors import DivergenceError, FixedPointError
+from .distributed import agree, check_micro, comm_size, is_root, on_root
 from .evaluation import loss_on, sample_ids
 from .history import History
 from .model_file import ModelFileError, constructor_args, find_class  # noqa: F401 (re-exported)
 from .progress import JsonLog, Progress
 from .sources import START, Position, advance, check_sizes, make_source
+from .train_step import step_dropout_seed, micro_dropout_seed  # noqa: F401 (re-exported)
 from ._checks import nonneg_int, number_in_range, positive_int, positive_number
-
-_HINT = "try a smaller learning rate or grad_clip"
-
-
-def step_dropout_seed(seed, step):
-    """The dropout seed of training step ``step`` (1-based) of a run seeded ``seed``.
-
-    ``SeedSequence([seed, 3, step])``'s first word, a Python int: a function of
-    the seed and the step alone (the same on every platform and after a
-    resume), different from step to step.
-    """
-    return int(np.random.SeedSequence([int(seed), 3, int(step)]).generate_state(1)[0])
 
 
 class StopTraining(Exception):
@@ -107,6 +101,28 @@ class Trainer:
     metadata : dict, optional
         JSON-able information saved with the trainer (the ``revtrain``
         command keeps its options there).
+    comm : mpi4py communicator, optional
+        Train data parallel over its processes (e.g. ``MPI.COMM_WORLD`` under
+        ``mpiexec -n N``; needs ``micro_batches``, a multiple of ``N``). Every
+        rank builds the same trainer, calls the same methods with the same
+        data and holds the same parameters; rank ``r`` computes micro-batches
+        ``r M/N .. (r+1) M/N - 1`` of each batch, and the gradients are summed
+        exactly (int64 ``Allreduce``, see :mod:`revtrain.distributed`). Rank 0
+        reads the model file in :meth:`load`, validates (the result is
+        broadcast), writes every file (checkpoints, :meth:`save`, the log)
+        and shows the progress; the others are quiet. An error on one rank
+        (in a micro-batch, a validation, a file write) is raised on every
+        rank. Default None: one process.
+    micro_batches : int, optional
+        Cut each batch into this many blocks of rows ``[m b/M, (m+1) b/M)``
+        and sum their gradients in fixed point (``2**-40`` resolution, int64,
+        overflow checked), so the update and every saved bit are the same
+        without MPI and on any number of processes dividing ``M``. Each
+        micro-batch draws its own dropout masks
+        (``micro_dropout_seed(seed, step, m)``). Must divide ``batch_size``.
+        Saved in the model file and used on :meth:`load`. None (default):
+        the whole batch in one float computation, as before (a run with
+        ``M`` micro-batches is not the same bits as one without).
 
     Attributes
     ----------
@@ -123,7 +139,8 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, bptt=None, seed=0, theta=None,
-                 checkpoint_every=None, init_scale=1.0, metadata=None):
+                 checkpoint_every=None, init_scale=1.0, metadata=None, comm=None,
+                 micro_batches=None):
         if not hasattr(model, "loss_and_grad") or not hasattr(model, "init_params"):
             raise ValueError(f"model must be a revtrain model, got {type(model).__name__}")
         for meth in ("init", "step", "params"):
@@ -135,6 +152,10 @@ class Trainer:
             raise ValueError(f"bptt must be one of {tuple(modes)} for {type(model).__name__}, "
                              f"got {bptt!r}")
         seed = nonneg_int(seed, "seed")
+        self.comm, self.micro_batches = _check_parallel(comm, micro_batches)
+        #: Time and bytes of the exact all-reduce so far (``allreduce_s``,
+        #: ``allreduce_bytes``, ``gather_s``, ``calls``), with ``micro_batches``.
+        self.comm_stats = {}
         self.model = model
         self.optimizer = optimizer
         self.bptt = bptt if bptt is not None else (modes[0] if modes else None)
@@ -317,21 +338,29 @@ class Trainer:
             save_every = positive_int(save_every, "save_every")
             if save_path is None:
                 raise ValueError("save_every needs a save_path")
-        if save_path is not None:
-            model_file.check_writable(save_path)
         if print_every is not None:
             print_every = positive_int(print_every, "print_every")
+        M, comm = self.micro_batches, self.comm
+        if M is not None:
+            check_micro(M, B, comm)
+        key = (src.fingerprint(), B, T)
+        agree((key, steps, self.steps_done), comm,
+              "the data, batch_size, seq_len, steps or steps done")
+        if not is_root(comm):            # rank 0 writes every file and shows the progress
+            quiet, log = True, None
+        if save_path is not None:
+            on_root(lambda: model_file.check_writable(save_path), comm)
         if log is not None and not isinstance(log, JsonLog):
             log = JsonLog(log)
 
         self.fit_options = {"batch_size": B, "seq_len": T, "grad_clip": grad_clip,
                             "carry_state": bool(carry_state)}
-        key = (src.fingerprint(), B, T)
         st = self._state
         self._rng.bit_generator.state = st.rng_state
         pos, carry = (st.position, st.carry) if st.data_key == key else (START, None)
         h = self.history
-        limit = self._loss_limit(h.loss[0] if h.loss else None, divergence_factor)
+        limit = train_step.loss_limit(self.model, h.loss[0] if h.loss else None,
+                                      divergence_factor)
         t_train = h.time[-1] if h.time else 0.0
         progress = Progress(steps, self.steps_done + 1, quiet, type(self.model).__name__,
                             print_every)
@@ -343,16 +372,20 @@ class Trainer:
                 if fresh or not carry_state or not src.carries_state:
                     carry = None
                 t0 = time.perf_counter()
-                loss, grad, stats = self._loss_and_grad(x, y, carry, step)
+                loss, grad, stats = train_step.loss_and_grad(
+                    self.model, self.theta, x, y, carry, step, self.bptt, self.checkpoint_every,
+                    self.seed, M, comm, self.comm_stats)
                 if limit is None:
-                    limit = self._loss_limit(loss, divergence_factor)
-                self._check_loss(loss, limit, step, "training loss")
+                    limit = train_step.loss_limit(self.model, loss, divergence_factor)
+                train_step.check_loss(loss, limit, step, "training loss")
                 if pending is not None:         # the weights of the pending step passed
                     self._write(save_path, pending)
                     pending = None
-                theta, opt_state = self._update(grad, grad_clip, step)
+                theta, opt_state = train_step.update(self.optimizer, self._state.opt_state,
+                                                     grad, grad_clip, step,
+                                                     exact_norm=M is not None)
                 t_train += time.perf_counter() - t0
-                fs = getattr(stats, "final_state", None)
+                fs = stats.final_state
                 carry = (None if not (carry_state and src.carries_state and fs is not None)
                          else np.array(fs, dtype=np.float64))
                 pos = advance(pos, per_epoch)
@@ -361,8 +394,9 @@ class Trainer:
                        "stored_bytes": int(stats.stored_bytes)}
                 validate = val is not None and ((i + 1) % eval_every == 0 or i + 1 == steps)
                 if validate:
-                    ev = loss_on(self.model, theta, val, B, T, val_tokens, char_loss, carry_state)
-                    self._check_loss(ev["loss"], None, step, "validation loss")
+                    ev = on_root(lambda: loss_on(self.model, theta, val, B, T, val_tokens,
+                                                 char_loss, carry_state), comm)
+                    train_step.check_loss(ev["loss"], None, step, "validation loss")
                     h.record_validation(step, ev)
                     rec.update({"val_" + k: v for k, v in ev.items()})
                     if log is not None:
@@ -371,13 +405,16 @@ class Trainer:
                 if save_every is not None and step % save_every == 0:
                     pending = self._state
                 progress.step(i, rec)
-                if self._run_callbacks(callbacks, rec):
+                stop = self._run_callbacks(callbacks, rec)
+                if comm is not None and callbacks:   # one rank's stop stops all together
+                    stop = bool(comm.allreduce(int(stop), op=_mpi_max()))
+                if stop:
                     break
             if pending is not None and (validate or np.isfinite(self.theta).all()):
                 self._write(save_path, pending)   # last step: checked by its validation
         except KeyboardInterrupt:
-            if save_path is not None:
-                self._write(save_path, self._state)
+            if save_path is not None and is_root(comm):
+                self._write(save_path, self._state, collective=False)
             raise
         finally:
             progress.close()
@@ -397,66 +434,6 @@ class Trainer:
             if vvocab is not None and self.vocab is not None and vvocab != self.vocab:
                 raise ValueError("val_data: " + self._vocab_mismatch(vvocab))
         return src, val, self._is_char_loss(is_char)
-
-    def _loss_and_grad(self, x, y, carry, step):
-        # dropout_seed only for a model with dropout: other models (user-defined ones
-        # included) need not take the argument
-        kw = ({"dropout_seed": step_dropout_seed(self.seed, step)}
-              if getattr(self.model, "dropout", 0) else {})
-        try:
-            loss, grad, stats = self.model.loss_and_grad(
-                self.theta, x, y, bptt=self.bptt, checkpoint_every=self.checkpoint_every,
-                return_stats=True, initial_state=carry, **kw)
-        except FloatingPointError as e:
-            raise DivergenceError(f"training diverged at step {step}: "
-                                  f"{getattr(e, 'reason', e)}",
-                                  step=step, hint=self._hint()) from None
-        if not np.all(np.isfinite(grad)):
-            raise DivergenceError(f"training diverged at step {step}: the gradient has NaN or "
-                                  "inf", step=step, loss=float(loss), hint=self._hint())
-        return float(loss), grad, stats
-
-    def _hint(self):
-        """What to try after an overflow: a float32 model overflows sooner than float64."""
-        dtype = getattr(self.model, "dtype", "float64")
-        return _HINT if dtype == "float64" else f"{_HINT}, or dtype='float64'"
-
-    def _loss_limit(self, first_loss, factor):
-        """The loss above which training counts as diverged (None: not known yet or off)."""
-        if factor is None or first_loss is None or not math.isfinite(first_loss):
-            return None if factor is None or first_loss is None else math.inf
-        limit = factor * abs(first_loss)
-        n_out = getattr(self.model, "n_out", None)
-        if getattr(self.model, "loss_kind", None) == "softmax" and n_out and n_out > 1:
-            limit = min(limit, max(3.0 * math.log(n_out), 2.0 * first_loss))
-        return limit
-
-    @staticmethod
-    def _check_loss(loss, limit, step, what):
-        if not math.isfinite(loss):
-            raise DivergenceError(f"training diverged at step {step}: the {what} is {loss}",
-                                  step=step, loss=loss, hint=_HINT)
-        if limit is not None and loss > limit:
-            raise DivergenceError(f"training diverged at step {step}: the {what} {loss:.4g} is "
-                                  f"above {limit:.4g}, far above where training started",
-                                  step=step, loss=loss, hint=_HINT)
-
-    def _update(self, grad, grad_clip, step):
-        if grad_clip is not None:
-            norm = float(np.sqrt(np.dot(grad, grad)))
-            if norm > grad_clip:
-                grad = grad * (grad_clip / norm)
-        try:
-            opt_state = self.optimizer.step(self._state.opt_state, grad)
-        except FixedPointError as e:
-            raise DivergenceError(f"training diverged at step {step}: the optimizer's weights "
-                                  "or velocity left the fixed-point range", step=step,
-                                  hint=f"{e}") from None
-        theta = np.asarray(self.optimizer.params(opt_state), dtype=np.float64)
-        if not np.isfinite(theta).all():
-            raise DivergenceError(f"training diverged at step {step}: the parameters are no "
-                                  "longer finite", step=step, hint=_HINT)
-        return theta, opt_state
 
     def _run_callbacks(self, callbacks, rec):
         stop = False
@@ -539,8 +516,8 @@ class Trainer:
         return self.vocab.decode(ids)
 
     # ------------------------------------------------------ save, load
-    def _write(self, path, st):
-        """Write the committed state ``st`` to ``path`` (atomically)."""
+    def _saved_form(self, st):
+        """``(meta, arrays)`` of the committed state ``st``, as :meth:`save` writes them."""
         meta = {
             "revtrain_version": _version(),
             "model": model_file.describe_object(self.model),
@@ -557,13 +534,24 @@ class Trainer:
             "position": {"epoch": st.position.epoch, "index": st.position.index,
                          "data_key": None if st.data_key is None else list(st.data_key)},
             "rng_state": st.rng_state,
+            "micro_batches": self.micro_batches,
         }
         fields, arrays = model_file.encode_state(st.opt_frozen)
         meta["opt_state"] = fields
         arrays["theta"] = st.theta
         if st.carry is not None:
             arrays["carry"] = st.carry
-        out = model_file.write(path, meta, arrays)
+        return meta, arrays
+
+    def _write(self, path, st, collective=True):
+        """Write the committed state ``st`` to ``path`` (atomically; rank 0 only under MPI).
+
+        ``collective``: every rank calls it and learns the outcome (a failure
+        on rank 0 is raised on every rank); False for rank 0 alone (Ctrl-C).
+        """
+        def write():
+            return model_file.write(path, *self._saved_form(st))
+        out = on_root(write, self.comm) if collective else write()
         self.last_saved = (out, st.steps_done)
         return out
 
@@ -576,7 +564,8 @@ class Trainer:
         position, the carried recurrent state, the random generator state,
         the history, and the options of the last fit. Written to a temporary
         file in the same folder, fsynced, then renamed over ``path``; the file
-        mode follows the umask.
+        mode follows the umask. With ``comm``, every rank calls it and rank 0
+        writes (an error writing is raised on every rank).
 
         Returns
         -------
@@ -585,18 +574,42 @@ class Trainer:
         return self._write(path, self._state)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, comm=None):
         """Read a trainer written by :meth:`save`, ready to resume bit for bit.
+
+        Parameters
+        ----------
+        path : str or PathLike
+        comm : mpi4py communicator, optional
+            Resume data parallel: every rank calls ``load``, rank 0 reads the
+            file and sends it to the others. The file's ``micro_batches`` is
+            used (it must be a multiple of the number of processes); a run
+            saved on ``N`` processes resumes on any other number dividing it
+            (or without MPI) to the same bits.
 
         Raises
         ------
         ModelFileError
             Missing, corrupt or truncated file, a file of another format or
             of another format version, or a model/optimiser class this
-            revtrain does not have.
+            revtrain does not have (on every rank).
+        ValueError
+            ``comm`` has more than one process and the run was saved without
+            micro-batches, or with a number of them it does not divide.
         """
-        meta, arrays = model_file.read(path)
-        path = str(path)
+        meta, arrays = on_root(lambda: model_file.read(path), comm)
+        return cls._from_saved(meta, arrays, str(path), comm)
+
+    @classmethod
+    def _from_saved(cls, meta, arrays, path, comm=None):
+        """The trainer that ``(meta, arrays)`` (read from ``path``) describe, on ``comm``."""
+        micro = meta.get("micro_batches") if isinstance(meta, dict) else None
+        if comm_size(comm) > 1:
+            if micro is None:
+                raise ValueError(f"{path!r} holds a run trained without micro-batches (the "
+                                 "whole batch at once), which cannot be split over "
+                                 f"{comm_size(comm)} MPI processes; resume it without MPI")
+            _check_parallel(comm, micro)
         try:
             model = model_file.rebuild(meta["model"], "model", path)
             opt = model_file.rebuild(meta["optimizer"], "optimizer", path)
@@ -607,7 +620,8 @@ class Trainer:
                                      f"model needs float64 ({model.size},)")
             tr = cls(model, opt, bptt=meta["bptt"], seed=int(meta["seed"]), theta=theta,
                      checkpoint_every=meta["checkpoint_every"],
-                     init_scale=float(meta["init_scale"]), metadata=meta["metadata"])
+                     init_scale=float(meta["init_scale"]), metadata=meta["metadata"],
+                     comm=comm, micro_batches=micro)
             opt_state = model_file.decode_state(tr.opt_state, meta["opt_state"], arrays)
             if not np.array_equal(np.asarray(opt.params(opt_state), dtype=np.float64), theta):
                 raise ModelFileError(f"{path!r} is inconsistent: the optimizer state does not "
@@ -631,8 +645,39 @@ class Trainer:
         return tr
 
     def __repr__(self):
+        par = "" if self.micro_batches is None else f", micro_batches={self.micro_batches}"
+        par += "" if self.comm is None else f", processes={comm_size(self.comm)}"
         return (f"Trainer({self.model!r}, {type(self.optimizer).__name__}, bptt={self.bptt!r}, "
-                f"seed={self.seed}, steps_done={self.steps_done})")
+                f"seed={self.seed}, steps_done={self.steps_done}{par})")
+
+
+def _check_parallel(comm, micro_batches):
+    """Validated ``(comm, micro_batches)`` of a Trainer (see its parameters)."""
+    if comm is not None and not (callable(getattr(comm, "Get_size", None))
+                                 and callable(getattr(comm, "Allreduce", None))):
+        raise ValueError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
+                         f"got {type(comm).__name__}")
+    N = comm_size(comm)
+    if micro_batches is None:
+        if N > 1:
+            raise ValueError(f"training on {N} MPI processes needs micro_batches: pass "
+                             f"micro_batches=M, a multiple of {N} that divides batch_size "
+                             "(the same M gives the same bits on any number of processes "
+                             "dividing it, and without MPI)")
+        return comm, None
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, (int, np.integer)) \
+            or micro_batches < 1:
+        raise ValueError(f"micro_batches must be a positive int or None, got {micro_batches!r}")
+    if micro_batches % N:
+        raise ValueError(f"micro_batches={micro_batches} must be a multiple of the number of "
+                         f"MPI processes ({N}): each process computes the same number of "
+                         "micro-batches")
+    return comm, int(micro_batches)
+
+
+def _mpi_max():
+    from mpi4py import MPI
+    return MPI.MAX
 
 
 def _version():
