@@ -29,7 +29,9 @@ import numpy as np
 
 from ._checks import nonneg_int, positive_int
 from .errors import DivergenceError
+from .distributed import check_micro, comm_size
 from .optim import ExactSGD
+from .hypergrad_shard import block_bounds, rank_blocks, run_sharded
 from .hypergrad_steps import (DIVERGED_RATIO, DIVERGED_SOFTMAX, _HINT, _Adjoint,  # noqa: F401
                               _Reverse, _check_end, _fingerprint, _forward, _reverse_step)
 
@@ -41,7 +43,8 @@ class HyperStats(NamedTuple):
     ----------
     buffer_bytes : int
         Bytes held by the information buffer after the forward pass (its
-        peak): 4 per stored word plus 8 per stream state.
+        peak): 4 per stored word plus 8 per stream state (summed over the
+        processes of an MPI run).
     info_bits : float
         Information destroyed by training, ``P * sum_t log2(1/gamma_t)``
         (per group), in bits: the lower bound on what must be stored.
@@ -65,6 +68,14 @@ class HyperStats(NamedTuple):
         complex-step gradient's increment differed from the forward's, or
         that needed no Hessian-vector product (then ``loss_and_grad`` alone);
         every iteration for a model without ``grad_and_hvp``.
+    rank_buffer_bytes : int
+        The part of ``buffer_bytes`` this process holds: with
+        ``micro_batches`` under MPI, the buffers of its parameter blocks
+        (about ``buffer_bytes / n_ranks``); otherwise ``buffer_bytes``.
+    n_ranks : int
+        MPI processes that shared the run (1 without ``comm``).
+    micro_batches : int
+        Micro-batches per training batch (0: the run without micro-batches).
     """
     buffer_bytes: int
     info_bits: float
@@ -77,6 +88,9 @@ class HyperStats(NamedTuple):
     reverse_cpu_seconds: float = 0.0
     fingerprint_bytes: int = 0
     reverse_gradients: int = 0
+    rank_buffer_bytes: int = 0
+    n_ranks: int = 1
+    micro_batches: int = 0
 
 
 class HyperGradient(NamedTuple):
@@ -186,6 +200,23 @@ def _validation(model, theta, val_data, n_iters):
     return val_loss, np.array(dw, dtype=np.float64)
 
 
+def _check_parallel(comm, micro_batches, P):
+    """Validate ``comm`` and ``micro_batches``; return the number of processes ``N``."""
+    N = comm_size(comm)
+    if comm is not None and not callable(getattr(comm, "allgather", None)):
+        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
+                        f"got {type(comm).__name__}")
+    if micro_batches is None:
+        if N > 1:
+            raise ValueError(f"comm has {N} processes but micro_batches is None: pass "
+                             f"micro_batches=M (a multiple of {N} that divides the batch "
+                             "size) so that the processes can share each batch")
+        return N
+    check_micro(micro_batches, micro_batches, comm)     # positive int, multiple of N
+    rank_blocks(len(block_bounds(P)) - 1, comm)          # at most one process per block
+    return N
+
+
 def _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats):
     """Assemble the :class:`HyperGradient` in the shapes the optimiser was given."""
     layout = model.layout
@@ -200,7 +231,7 @@ def _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats):
 
 
 def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=None,
-                  check_reversal=True, dropout_seed=None):
+                  check_reversal=True, dropout_seed=None, comm=None, micro_batches=None):
     """Gradient of the validation loss after ``n_iters`` steps of exact SGD, by reversal.
 
     Forward, for ``t = 0 .. n_iters-1`` (``ExactSGD`` in fixed point)::
@@ -308,6 +339,14 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
     if dropout_seed is not None:
         dropout_seed = nonneg_int(dropout_seed, "dropout_seed")
     P, G = theta0.shape[0], opt.n_groups
+    N = _check_parallel(comm, micro_batches, P)
+    if micro_batches is not None:
+        adj, val_loss, final_theta, train_loss, kw = run_sharded(
+            model, opt, theta0, batch, val_data, n_iters, bptt=bptt, drop=dropout_seed,
+            comm=comm if N > 1 else None, n_micro=micro_batches,
+            check_reversal=check_reversal, validation=_validation)
+        stats = HyperStats(trajectory_bytes=8 * P * n_iters, n_iters=n_iters, n_params=P, **kw)
+        return _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats)
     both = callable(getattr(model, "grad_and_hvp", None))
     t0, c0 = time.perf_counter(), time.process_time()
     state, w_init, train_loss, fps = _forward(model, opt, theta0, batch, n_iters, bptt,
@@ -330,5 +369,5 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
                        reverse_seconds=t2 - t1, n_iters=n_iters, n_params=P,
                        forward_cpu_seconds=c1 - c0, reverse_cpu_seconds=c2 - c1,
                        fingerprint_bytes=0 if fps is None else int(fps.nbytes),
-                       reverse_gradients=rev.gradients)
+                       reverse_gradients=rev.gradients, rank_buffer_bytes=int(buffer_bytes))
     return _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats)

@@ -309,6 +309,46 @@ class ExactSGD:
         new._tab = None
         return new
 
+    def for_slice(self, lo, hi, size):
+        """This optimiser restricted to parameters ``lo .. hi-1`` of a ``size``-long vector.
+
+        Same schedules, radix and ``n_streams``; the group of each parameter
+        is its group in the full vector (``group_index(size)[lo:hi]``) and
+        :attr:`n_groups` and :meth:`hyperparameters` stay those of the full
+        vector, so per-group hyperparameters apply per parameter as before.
+        A state of the slice (``init(theta[lo:hi])``) steps elementwise as the
+        same entries of a full state would, except that its information
+        buffer has its own streams (the digits the exact multiply pops depend
+        on the stream layout, so ``w`` and ``v`` bits match a full state's only
+        for the same stream layout). Used by the sharded hypergradient
+        (:mod:`revtrain.hypergrad_shard`): each MPI rank keeps the state of
+        its own slices.
+
+        Parameters
+        ----------
+        lo, hi : int
+            ``0 <= lo < hi <= size``.
+        size : int
+            Length of the full parameter vector (checked against the groups).
+
+        Returns
+        -------
+        ExactSGD
+        """
+        size = positive_int(size, "size")
+        if isinstance(lo, bool) or isinstance(hi, bool) or not (0 <= lo < hi <= size):
+            raise ValueError(f"for_slice needs 0 <= lo < hi <= size={size}, got lo={lo!r}, "
+                             f"hi={hi!r}")
+        gidx = self.group_index(size)          # checks the groups (zeros without groups)
+        new = object.__new__(ExactSGD)
+        new.__dict__.update(self.__dict__)
+        if self._gidx is not None:
+            new._gidx = np.ascontiguousarray(gidx[int(lo):int(hi)])
+            new.groups = new._gidx
+        new._stream_counts = {}
+        new._tab = None
+        return new
+
     @property
     def n_groups(self):
         """Number of parameter groups once bound (1 if no groups are set)."""

@@ -7,6 +7,17 @@ get ``d val_loss / d log_lr = lr * d val_loss / d lr``; an Adam step of size
 kept. If a run diverges, the search stops there and keeps the best schedule
 found before it (exit 0 with a warning); if the very first run, at the
 constant ``--lr``, diverges, there is nothing to keep (exit 3).
+
+Data parallel: ``mpiexec -n N revtrain hypertune --micro-batches M ...``
+(``M`` a multiple of ``N`` dividing ``--batch-size``) cuts each batch into
+``M`` micro-batches shared by the ``N`` processes and shards the optimiser's
+state (:mod:`revtrain.hypergrad_shard`); the schedule, losses and output are
+the same bits for every ``N`` and for ``--micro-batches M`` without
+``mpiexec``. Rank 0 reads the data and prints and writes everything; the
+other ranks print nothing. Errors that every rank meets together (bad
+arguments, divergence) exit with the usual code; any other exception on a
+rank prints ``revtrain hypertune: error: MPI rank r: ...`` and aborts the
+job (``MPI_Abort``), so no rank is left waiting.
 """
 import math
 import re
@@ -43,15 +54,41 @@ def _reason(e):
     return msg.rstrip(" ;.")
 
 
-def _problem(a):
-    """``(model, theta0, train_batch, val)`` for the corpus and sizes in ``a``."""
+def _read(a):
+    """``((S, Sv, vocab_size), None)``: the training and validation stream matrices, or
+    ``(None, message)`` for a usage error (the message of the UsageError)."""
     from ..data import char_corpus, DataError, stream_matrix
     try:
         corpus = char_corpus(a.data)
         S = stream_matrix(corpus.train, a.batch_size)
         Sv = stream_matrix(corpus.val, a.batch_size)
     except DataError as e:
-        raise UsageError(f"--data: {e}") from None
+        return None, f"--data: {e}"
+    return (S, Sv, corpus.vocab.size), None
+
+
+def _rank0_read(a):
+    """:func:`_read` after checking ``--out`` (rank 0 of an MPI run writes it)."""
+    try:
+        check_out_path(a.out, "--out")
+    except UsageError as e:
+        return None, str(e)
+    return _read(a)
+
+
+def _problem(a, comm=None):
+    """``(model, theta0, train_batch, val)`` for the corpus and sizes in ``a``.
+
+    Under MPI (``comm``), rank 0 checks ``--out`` and reads the data and
+    broadcasts the data (or the usage error, then raised on every rank).
+    """
+    if comm is None:
+        data, err = _read(a)
+    else:
+        data, err = comm.bcast(_rank0_read(a) if comm.Get_rank() == 0 else None, root=0)
+    if err:
+        raise UsageError(err)
+    S, Sv, vocab_size = data
     T = a.seq_len
     if S.shape[0] < T + 2 or Sv.shape[0] < T + 2:
         raise UsageError(f"--seq-len {T} is too long for the text with --batch-size "
@@ -64,7 +101,7 @@ def _problem(a):
 
     Tv = min(4 * T, Sv.shape[0] - 1)                   # validation: 4 windows' worth
     val = (Sv[:Tv], Sv[1:Tv + 1])
-    model = make_model(a.model, corpus.vocab.size, a.hidden, *_stack(a))
+    model = make_model(a.model, vocab_size, a.hidden, *_stack(a))
     return model, model.init_params(seed=a.seed), train_batch, val
 
 
@@ -84,7 +121,7 @@ def _hypergradient():
     return fn
 
 
-def _evaluate(a, model, theta0, train_batch, val, lr):
+def _evaluate(a, model, theta0, train_batch, val, lr, comm=None):
     """``(val_loss, d val_loss / d log lr (n,))`` of one training run with rates ``lr``.
 
     Raises :class:`_Diverged` if the run diverges (the library's DivergenceError,
@@ -97,6 +134,8 @@ def _evaluate(a, model, theta0, train_batch, val, lr):
     ExactSGD = model_class("ExactSGD", "optimizer")
     try:
         kw = {"dropout_seed": a.seed} if getattr(model, "dropout", 0) else {}
+        if a.micro_batches is not None:
+            kw.update(micro_batches=a.micro_batches, comm=comm)
         hg = _hypergradient()(model, ExactSGD(lr, a.momentum), theta0, train_batch, val,
                               lr.shape[0], **kw)
     except (DivergenceError, FixedPointError) as e:
@@ -122,7 +161,7 @@ class _MetaAdam:
         return log_lr - self.meta_lr * mhat / (np.sqrt(vhat) + 1e-12)
 
 
-def _search(a, model, theta0, train_batch, val):
+def _search(a, model, theta0, train_batch, val, comm=None):
     """Run the meta-iterations; returns ``(best_loss, best_lr, best_k, first_loss, stopped)``.
 
     ``stopped`` is None, or the one-line warning when a meta-iteration ``k >= 1``
@@ -138,7 +177,7 @@ def _search(a, model, theta0, train_batch, val):
         with np.errstate(over="ignore", under="ignore"):
             lr = np.exp(log_lr)                 # out of range: _evaluate says so
         try:
-            vl, g = _evaluate(a, model, theta0, train_batch, val, lr)
+            vl, g = _evaluate(a, model, theta0, train_batch, val, lr, comm)
         except _Diverged as e:
             if k == 0:
                 raise
@@ -146,7 +185,7 @@ def _search(a, model, theta0, train_batch, val):
                            f"search and kept the best schedule found before it (meta-iteration "
                            f"{best[2]}, validation loss {best[0]:.4f}); a smaller --meta-lr "
                            f"(or --lr) avoids this")
-        say(False, f"meta-iteration {k:3d}: validation loss {vl:.4f}  "
+        say(a.quiet, f"meta-iteration {k:3d}: validation loss {vl:.4f}  "
              f"(lr mean {lr.mean():.4g}, min {lr.min():.4g}, max {lr.max():.4g})")
         first = vl if k == 0 else first
         if vl < best[0]:
@@ -156,19 +195,70 @@ def _search(a, model, theta0, train_batch, val):
     return best + (first, None)
 
 
+def _check_micro(a, comm):
+    """``--micro-batches`` against ``--batch-size`` and the number of MPI processes."""
+    N = 1 if comm is None else comm.Get_size()
+    M = a.micro_batches
+    if M is None:
+        if N > 1:
+            raise UsageError(f"running on {N} MPI processes needs --micro-batches M (a "
+                             f"multiple of {N} that divides --batch-size {a.batch_size})")
+        return
+    if a.batch_size % M:
+        raise UsageError(f"--micro-batches {M} must divide --batch-size {a.batch_size}")
+    if M % N:
+        raise UsageError(f"--micro-batches {M} must be a multiple of the number of MPI "
+                         f"processes ({N})")
+
+
 def run(a):
+    from ..distributed import world
+    comm = world()
+    if comm is None:
+        a.quiet = False
+        return _run(a, None)
     from ..errors import DivergenceError
-    check_out_path(a.out, "--out")
-    model, theta0, train_batch, val = _problem(a)
-    _hypergradient()
-    say(False, f"learning a {a.iters}-iteration learning-rate schedule for "
-         f"{type(model).__name__}(hidden={a.hidden}{stack_text(*_stack(a))}) by hypergradient ({a.meta_iters} "
-         f"meta-iterations, momentum {a.momentum})")
+    rank = comm.Get_rank()
+    a.quiet = rank != 0
     try:
-        best_loss, lr, best_k, first, stopped = _search(a, model, theta0, train_batch, val)
+        return _run(a, comm)
+    except (UsageError, Unavailable, DivergenceError) as e:
+        # met by every rank together (checks on the same data, the library's collective
+        # status checks): rank 0 reports it, the others exit with the same code
+        if rank == 0:
+            raise
+        return 2 if isinstance(e, UsageError) else 3 if isinstance(e, DivergenceError) else 1
+    except BaseException as e:          # one rank alone: do not leave the others waiting
+        print(f"revtrain hypertune: error: MPI rank {rank}: {type(e).__name__}: {e}",
+              file=sys.stderr, flush=True)
+        comm.Abort(1)
+        raise                           # pragma: no cover - Abort does not return
+
+
+def _run(a, comm):
+    from ..errors import DivergenceError
+    _check_micro(a, comm)
+    if comm is None:
+        check_out_path(a.out, "--out")
+        model, theta0, train_batch, val = _problem(a)
+    else:
+        model, theta0, train_batch, val = _problem(a, comm)
+    _hypergradient()
+    par = ""
+    if a.micro_batches is not None:
+        N = 1 if comm is None else comm.Get_size()
+        par = f", {a.micro_batches} micro-batches on {N} process{'es' if N > 1 else ''}"
+    say(a.quiet, f"learning a {a.iters}-iteration learning-rate schedule for "
+        f"{type(model).__name__}(hidden={a.hidden}{stack_text(*_stack(a))}) by hypergradient "
+        f"({a.meta_iters} meta-iterations, momentum {a.momentum}{par})")
+    try:
+        best_loss, lr, best_k, first, stopped = _search(a, model, theta0, train_batch, val,
+                                                        comm)
     except _Diverged as e:                     # the command exits with code 3
         raise DivergenceError(f"meta-iteration 0, at the constant --lr {a.lr:g}: {e.reason}; "
                               "no schedule was learned", hint="use a smaller --lr") from None
+    if a.quiet:
+        return 0
     if stopped:
         print(f"revtrain hypertune: warning: {stopped}", file=sys.stderr, flush=True)
     print(f"best validation loss {best_loss:.4f} (constant lr {a.lr}: {first:.4f}); learned "
@@ -219,4 +309,9 @@ def add_parser(sub):
     h.add_argument("--out", default=None, metavar="PATH",
                    help="write the learned schedule: one rate per line after a '#' JSON "
                    "header (momentum, iterations, model, ...); np.loadtxt reads it")
+    h.add_argument("--micro-batches", type=pos_int, default=None, metavar="M",
+                   help="cut each batch into M micro-batches whose gradients are summed "
+                   "exactly in fixed point: the same bits on any number of MPI processes "
+                   "(needed under mpiexec -n N: a multiple of N dividing --batch-size; "
+                   "default: whole batches, one process)")
     h.set_defaults(func=run)
