@@ -217,10 +217,9 @@ def _collect(comm, ints, extras, failure, n_micro, frac_bits, timing=None):
     if failed:
         r, (m, name, msg) = failed[0]
         if failure is not None and comm_rank(comm) == r:
-            raise failure[3]
+            raise mark_all_ranks(failure[3])
         cls = _ERRORS.get(name, RuntimeError)
-        err = cls(f"MPI rank {r}, micro-batch {m}: {msg}")
-        raise err
+        raise mark_all_ranks(cls(f"MPI rank {r}, micro-batch {m}: {msg}"))
     shapes = [k.shape for k in ints]
     flat = np.concatenate([k.ravel() for k in ints]) if ints else np.zeros(0, np.int64)
     total = np.empty_like(flat)
@@ -241,6 +240,20 @@ def _collect(comm, ints, extras, failure, n_micro, frac_bits, timing=None):
         out.append(total[i:i + n].reshape(shp) * scale)
         i += n
     return tuple(out), [all_extras[m] for m in range(n_micro)]
+
+
+def mark_all_ranks(e):
+    """Mark exception ``e`` as raised on every rank together (``e.all_ranks = True``).
+
+    The ``revtrain`` command ends a run quietly on the other ranks for such an
+    error (every rank leaves with the same exit code); any other error on one
+    rank ends the job with ``MPI_Abort`` so that no rank waits forever.
+    """
+    try:
+        e.all_ranks = True
+    except AttributeError:      # pragma: no cover - exceptions with __slots__
+        pass
+    return e
 
 
 def is_root(comm):
@@ -272,12 +285,12 @@ def on_root(fn, comm=None):
             out = fn()
         except Exception as e:
             comm.bcast(("error", _portable(e)), root=0)
-            raise
+            raise mark_all_ranks(e)
         comm.bcast(("ok", out), root=0)
         return out
     kind, val = comm.bcast(None, root=0)
     if kind == "error":
-        raise val
+        raise mark_all_ranks(val)
     return val
 
 
@@ -289,6 +302,7 @@ def agree(value, comm, what):
     values = comm.allgather(value)
     for r, v in enumerate(values):
         if v != values[0]:
-            raise ValueError(f"{what} differs between MPI processes (rank {r} has {v!r}, "
-                             f"rank 0 {values[0]!r}); every process must pass the same")
+            raise mark_all_ranks(ValueError(
+                f"{what} differs between MPI processes (rank {r} has {v!r}, rank 0 "
+                f"{values[0]!r}); every process must pass the same"))
     return value

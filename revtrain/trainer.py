@@ -365,6 +365,7 @@ class Trainer:
         progress = Progress(steps, self.steps_done + 1, quiet, type(self.model).__name__,
                             print_every)
         pending = None
+        sigint = _DeferredInterrupt(comm)
         try:
             for i in range(steps):
                 step = self.steps_done + 1
@@ -406,8 +407,8 @@ class Trainer:
                     pending = self._state
                 progress.step(i, rec)
                 stop = self._run_callbacks(callbacks, rec)
-                if comm is not None and callbacks:   # one rank's stop stops all together
-                    stop = bool(comm.allreduce(int(stop), op=_mpi_max()))
+                if comm is not None:     # one rank's stop or Ctrl-C stops all after this step
+                    stop = sigint.agree(stop)
                 if stop:
                     break
             if pending is not None and (validate or np.isfinite(self.theta).all()):
@@ -417,6 +418,7 @@ class Trainer:
                 self._write(save_path, self._state, collective=False)
             raise
         finally:
+            sigint.restore()
             progress.close()
         return h
 
@@ -675,9 +677,46 @@ def _check_parallel(comm, micro_batches):
     return comm, int(micro_batches)
 
 
-def _mpi_max():
-    from mpi4py import MPI
-    return MPI.MAX
+class _DeferredInterrupt:
+    """Under MPI, Ctrl-C (SIGINT) ends :meth:`Trainer.fit` on every rank after the same step.
+
+    A rank blocked in a collective cannot see a KeyboardInterrupt, and one that
+    leaves alone would leave the others waiting. So during ``fit`` with a
+    ``comm``, SIGINT only sets a flag; after every step the ranks OR their
+    flags (with the callbacks' stop requests) in one small ``allreduce``, and
+    all raise KeyboardInterrupt together (rank 0 then saves the last step).
+    Without ``comm`` (or outside the main thread) nothing changes.
+    """
+
+    def __init__(self, comm):
+        import signal
+        self.comm, self.flag, self.old = comm, False, None
+        if comm is None:
+            return
+        try:
+            self.old = signal.signal(signal.SIGINT, self._note)
+        except ValueError:          # not the main thread: signals stay as they are
+            self.old = None
+
+    def _note(self, signum, frame):
+        self.flag = True
+
+    def agree(self, stop):
+        """True to stop after this step (a callback asked on some rank); raises
+        KeyboardInterrupt (marked ``all_ranks``) when a rank got SIGINT."""
+        from mpi4py import MPI
+        flags = self.comm.allreduce(int(bool(stop)) | (2 if self.flag else 0), op=MPI.BOR)
+        if flags & 2:
+            e = KeyboardInterrupt()
+            e.all_ranks = True
+            raise e
+        return bool(flags & 1)
+
+    def restore(self):
+        if self.old is not None:
+            import signal
+            signal.signal(signal.SIGINT, self.old)
+            self.old = None
 
 
 def _version():

@@ -3,6 +3,11 @@
 Exit codes: 0 done, 1 failure while running, 2 usage error, 3 training
 diverged (the last good checkpoint is kept), 130 interrupted (the last
 completed step is saved).
+
+Under ``mpiexec -n N`` (N > 1) it trains data parallel
+(:class:`~revtrain.Trainer` with ``comm``): rank 0 checks the options, reads
+the text and the ``--resume`` file and sends them to the others, and writes
+every output; the other ranks print nothing.
 """
 import os
 import sys
@@ -11,7 +16,7 @@ import time
 from ._common import (MODELS, BPTT_MODES, DEFAULT_LR, DEFAULT_STATE, SGD_LR_FACTOR,
                       TRAIN_DEFAULTS, UsageError, pos_int, nonneg_int, pos_float, model_class,
                       make_optimizer, fmt_bytes, say, check_out_path, show, load_trainer,
-                      add_stack_options, make_model, stack_text)
+                      add_stack_options, make_model, stack_text, Unavailable)
 
 #: Exit code of a run stopped because training diverged.
 EXIT_DIVERGED = 3
@@ -20,9 +25,10 @@ EXIT_INTERRUPTED = 130
 #: Options a resumed run takes from the model file (given again, they must agree with it).
 SAVED_OPTIONS = ("model", "hidden", "seq_len", "batch_size", "bptt", "lr", "optimizer",
                  "grad_clip", "state", "seed", "data", "val_chars", "lr_schedule",
-                 "layers", "embed", "dropout", "dtype")
+                 "layers", "embed", "dropout", "dtype", "micro_batches")
 #: Options added after files were first written: a file without them ran with these values.
-LATER_OPTIONS = {"layers": 1, "embed": None, "dropout": 0.0, "dtype": "float64"}
+LATER_OPTIONS = {"layers": 1, "embed": None, "dropout": 0.0, "dtype": "float64",
+                 "micro_batches": None}
 
 
 def _flag(name):
@@ -30,9 +36,11 @@ def _flag(name):
 
 
 # --------------------------------------------------------------- options
-def _resolve(a):
+def _resolve(a, n_procs=1):
     """The options of a new run: what was given, defaults for the rest (a dict)."""
     o = {k: getattr(a, k) for k in SAVED_OPTIONS}
+    if o["micro_batches"] is None and n_procs > 1:
+        o["micro_batches"] = n_procs
     for k in ("model", "hidden", "seq_len", "batch_size", "grad_clip", "seed", "val_chars",
               "layers", "dropout"):
         if o[k] is None:
@@ -65,10 +73,29 @@ def _resolve(a):
         raise UsageError(f"--bptt {o['bptt']} is not supported by {cls.__name__} "
                          f"(it supports: {', '.join(modes)})")
     o["steps"] = TRAIN_DEFAULTS["steps"] if a.steps is None else a.steps
+    _check_micro(o, n_procs)
     return o
 
 
-def _resumed(a):
+def _check_micro(o, n_procs, resume=None):
+    """``--micro-batches`` must divide ``--batch-size`` and be a multiple of the processes."""
+    M, B = o["micro_batches"], o["batch_size"]
+    if M is None:
+        if n_procs > 1:     # only a resumed run gets here: a new one defaults to n_procs
+            raise UsageError(f"--resume: the run in {resume!r} was trained without "
+                             "micro-batches (the whole batch at once), which cannot be split "
+                             f"over {n_procs} MPI processes; resume it without mpiexec")
+        return
+    if B % M:
+        raise UsageError(f"--micro-batches {M} must divide --batch-size {B} (equal "
+                         "micro-batches)")
+    if M % n_procs:
+        raise UsageError(f"--micro-batches {M} must be a multiple of the number of MPI "
+                         f"processes ({n_procs}): each process computes the same number of "
+                         "micro-batches")
+
+
+def _resumed(a, n_procs=1):
     """``(options, trainer)`` of ``--resume``: the file's options; a contradiction is a usage error."""
     tr = load_trainer(a.resume, "--resume")
     o = tr.metadata.get("cli")
@@ -100,6 +127,7 @@ def _resumed(a):
     if n_rates is not None and o["steps"] > n_rates:
         raise UsageError(f"--steps {o['steps']} is beyond the run's learning-rate schedule of "
                          f"{n_rates} rates")
+    _check_micro(o, n_procs, a.resume)
     return o, tr
 
 
@@ -145,22 +173,55 @@ def _note_schedule_model(info, o):
               + ", ".join(differ) + "; its rates are used as they are", file=sys.stderr)
 
 
-def _new_trainer(o, corpus):
+def _new_trainer(o, corpus, comm=None):
     from ..trainer import Trainer
     model = make_model(o["model"], corpus.vocab.size, o["hidden"], o["layers"], o["embed"],
                        o["dropout"], o["dtype"])
-    return Trainer(model, _optimizer(o), bptt=o["bptt"], seed=o["seed"], metadata={"cli": o})
+    return Trainer(model, _optimizer(o), bptt=o["bptt"], seed=o["seed"], metadata={"cli": o},
+                   comm=comm, micro_batches=o["micro_batches"])
 
 
 # ------------------------------------------------------------------- run
+def _world():
+    """``MPI.COMM_WORLD`` under ``mpiexec -n N > 1``, else None (mpi4py missing: exit 1)."""
+    from ..distributed import world
+    try:
+        return world()
+    except ImportError as e:
+        raise Unavailable(str(e)) from None
+
+
 def run(a):
+    comm = _world()
+    if comm is None:
+        o, trainer, corpus, out = _setup(a)
+        return _train(a, o, trainer, corpus, out)
+    from ..distributed import comm_size, on_root
+    from ..trainer import Trainer
+
+    def plan():          # rank 0: check the options, read the text and the --resume file
+        o, tr, corpus, out = _setup(a, comm_size(comm))
+        saved = tr._saved_form(tr._state) if tr.steps_done or a.resume else None
+        return o, corpus, out, saved
+
+    o, corpus, out, saved = on_root(plan, comm)
+    if saved is None:
+        trainer = _new_trainer(o, corpus, comm)
+    else:
+        trainer = Trainer._from_saved(*saved, a.resume, comm)
+    trainer.metadata["cli"] = dict(o)
+    return _train(a, o, trainer, corpus, out, comm)
+
+
+def _setup(a, n_procs=1):
+    """``(options, trainer, corpus, out)`` of a run, every option checked (UsageError)."""
     if a.save_every is not None and a.out == "":
         raise UsageError("--save-every needs a file to write: give --out PATH")
     if a.resume:
-        o, trainer = _resumed(a)
+        o, trainer = _resumed(a, n_procs)
         out = a.resume if a.out is None else a.out
     else:
-        o, trainer = _resolve(a), None
+        o, trainer = _resolve(a, n_procs), None
         out = TRAIN_DEFAULTS["out"] if a.out is None else a.out
     check_out_path(out, "--out")
     if a.log:
@@ -172,7 +233,7 @@ def run(a):
     else:
         _check_same_text(trainer, corpus, o, a.resume)
     trainer.metadata["cli"] = dict(o)
-    return _train(a, o, trainer, corpus, out)
+    return o, trainer, corpus, out
 
 
 def _check_distinct(out, log, data):
@@ -199,7 +260,7 @@ def _check_same_text(trainer, corpus, o, resume):
                          "Give the original text with --data")
 
 
-def _describe(o, trainer, corpus, resumed):
+def _describe(o, trainer, corpus, resumed, n_procs=1):
     from ..data import text_windows
     cls_name = type(trainer.model).__name__
     src = "built-in corpus (pydoc_data.topics)" if o["data"] is None else o["data"]
@@ -213,13 +274,18 @@ def _describe(o, trainer, corpus, resumed):
             f"{len(corpus.train)} train / {len(corpus.val)} validation chars, vocabulary "
             f"{corpus.vocab.size}; {o['steps']} steps of {x.shape[0]} x {o['batch_size']}, "
             f"{opt}, state "
-            + ("reset every window" if o["state"] == "reset" else "carried between windows"))
+            + ("reset every window" if o["state"] == "reset" else "carried between windows")
+            + ("" if o.get("micro_batches") is None else
+               f"; {o['micro_batches']} micro-batches summed exactly"
+               + (f" over {n_procs} MPI processes" if n_procs > 1 else "")))
 
 
-def _train(a, o, trainer, corpus, out):
+def _train(a, o, trainer, corpus, out, comm=None):
+    from ..distributed import comm_size, is_root, on_root
     from ..errors import DivergenceError
+    root = is_root(comm)
     resumed = trainer.steps_done > 0
-    say(a.quiet, _describe(o, trainer, corpus, resumed))
+    say(a.quiet or not root, _describe(o, trainer, corpus, resumed, comm_size(comm)))
     remaining = o["steps"] - trainer.steps_done
     carry = o["state"] == "carry"
     t0 = time.perf_counter()
@@ -231,27 +297,36 @@ def _train(a, o, trainer, corpus, out):
                            eval_every=max(1, o["steps"] // 5), carry_state=carry,
                            save_every=a.save_every, save_path=out or None, log=a.log,
                            print_every=print_every)
-    except KeyboardInterrupt:
-        return _interrupted(trainer, o, out)
+    except KeyboardInterrupt as e:
+        if comm is not None and not getattr(e, "all_ranks", False):
+            raise           # not agreed by the ranks: the command ends the job (MPI_Abort)
+        return _interrupted(trainer, o, out) if root else EXIT_INTERRUPTED
     except DivergenceError as e:
-        return _diverged(e, o, out, trainer)
+        return _diverged(e, o, out, trainer) if root else EXIT_DIVERGED
     try:
-        ev = trainer.evaluate(corpus.val, batch_size=o["batch_size"], seq_len=o["seq_len"],
-                              carry_state=carry)
+        ev = on_root(lambda: trainer.evaluate(corpus.val, batch_size=o["batch_size"],
+                                              seq_len=o["seq_len"], carry_state=carry), comm)
         total = time.perf_counter() - t0
         if out:
-            _save_final(trainer, out)
+            _save_final(trainer, out)   # with comm: every rank calls it, rank 0 writes
     except KeyboardInterrupt:
+        if comm is not None:
+            raise           # the ranks are not in step here: the command ends the job
         return _interrupted(trainer, o, out)
-    _summary(o, trainer, hist, ev, corpus, total, out, resumed)
+    if root:
+        _summary(o, trainer, hist, ev, corpus, total, out, resumed)
     return 0
 
 
 def _save_final(trainer, out):
+    from ..distributed import mark_all_ranks
     try:
         trainer.save(out)
     except OSError as e:
-        raise RuntimeError(f"{e}; the trained model was NOT saved") from None
+        err = RuntimeError(f"{e}; the trained model was NOT saved")
+        if getattr(e, "all_ranks", False):
+            mark_all_ranks(err)
+        raise err from None
 
 
 def _interrupted(trainer, o, out):
@@ -325,7 +400,9 @@ def add_parser(sub):
                        "library's pydoc_data.topics) and print a summary. Exit codes: 0 done, "
                        "1 failure, 2 usage error, 3 training diverged (the last good "
                        "checkpoint is kept), 130 interrupted (the last completed step is "
-                       "saved to --out).")
+                       "saved to --out). Under 'mpiexec -n N' (N > 1, the mpi extra) it "
+                       "trains data parallel: rank 0 reads the data and writes every "
+                       "output, the other ranks print nothing.")
     t.add_argument("--model", choices=list(MODELS), default=None,
                    help=f"model family (default: {d['model']})")
     t.add_argument("--hidden", type=pos_int, default=None,
@@ -381,5 +458,13 @@ def add_parser(sub):
     t.add_argument("--print-every", type=pos_int, default=None, metavar="N",
                    help="when the output is not a terminal, print a progress line every N "
                    "steps (default: 20 lines per run)")
+    t.add_argument("--micro-batches", type=pos_int, default=None, metavar="M",
+                   help="cut each batch into M micro-batches (M must divide --batch-size) "
+                   "and sum their gradients exactly in fixed point (int64 at 2**-40), so the "
+                   "run gives the same bits without MPI and under 'mpiexec -n N' for every N "
+                   "dividing M: the bits depend on M, not on N (saved with the run, kept on "
+                   "--resume). Default: none (the whole batch at once) in one process; N "
+                   "under 'mpiexec -n N' with N > 1 (give the same M to compare or resume "
+                   "runs on different N)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=run)
