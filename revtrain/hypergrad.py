@@ -202,10 +202,11 @@ def _validation(model, theta, val_data, n_iters):
 
 def _check_parallel(comm, micro_batches, P):
     """Validate ``comm`` and ``micro_batches``; return the number of processes ``N``."""
-    N = comm_size(comm)
-    if comm is not None and not callable(getattr(comm, "allgather", None)):
+    if comm is not None and not (callable(getattr(comm, "allgather", None))
+                                 and callable(getattr(comm, "Get_size", None))):
         raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
                         f"got {type(comm).__name__}")
+    N = comm_size(comm)
     if micro_batches is None:
         if N > 1:
             raise ValueError(f"comm has {N} processes but micro_batches is None: pass "
