@@ -22,11 +22,13 @@ at B=1, H=128 two threads gain nothing. A rule choosing 2 threads by product
 size and free cores would win on an idle machine, but would make float32
 results depend on the machine's load, so the default stays 1 thread.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from ._checks import positive_int
 
-_state = {"threads": 1, "controller": None}
+_state = {"threads": 1, "controller": None, "row_threads": None, "pool": None}
 
 
 def set_blas_threads(n):
@@ -64,3 +66,61 @@ def blas_threads():
         return
     with _controller().limit(limits=n, user_api="blas"):
         yield
+
+
+# ------------------------------------------------------------------ row groups
+def usable_cores():
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):       # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def set_row_threads(n):
+    """Threads that run a batch's row groups of the reversible cells at once.
+
+    The reversible cells cut a batch into groups of ``ROW_BLOCK = 16`` rows
+    (:mod:`revtrain.models.window`) whose kernels run side by side, one
+    thread each, BLAS on one thread inside each. ``n``: a positive int, or
+    None for the default (the cores this process may use). Results do not
+    depend on it: the groups are fixed by the batch size alone and computed
+    the same way on any number of threads. Returns the previous setting.
+    """
+    n = positive_int(n, "n", none_ok=True)
+    old = _state["row_threads"]
+    _state["row_threads"] = n
+    return old
+
+
+def get_row_threads():
+    """Threads for row groups: the :func:`set_row_threads` value, else the usable cores."""
+    n = _state["row_threads"]
+    return usable_cores() if n is None else n
+
+
+def run_groups(fn, n):
+    """``[fn(0), ..., fn(n - 1)]``, on up to :func:`get_row_threads` threads at once.
+
+    ``fn`` runs Numba kernels that release the GIL. Every call finishes before
+    an exception is raised; of several, the lowest index's is raised (the same
+    one on any number of threads).
+    """
+    k = min(n, get_row_threads())
+    if k <= 1:
+        return [fn(i) for i in range(n)]
+    pool = _state["pool"]
+    if pool is None or pool._max_workers != k:
+        pool = _state["pool"] = ThreadPoolExecutor(max_workers=k,
+                                                   thread_name_prefix="revtrain-rows")
+    futures = [pool.submit(fn, i) for i in range(n)]
+    out, err = [], None
+    for f in futures:
+        try:
+            out.append(f.result())
+        except BaseException as e:          # noqa: B902 - re-raised below, in index order
+            out.append(None)
+            err = e if err is None else err
+    if err is not None:
+        raise err
+    return out

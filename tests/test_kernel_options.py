@@ -25,7 +25,7 @@ KERNELS = dict(_dispatchers())
 
 
 def test_the_options_say_what_the_docstring_says():
-    assert NJIT_OPTS == {"cache": True, "error_model": "numpy"}
+    assert NJIT_OPTS == {"cache": True, "error_model": "numpy", "nogil": True}
     assert INLINE_OPTS == {**NJIT_OPTS, "inline": "always"}
     assert BUFFER_KERNEL_OPTS == {"cache": True, "_nrt": False}
 
@@ -39,6 +39,8 @@ def test_kernel_is_cached_on_disk_and_uses_the_shared_error_model(name):
         assert "error_model" not in opts
     else:
         assert opts.get("error_model") == "numpy", f"{name}: {opts}"
+        # the row groups of a batch run the window kernels on threads at once
+        assert opts.get("nogil") is True, f"{name}: {opts}"
 
 
 def test_all_kernel_modules_were_found():

@@ -13,6 +13,9 @@ Use as ``@njit(**NJIT_OPTS)`` (loop kernels) or ``@njit(**INLINE_OPTS)``
     check inside the loops (faster, and vectorisable). Integer ``//`` and
     ``%`` by zero give 0 instead of raising, so callers must pass positive
     divisors (a zero must be rejected before the kernel is called).
+``nogil=True``
+    The kernel releases the GIL while it runs: the row groups of a batch
+    (:mod:`revtrain.models.window`) run their kernels side by side on threads.
 ``inline="always"``
     The routine is inlined into its caller at the Numba IR level, so a
     per-element call costs nothing.
@@ -27,7 +30,7 @@ Use as ``@njit(**NJIT_OPTS)`` (loop kernels) or ``@njit(**INLINE_OPTS)``
 """
 
 #: Options for loop kernels: ``@njit(**NJIT_OPTS)``.
-NJIT_OPTS = dict(cache=True, error_model="numpy")
+NJIT_OPTS = dict(cache=True, error_model="numpy", nogil=True)
 
 #: Options for per-element routines inlined into their caller.
 INLINE_OPTS = dict(NJIT_OPTS, inline="always")

@@ -8,11 +8,45 @@ thread (``rt.set_blas_threads(2)``) the idle pool's spinning threads fight the
 busy one for the cores (measured on 2 cores, LSTM B=32 H=256 T=100: 249 ms
 with two pools vs 128 ms with one). Routing them through these kernels keeps
 every product in one pool. Generic over float64 and complex128.
+
+Row blocks
+----------
+OpenBLAS's result for one row of ``A @ B`` depends on how many rows the
+product has (measured: float32 rows of a 40-row product differ in the last
+bits from the same rows computed in 16-row pieces). The reversible cells
+split a batch into groups of :data:`ROW_BLOCK` rows that run on separate
+threads (:mod:`revtrain.models.window`), and their fixed-point trajectory
+must not depend on that split nor differ from the per-step reference. So
+every product that determines a reversible cell's trajectory, its loss or
+its state and input gradients goes through :func:`dot_rows`, which computes
+it in fixed blocks of ``ROW_BLOCK`` rows: the same bits whether the batch is
+one group or several, on one thread or many.
 """
 import numpy as np
 from numba import njit
 
-from ._options import NJIT_OPTS
+from ._options import NJIT_OPTS, INLINE_OPTS
+
+#: Rows per block of the reversible cells' per-step products (and rows per thread group).
+ROW_BLOCK = 16
+
+
+@njit(**INLINE_OPTS)
+def dot_rows(A, B, out):
+    """``out = A @ B`` in blocks of :data:`ROW_BLOCK` rows (one BLAS call per block).
+
+    A : (m, k).  B : (k, n) (may be a transposed view).  out : (m, n) C-contiguous.
+    """
+    M = A.shape[0]
+    for r0 in range(0, M, ROW_BLOCK):
+        r1 = min(M, r0 + ROW_BLOCK)
+        np.dot(A[r0:r1], B, out[r0:r1])
+
+
+@njit(**NJIT_OPTS)
+def matmul_rows(A, B, out):
+    """``out = A @ B`` by :func:`dot_rows` (the reversible cells' per-step products)."""
+    dot_rows(A, B, out)
 
 
 @njit(**NJIT_OPTS)

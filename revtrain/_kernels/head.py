@@ -9,6 +9,7 @@ from numba import njit
 
 from ._options import NJIT_OPTS, INLINE_OPTS
 from .mathfn import exp_, log_, real_
+from .gemm import dot_rows
 
 
 @njit(**INLINE_OPTS)
@@ -86,6 +87,78 @@ def mse_head(h, U, by, target, scale, work, dh, dU, dby):
             work[n, k] = (2.0 * scale) * d
     _backprop_output(h, U, work, dh, dU, dby)
     return loss * scale
+
+
+@njit(**INLINE_OPTS)
+def _backprop_output_rows(h, U, dz, dh, dU, dby):
+    """:func:`_backprop_output` with ``dh = dz @ U.T`` in row blocks (:func:`~.gemm.dot_rows`)."""
+    N, O = dz.shape
+    for k in range(O):
+        acc = dz[0, k] * 0.0
+        for n in range(N):
+            acc += dz[n, k]
+        dby[k] += acc
+    dU += np.dot(h.T, dz)
+    dot_rows(dz, U.T, dh)
+
+
+@njit(**NJIT_OPTS)
+def softmax_xent_rows(h, U, by, labels, scale, work, dh, dU, dby, terms):
+    """:func:`softmax_xent_head` per row: ``terms[n] = logsumexp(z_n) - z_n[labels[n]]``.
+
+    Nothing is summed: the caller adds ``scale * sum_terms(terms)``
+    (:func:`sum_terms`), so rows computed in separate groups add up to the
+    same bits as one call over all rows. The products run in row blocks
+    (:func:`~.gemm.dot_rows`). ``terms`` (N,) float64 (complex128 for a
+    complex ``h``); other arguments as in :func:`softmax_xent_head`.
+    """
+    N, O = work.shape
+    dot_rows(h, U, work)
+    for n in range(N):
+        m = real_(work[n, 0] + by[0])
+        for k in range(1, O):
+            zr = real_(work[n, k] + by[k])
+            if zr > m:
+                m = zr
+        lab = labels[n]
+        z_lab = work[n, lab] + by[lab]
+        s = work[n, 0] * 0.0
+        for k in range(O):
+            e = exp_(work[n, k] + by[k] - m)
+            work[n, k] = e
+            s += e
+        terms[n] = (m + log_(s)) - z_lab
+        inv = scale / s
+        for k in range(O):
+            work[n, k] *= inv
+        work[n, lab] -= scale
+    _backprop_output_rows(h, U, work, dh, dU, dby)
+
+
+@njit(**NJIT_OPTS)
+def mse_rows(h, U, by, target, scale, work, dh, dU, dby, terms):
+    """:func:`mse_head` per row: ``terms[n] = sum_k (z[n,k] - target[n,k])**2`` (see
+    :func:`softmax_xent_rows`)."""
+    N, O = work.shape
+    dot_rows(h, U, work)
+    for n in range(N):
+        acc = work[n, 0] * 0.0
+        for k in range(O):
+            d = work[n, k] + by[k] - target[n, k]
+            acc += d * d
+            work[n, k] = (2.0 * scale) * d
+        terms[n] = acc
+    _backprop_output_rows(h, U, work, dh, dU, dby)
+
+
+@njit(**NJIT_OPTS)
+def sum_terms(terms):
+    """``terms[0] + terms[1] + ...`` in row order (the loss of :func:`softmax_xent_rows` is
+    ``scale * sum_terms(terms)``)."""
+    acc = terms[0] * 0.0
+    for n in range(terms.shape[0]):
+        acc += terms[n]
+    return acc
 
 
 @njit(**NJIT_OPTS)

@@ -35,6 +35,7 @@ from numba import njit
 from ._options import NJIT_OPTS
 from .momentum_rnn import momentum_gates, leaky_h_inc, momentum_back
 from .quantize import quantise_convex, forget_add, forget_add_undo
+from .gemm import dot_rows
 from .window import to_float, project, head_step, pass_down, chunk_input_grads
 
 #: Part indices in ``q``: h, v.
@@ -48,7 +49,7 @@ def _gates(hq, P, W, b, bg, floor, gamma, learned, inv_scale, hf, A, gt):
     ``hf`` (B, H) receives ``h`` as float, ``A`` (B, G) ``h @ W``, ``gt`` (3, B, H) ``g, gam, sig``.
     """
     to_float(hq, inv_scale, hf)
-    np.dot(hf, W, A)
+    dot_rows(hf, W, A)
     momentum_gates(A, P, b, bg, floor, gamma, learned, gt[0], gt[1], gt[2])
 
 
@@ -125,18 +126,19 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs, m_
 
 
 @njit(**NJIT_OPTS)
-def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs,
+def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs,
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, gamma, learned, nbeta, cbeta, beta, vweight, U, by, softmax, labels,
                    target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gWs, gbs, gU, gby, dX,
                    want_dx, inp0, inpH, P, dP, dx0, dxH, hf, A, gt, n, inc, htop, dH, work, Ob,
-                   dPb, Xb0, XbH):
+                   dPb, Xb0, XbH, terms):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
     ``sn`` (L, 2, B, H) float holds each layer's float state after the current step
     on entry (and before ``t0`` on exit); ``ds`` the gradient with respect to it.
-    ``loss`` is the running loss (added to step by step, in the Python driver's order).
+    The loss goes to ``terms`` (steps with a target, B) float64 as per-row terms
+    (:func:`~revtrain._kernels.window.head_step`), summed by the caller.
     ``beta``, ``vweight = 1 - beta``: the float leak of the backward pass (as the Python cell).
     The float recompute of a real step is the fixed-point result itself (straight
     through) plus the gates, which the undo (or, in standard mode, the gate kernel on
@@ -146,7 +148,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
     gradients, ``Xb0``, ``XbH`` the inputs), so they agree with the Python driver's
     step-by-step sums to rounding, not bit for bit; the loss, the trajectory and the
     gradients with respect to the states and inputs are the same bits.
-    Returns ``(loss, t, layer, part, code)``.
+    Returns ``(t, layer, part, code)``.
     """
     L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
@@ -162,7 +164,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                                         bct[r0:r1], bwd[r0:r1], binf[r0:r1], log2, hf, A, gt,
                                         n, inc)
                 if code >= 0:
-                    return loss, tt, l, part, code
+                    return tt, l, part, code
             else:
                 ql[:] = store[tt, l]
                 _gates(ql[PH], P, W, bs[l], bgs[l], floor, gamma, learned, inv_scale, hf, A, gt)
@@ -171,12 +173,13 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
             to_float(ql[PV], inv_scale, spl[PV])
             dsl = ds[l]
             if l == L - 1:
-                loss += head_step(tt, T, per_step, snl, 1, m_top, U, by, softmax, labels, target,
-                                  lscale, work, htop, dH, gU, gby, dsl)
+                head_step(tt, T, per_step, snl, 1, m_top, U, by, softmax, labels, target, lscale,
+                          work, htop, dH, gU, gby, dsl, terms)
             momentum_back(gt[0], gt[1], gt[2], spl[PV], floor, learned, beta, vweight,
                           dsl[PH], dsl[PV], dP)
             Ob[l, tt - t0] = spl[PH]                # weight gradients: one product per chunk
-            dsl[PH] += np.dot(dP, W.T)
+            dot_rows(dP, W.T, hf)                  # hf: free scratch (B, H) here
+            dsl[PH] += hf
             dPb[l, tt - t0] = dP
             pass_down(tt, tt - t0, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, 1, ds,
                       gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
@@ -184,7 +187,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
             snl[PV] = spl[PV]
     _chunk_weight_grads(t1 - t0, Ob, dPb, gWs, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
-    return loss, t0, 0, 0, -1
+    return t0, 0, 0, -1
 
 
 @njit(**NJIT_OPTS)

@@ -38,6 +38,7 @@ from numba import njit
 from ._options import NJIT_OPTS
 from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
 from .quantize import quantise_convex, forget_add, forget_add_undo
+from .gemm import dot_rows
 from .window import to_float, project, head_step, pass_down, chunk_input_grads
 
 #: Part indices in ``q``: h1, h2.
@@ -56,9 +57,9 @@ def _half_gates(half, ql, P, W, Wg, b, floor, inv_scale, o, A, Gm, g):
     Hh = o.shape[1]
     off = half * 3 * Hh
     to_float(ql[H2 if half == 0 else H1], inv_scale, o)
-    np.dot(o, W, A)
+    dot_rows(o, W, A)
     revgru_gates1(A, P, b, off, floor, o, g[GZ], g[GSZ], g[GR], g[GRO])
-    np.dot(g[GRO], Wg, Gm)
+    dot_rows(g[GRO], Wg, Gm)
     revgru_gates2(Gm, P, b, off, g[GG])
 
 
@@ -135,12 +136,12 @@ def _copy_cols(src, c0, out):
 
 
 @njit(**NJIT_OPTS)
-def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s,
+def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s,
                    W2s, Wg2s, bs, m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin,
                    scale, inv_scale, floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dP, dx0, dxH, o, A, Gm, g1, g2, n, inc, dAzr, dAg, dRO, do,
-                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH):
+                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state and recompute the gates, output layer on the top, backpropagate.
 
@@ -148,13 +149,14 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
     on entry (and before ``t0`` on exit); ``ds`` the gradient with respect to it.
     The float recompute of a real step changes nothing (the fixed-point state stands,
     the gates are those of the undo or of the stored state), as in the Python cell.
-    ``loss`` is the running loss (added to step by step, in the Python driver's order).
+    The loss goes to ``terms`` (steps with a target, B) float64 as per-row terms
+    (:func:`~revtrain._kernels.window.head_step`), summed by the caller.
     The weight gradients are summed once per call over the chunk's steps (``Ob``,
     ``ROb`` hold the chunk's ``o`` and ``r * o`` per half, ``dPb`` the pre-activation
     gradients, ``Xb0``, ``XbH`` the inputs), so they agree with the Python driver's
     step-by-step sums to rounding, not bit for bit; the loss, the trajectory and the
     gradients with respect to the states and inputs are the same bits.
-    Returns ``(loss, t, layer, part, code)``.
+    Returns ``(t, layer, part, code)``.
     """
     L, B, Hh = q.shape[0], q.shape[2], q.shape[3]
     for tt in range(t1 - 1, t0 - 1, -1):
@@ -169,7 +171,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                                         inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1],
                                         binf[r0:r1], log2, o, A, Gm, g1, g2, n, inc)
                 if code >= 0:
-                    return loss, tt, l, part, code
+                    return tt, l, part, code
             else:
                 ql[:] = store[tt, l]
                 _half_gates(1, store[tt + 1, l], P, W2, Wg2, b, floor, inv_scale, o, A, Gm, g2)
@@ -179,8 +181,8 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                 to_float(ql[k], inv_scale, spl[k])
             dsl = ds[l]
             if l == L - 1:
-                loss += head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target,
-                                  lscale, work, htop, dH, gU, gby, dsl)
+                head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target, lscale,
+                          work, htop, dH, gU, gby, dsl, terms)
             # backpropagate: half 2, then half 1
             for hh in range(2):
                 half = 1 - hh
@@ -191,10 +193,10 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                 off = half * 3 * Hh
                 revgru_back1(g[GZ], g[GSZ], g[GG], spl[mine], floor, dsl[mine], dP, off)
                 _copy_cols(dP, off + 2 * Hh, dAg)
-                np.dot(dAg, (Wg1 if half == 0 else Wg2).T, dRO)
+                dot_rows(dAg, (Wg1 if half == 0 else Wg2).T, dRO)
                 revgru_back2(dRO, g[GR], ov, dP, off, do)
                 _copy_cols(dP, off, dAzr)
-                np.dot(dAzr, (W1 if half == 0 else W2).T, tmp)
+                dot_rows(dAzr, (W1 if half == 0 else W2).T, tmp)
                 do += tmp
                 dsl[other] += do
                 Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
@@ -206,7 +208,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                 snl[k] = spl[k]
     _chunk_weight_grads(t1 - t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
-    return loss, t0, 0, 0, -1
+    return t0, 0, 0, -1
 
 
 @njit(**NJIT_OPTS)

@@ -35,6 +35,7 @@ from numba import njit
 from ._options import NJIT_OPTS
 from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell, revlstm_back
 from .quantize import forget_add, forget_add_undo
+from .gemm import dot_rows
 from .window import to_float, project, head_step, pass_down, chunk_input_grads
 
 #: Part indices in ``q``: h1, h2, c1, c2.
@@ -49,7 +50,7 @@ def _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g):
     """
     Hh = o.shape[1]
     to_float(ql[H2 if half == 0 else H1], inv_scale, o)
-    np.dot(o, W, A)
+    dot_rows(o, W, A)
     revlstm_gates(A, P, b, half * 5 * Hh, floor, g[0], g[1], g[2], g[3], g[4], g[5], g[6])
 
 
@@ -127,24 +128,25 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m
 
 
 @njit(**NJIT_OPTS)
-def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs,
+def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs,
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, n, inc, tc, htop, dH, work, Ob, dPb,
-                   Xb0, XbH):
+                   Xb0, XbH, terms):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
     ``sn`` (L, 4, B, Hh) float holds each layer's float state after the current step
     on entry (and before ``t0`` on exit); ``ds`` the gradient with respect to it.
-    ``loss`` is the running loss (added to step by step, in the Python driver's order).
+    The loss goes to ``terms`` (steps with a target, B) float64 as per-row terms
+    (:func:`~revtrain._kernels.window.head_step`), summed by the caller.
     The weight gradients are summed once per call over the chunk's steps
     (``Ob``, ``dPb``, ``Xb0``, ``XbH`` hold the chunk's inputs and pre-activation
     gradients), so they agree with the Python driver's step-by-step sums to
     rounding, not bit for bit; the loss, the trajectory and the gradients
     with respect to the states and inputs are the same bits.
-    Returns ``(loss, t, layer, part, code)``.
+    Returns ``(t, layer, part, code)``.
     """
     L, B, Hh = q.shape[0], q.shape[2], q.shape[3]
     for tt in range(t1 - 1, t0 - 1, -1):
@@ -159,7 +161,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                                         bst[s0:s1], bct[s0:s1], bwd[s0:s1], binf[s0:s1], log2,
                                         o, A, g1, g2, n, inc)
                 if code >= 0:
-                    return loss, tt, l, part, code
+                    return tt, l, part, code
             else:
                 ql[:] = store[tt, l]
                 _half_gates(1, store[tt + 1, l], P, W2, b, floor, inv_scale, o, A, g2)
@@ -174,8 +176,8 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                          tc[1])
             dsl = ds[l]
             if l == L - 1:
-                loss += head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target,
-                                  lscale, work, htop, dH, gU, gby, dsl)
+                head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target, lscale,
+                          work, htop, dH, gU, gby, dsl, terms)
             # backpropagate: half 2, then half 1
             for hh in range(2):
                 half = 1 - hh
@@ -189,7 +191,8 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                 dA = np.ascontiguousarray(dP[:, off:off + 5 * Hh])
                 W = W1 if half == 0 else W2
                 Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
-                dsl[other] += np.dot(dA, W.T)
+                dot_rows(dA, W.T, o)               # o: free scratch (B, Hh) here
+                dsl[other] += o
             dPb[l, tt - t0] = dP
             pass_down(tt, tt - t0, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, 2, ds,
                       gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
@@ -197,7 +200,7 @@ def stack_backward(loss, t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, 
                 snl[k] = spl[k]
     _chunk_weight_grads(t1 - t0, Ob, dPb, gW1s, gW2s, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
-    return loss, t0, 0, 0, -1
+    return t0, 0, 0, -1
 
 
 @njit(**NJIT_OPTS)

@@ -10,7 +10,8 @@ import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS
-from .head import softmax_xent_head, mse_head
+from .head import softmax_xent_rows, mse_rows
+from .gemm import dot_rows
 
 
 @njit(**NJIT_OPTS)
@@ -57,7 +58,7 @@ def project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, nh, m_btw, inv_scale
             for r in range(B):
                 for c in range(D0):
                     inp0[r, c] = xflt[t, r, c]
-        np.dot(inp0, V0, P)
+        dot_rows(inp0, V0, P)
         return
     h_float(q[l - 1], nh, inv_scale, inpH)
     H = inpH.shape[1]
@@ -65,7 +66,7 @@ def project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, nh, m_btw, inv_scale
     for r in range(B):
         for c in range(H):
             inpH[r, c] = inpH[r, c] * m[r, c]
-    np.dot(inpH, Vs[l - 1], P)
+    dot_rows(inpH, Vs[l - 1], P)
 
 
 @njit(**NJIT_OPTS)
@@ -80,28 +81,31 @@ def _add_h(dsl, nh, d, m):
 
 @njit(**NJIT_OPTS)
 def head_step(t, T, per_step, snl, nh, m_top, U, by, softmax, labels, target, lscale, work,
-              htop, dH, gU, gby, dsl):
+              htop, dH, gU, gby, dsl, terms):
     """Output layer of step ``t`` on the top layer's (masked) ``h``; adds dL/dh to ``dsl``.
 
-    Returns the step's loss (0 when the step has no target).
+    The step's per-row loss terms go to ``terms[t]`` (``terms[0]`` when only
+    the last step has a target; nothing when step ``t`` has none): the loss is
+    ``lscale * sum_terms(terms[t])`` (:func:`fold_terms`).
     """
     B, w = snl.shape[1], snl.shape[2]
     if per_step:
         r0 = t * B
+        i = t
     elif t == T - 1:
         r0 = 0
+        i = 0
     else:
-        return 0.0
+        return
     for k in range(nh):
         for r in range(B):
             for j in range(w):
                 htop[r, k * w + j] = snl[k, r, j] * m_top[r, k * w + j]
     if softmax:
-        loss = softmax_xent_head(htop, U, by, labels[r0:r0 + B], lscale, work, dH, gU, gby)
+        softmax_xent_rows(htop, U, by, labels[r0:r0 + B], lscale, work, dH, gU, gby, terms[i])
     else:
-        loss = mse_head(htop, U, by, target[r0:r0 + B], lscale, work, dH, gU, gby)
+        mse_rows(htop, U, by, target[r0:r0 + B], lscale, work, dH, gU, gby, terms[i])
     _add_h(dsl, nh, dH, m_top)
-    return loss
 
 
 @njit(**NJIT_OPTS)
@@ -123,7 +127,7 @@ def pass_down(t, i, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, nh, 
         Xb0[i] = inp0
         if mode_in == 1 or want_dx:
             D0 = dx0.shape[1]
-            np.dot(dP, V0.T, dx0)
+            dot_rows(dP, V0.T, dx0)
             if mode_in == 1:
                 for r in range(B):
                     row = xtok[t, r]
@@ -135,7 +139,7 @@ def pass_down(t, i, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, nh, 
                         dX[t, r, c] = dx0[r, c]
     else:
         XbH[l - 1, i] = inpH
-        np.dot(dP, Vs[l - 1].T, dxH)
+        dot_rows(dP, Vs[l - 1].T, dxH)
         _add_h(ds[l - 1], nh, dxH, m_btw[l - 1])
 
 

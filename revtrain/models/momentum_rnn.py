@@ -6,7 +6,7 @@ from ..params import ParamSpec
 from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
 from .._kernels.momentum_rnn import momentum_gates, leaky_h_inc, momentum_snap, momentum_back
 from .._kernels.quantize import quantise_convex
-from .._kernels.gemm import matmul_into, matmul_tn_add
+from .._kernels.gemm import matmul_rows, matmul_tn_add
 from .momentum_window import MomentumRNNWindow
 
 
@@ -208,7 +208,7 @@ class MomentumRNN(MomentumCoupled):
 
     def _gates(self, p, P, h, c):
         # products through Numba's BLAS, as in the whole-window kernels (the same bits)
-        matmul_into(np.ascontiguousarray(h), p["W"], c["A"])
+        matmul_rows(np.ascontiguousarray(h), p["W"], c["A"])
         bg = p["b_g"] if self.learned else self._bg_dummy.astype(P.dtype)
         momentum_gates(c["A"], P, p["b"], bg, self.floor,
                        0.0 if self.learned else self.gamma, self.learned, c["g"], c["gam"], c["sig"])
@@ -260,5 +260,5 @@ class MomentumRNN(MomentumCoupled):
         if self.learned:
             g["b_g"] += dP[:, H:].sum(axis=0)
         d_h = np.empty_like(ds["h"])
-        matmul_into(dP, p["W"].T, d_h)
+        matmul_rows(dP, p["W"].T, d_h)
         ds["h"] += d_h

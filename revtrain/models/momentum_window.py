@@ -52,16 +52,17 @@ class MomentumRNNWindow(WindowRun):
                 "bs": accumulators(self._bias_views(grad), dt),
                 "Ob": np.empty((L, self.chunk, B, H), dtype=dt), "grad": grad}
 
-    def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
+    def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
         return stack_backward(
-            loss, t0, t1, self.T, reverse, *self.inputs(), self.Ws, self.bs, self.bgs,
+            t0, t1, self.T, reverse, *self.inputs(), self.Ws, self.bs, self.bgs,
             self.m_btw, self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2,
             m.D, m.nmin, m.scale, m.inv_scale, *self.consts, m.beta, 1.0 - m.beta, self.U,
             self.by, bw.softmax, batch.labels, bw.target, batch.scale, batch.per_step, bw.sn,
             bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX,
             bw.want_dx, self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.hf, self.A,
-            self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH)
+            self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
+            bw.terms)
 
     def _add_cell_grads(self, gl, cg):
         add_back([q["W"] for q in gl], cg["Ws"])

@@ -42,9 +42,9 @@ import numpy as np
 
 from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError, check_reversal
-from .._kernels.head import softmax_xent_head, mse_head
+from .._kernels.head import softmax_xent_rows, mse_rows, sum_terms
 from .._kernels.inputs import scatter_add_rows
-from .._kernels.gemm import matmul_into, matmul_tn_add
+from .._kernels.gemm import matmul_rows, matmul_tn_add
 
 
 class ReversibleBPTT:
@@ -64,7 +64,7 @@ class ReversibleBPTT:
         else:
             if xt.dtype != V.dtype:
                 xt = xt.astype(V.dtype)
-            matmul_into(np.ascontiguousarray(xt), V, out)
+            matmul_rows(np.ascontiguousarray(xt), V, out)
         return out
 
     @staticmethod
@@ -104,12 +104,16 @@ class ReversibleBPTT:
             dH[...] = 0
             return 0.0
         work = np.empty((B, self.n_out), dtype=h.dtype)
+        terms = np.empty(B, dtype=np.complex128 if np.iscomplexobj(h) else np.float64)
         h = np.ascontiguousarray(h)
         if self.loss_kind == "softmax":
-            return softmax_xent_head(h, p["U"], p["b_y"], batch.labels[rows], batch.scale,
-                                     work, dH, g["U"], g["b_y"])
-        return mse_head(h, p["U"], p["b_y"], batch.target[rows], batch.scale, work, dH,
-                        g["U"], g["b_y"])
+            softmax_xent_rows(h, p["U"], p["b_y"], batch.labels[rows], batch.scale, work, dH,
+                              g["U"], g["b_y"], terms)
+        else:
+            mse_rows(h, p["U"], p["b_y"], batch.target[rows], batch.scale, work, dH, g["U"],
+                     g["b_y"], terms)
+        # the window kernels' groups of rows add their terms in the same order
+        return sum_terms(terms) * batch.scale
 
     # ------------------------------------------------------- layer errors
     def _layer_tag(self, l):
@@ -312,7 +316,7 @@ class ReversibleBPTT:
         if l == 0 and self.embed_dim is None and dX is None:
             return
         d = np.empty((dP.shape[0], p["V"].shape[0]), dtype=dP.dtype)
-        matmul_into(dP, p["V"].T, d)
+        matmul_rows(dP, p["V"].T, d)
         if l > 0:
             self._add_dh(ds[l - 1], d if masks is None else d * masks.between[l - 1])
         elif self.embed_dim is not None:

@@ -47,17 +47,17 @@ class RevGRUWindow(WindowRun):
             c[nm] = np.empty((B, w), dtype=dt)
         return c
 
-    def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
+    def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
         return stack_backward(
-            loss, t0, t1, self.T, reverse, *self.inputs(), *self._weights(), self.m_btw,
+            t0, t1, self.T, reverse, *self.inputs(), *self._weights(), self.m_btw,
             self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2, m.D, m.nmin,
             m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, self.inp0,
             self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
             self.n, self.inc, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
-            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH)
+            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms)
 
     def _add_cell_grads(self, gl, cg):
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):

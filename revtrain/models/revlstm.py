@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..params import ParamSpec
-from .._kernels.gemm import matmul_into, matmul_tn_add
+from .._kernels.gemm import matmul_rows, matmul_tn_add
 from .reversible import ReversibleModel
 from .revlstm_window import RevLSTMWindow
 from .._kernels.revlstm import (revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell,
@@ -110,7 +110,7 @@ class RevLSTM(ReversibleModel):
         Hh = self.n_hidden // 2
         cols = slice(5 * Hh * k, 5 * Hh * (k + 1))
         A = c["A" + mine]
-        matmul_into(np.ascontiguousarray(o), p["W" + mine], A)
+        matmul_rows(np.ascontiguousarray(o), p["W" + mine], A)
         revlstm_gates(A, P, p["b"], cols.start, self.floor, c["i" + mine], c["f" + mine],
                       c["sf" + mine], c["o" + mine], c["p" + mine], c["sp" + mine],
                       c["g" + mine])
@@ -169,6 +169,6 @@ class RevLSTM(ReversibleModel):
             dA = np.ascontiguousarray(dA)
             matmul_tn_add(np.ascontiguousarray(o), dA, g["W" + mine], np.empty_like(g["W" + mine]))
             d_other = np.empty_like(ds["h" + other])
-            matmul_into(dA, p["W" + mine].T, d_other)
+            matmul_rows(dA, p["W" + mine].T, d_other)
             ds["h" + other] += d_other
         g["b"] += dP.sum(axis=0)

@@ -31,7 +31,9 @@ from ..buffer import InfoBuffer
 from numba.typed import List
 
 from ..errors import ReversalError, check_reversal
-from .._kernels.head import softmax_xent_head, mse_head
+from .._threads import run_groups
+from .._kernels.gemm import ROW_BLOCK
+from .._kernels.head import softmax_xent_head, mse_head, sum_terms
 
 #: Most steps per kernel call (the buffer gets room for a call's steps before it).
 CHUNK = 32
@@ -103,6 +105,8 @@ class WindowRun:
         L, H, G = m.n_layers, m.n_hidden, m._n_proj
         self.T, self.B = x.shape[0], x.shape[1]
         B = self.B
+        #: First row and rows of the whole batch (a group of rows runs as its own WindowRun).
+        self.row0, self.B_total = 0, B
         self.chunk = chunk_steps(B)
         self.L, self.H = L, H
         self.parts = tuple(nm for nm, _ in m._layout_parts)
@@ -152,10 +156,11 @@ class WindowRun:
         ``(t, layer, part, code)``."""
         raise NotImplementedError
 
-    def _backward_chunk(self, loss, t0, t1, reverse, store, batch, bw):
-        """Run the backward kernel on steps ``t1-1 .. t0``; return ``(loss, t, layer, part, code)``.
+    def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
+        """Run the backward kernel on steps ``t1-1 .. t0``; return ``(t, layer, part, code)``.
 
-        ``bw`` is the namespace of :meth:`backward`'s arrays (gradients, workspaces).
+        ``bw`` is the namespace of :meth:`backward`'s arrays (gradients, workspaces,
+        ``terms`` for the per-row losses).
         """
         raise NotImplementedError
 
@@ -188,7 +193,9 @@ class WindowRun:
     def _raise(self, t, l, part, code, reverse):
         m = self.m
         fn = m._corrupt if reverse else m._overflow
-        m._in_layer(l, fn, self.error_parts[part], t, code, (self.B, self.w))
+        r, j = divmod(code, self.w)             # rows of a group count from its first row
+        code = (r + self.row0) * self.w + j
+        m._in_layer(l, fn, self.error_parts[part], t, code, (self.B_total, self.w))
 
     def layer_q(self, l):
         """Layer ``l``'s fixed-point parts as a dict of views (B, w), in the cell's order."""
@@ -235,7 +242,8 @@ class WindowRun:
     def backward(self, batch, reverse, store, want_dx):
         """Undo (or reload) every step top-down, recompute, backpropagate.
 
-        Returns ``(loss, grad, dstate0, dx)``.
+        Returns ``(terms, grad, dstate0, dx)``: ``terms`` float64 (steps with a
+        target, B) the per-row loss terms (the loss is :func:`fold_terms`).
         """
         m = self.m
         L, B, H, T = self.L, self.B, self.H, self.T
@@ -262,9 +270,9 @@ class WindowRun:
             work=np.empty((B, m.n_out), dtype=dt), dPb=np.empty((L, self.chunk, B, G), dtype=dt),
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
-            target=batch.target.astype(dt, copy=False), cell=self._cell_grads(gl, grad))
+            target=batch.target.astype(dt, copy=False), cell=self._cell_grads(gl, grad),
+            terms=np.zeros((T if batch.per_step else 1, B)))
         st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
-        loss = 0.0
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
         if hook is not None:
             hook("before", self)
@@ -272,7 +280,7 @@ class WindowRun:
             t1 = min(T, t0 + self.chunk)
             if reverse:
                 self._reserve(t1 - t0)
-            loss, t, l, part, code = self._backward_chunk(loss, t0, t1, reverse, st, batch, bw)
+            t, l, part, code = self._backward_chunk(t0, t1, reverse, st, batch, bw)
             if code >= 0:
                 self._reversal_failed(t, l, part, code)
         if not f64:
@@ -294,7 +302,7 @@ class WindowRun:
         for l in range(L):
             dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
         dx = bw.dX.astype(np.float64, copy=False) if want_dx else None
-        return float(loss), grad, dstate0, dx
+        return bw.terms, grad, dstate0, dx
 
     def _reversal_failed(self, t, l, part, code):
         """Raise the ReversalError of a failed undo, blaming the lowest corrupted layer."""
@@ -321,27 +329,92 @@ class WindowRun:
                        np.empty((self.B, m._n_proj)), masks, ebuf, self.B) from None
 
 
+def row_groups(B):
+    """The row groups ``[(r0, r1), ...]`` of a batch of ``B`` rows: blocks of ``ROW_BLOCK``.
+
+    Fixed by ``B`` alone. The groups' kernels run side by side
+    (:func:`revtrain._threads.run_groups`); their products are computed in the
+    same row blocks as one kernel over all rows would (:func:`~revtrain._kernels.gemm.dot_rows`),
+    so the trajectory, the loss and the state and input gradients are the
+    same bits on any number of threads; the weight gradients are the groups'
+    sums added in group order.
+    """
+    return [(r0, min(B, r0 + ROW_BLOCK)) for r0 in range(0, B, ROW_BLOCK)]
+
+
+def _group_batch(batch, r0, r1):
+    """The rows ``r0 .. r1-1`` of every step of ``batch`` (a Batch of their own)."""
+    B = batch.B
+    labels, target = batch.labels, batch.target
+    if labels.size:
+        labels = np.ascontiguousarray(labels.reshape(-1, B)[:, r0:r1]).reshape(-1)
+    if target.size:
+        O = target.shape[1]
+        target = np.ascontiguousarray(target.reshape(-1, B, O)[:, r0:r1]).reshape(-1, O)
+    return batch._replace(x=np.ascontiguousarray(batch.x[:, r0:r1]), B=r1 - r0, labels=labels,
+                          target=target)
+
+
+def _group_masks(masks, r0, r1):
+    if masks is None:
+        return None
+    return type(masks)(None if masks.embed is None else masks.embed[r0:r1],
+                       tuple(m[r0:r1] for m in masks.between), masks.top[r0:r1])
+
+
+def fold_terms(terms, scale):
+    """The loss from per-row terms (steps with a target, B): ``sum_t scale * sum_r terms[t, r]``,
+    steps last to first, rows in order: the per-step reference's order."""
+    loss = 0.0
+    for i in range(terms.shape[0] - 1, -1, -1):
+        loss += sum_terms(terms[i]) * scale
+    return loss
+
+
 def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class):
-    """``(loss, grad, info)`` of a reversible stack's BPTT through ``run_class``'s kernels."""
-    run = run_class(model, theta, batch.x, batch.tokens, state0, masks)
-    T, B = batch.lead[0], batch.B
-    store = (np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None)
-    run.forward(store)
-    final_state = run.state()
-    info_bits = run.buf.info_bits
+    """``(loss, grad, info)`` of a reversible stack's BPTT through ``run_class``'s kernels.
+
+    The batch's row groups (:func:`row_groups`) run as separate
+    :class:`WindowRun` s, side by side on threads.
+    """
+    B = batch.B
+    groups = row_groups(B)
+    if len(groups) == 1:
+        gbatches, runs = [batch], [run_class(model, theta, batch.x, batch.tokens, state0, masks)]
+    else:
+        gbatches = [_group_batch(batch, r0, r1) for r0, r1 in groups]
+        runs = []
+        for (r0, r1), gb in zip(groups, gbatches):
+            run = run_class(model, theta, gb.x, gb.tokens,
+                            None if state0 is None else state0[r0:r1],
+                            _group_masks(masks, r0, r1))
+            run.row0, run.B_total = r0, B
+            runs.append(run)
+    T = batch.lead[0]
+    stores = [np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None
+              for run in runs]
+    run_groups(lambda i: runs[i].forward(stores[i]), len(runs))
+    final_state = np.concatenate([run.state() for run in runs])
+    info_bits = sum(run.buf.info_bits for run in runs)
     mask_bytes = 0 if masks is None else sum(
         a.nbytes for a in (masks.embed, masks.top) + tuple(masks.between) if a is not None)
-    if store is not None:
-        stored, buffer_bytes = store.nbytes + mask_bytes, 0
+    if mode == "standard":
+        stored, buffer_bytes = sum(s.nbytes for s in stores) + mask_bytes, 0
     else:
-        buffer_bytes = run.buf.nbytes
+        buffer_bytes = sum(run.buf.nbytes for run in runs)
         stored = buffer_bytes + B * model.state_size * 8 + mask_bytes
-    loss, grad, dstate0, dx = run.backward(batch, store is None, store,
-                                           want_inputs and not batch.tokens)
+    want_dx = want_inputs and not batch.tokens
+    out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard", stores[i],
+                                                want_dx), len(runs))
+    loss = fold_terms(np.concatenate([o[0] for o in out], axis=1), batch.scale)
+    grad = out[0][1]
+    for o in out[1:]:
+        grad += o[1]
     info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
             "final_state": final_state}
     if want_inputs:
-        info["dstate0"], info["dx"] = dstate0, dx
+        info["dstate0"] = np.concatenate([o[2] for o in out])
+        info["dx"] = np.concatenate([o[3] for o in out], axis=1) if want_dx else None
     return loss, grad, info
 
 

@@ -1,0 +1,146 @@
+"""Row groups of the reversible cells: a batch cut into blocks of ROW_BLOCK rows that run on
+threads at once, with results that do not depend on the number of threads."""
+import numpy as np
+import pytest
+
+import revtrain as rt
+from revtrain import _threads
+from revtrain._kernels.gemm import ROW_BLOCK, matmul_rows, matmul_into
+from revtrain.models.window import row_groups
+
+CELLS = (rt.RevLSTM, rt.RevGRU, rt.MomentumRNN)
+
+
+@pytest.fixture
+def threads():
+    """Restore the row-thread setting after a test."""
+    old = _threads.set_row_threads(None)
+    _threads.set_row_threads(old)
+    yield _threads.set_row_threads
+    _threads.set_row_threads(old)
+
+
+def test_row_groups_cover_the_batch_in_fixed_blocks():
+    assert ROW_BLOCK == 16
+    assert row_groups(1) == [(0, 1)]
+    assert row_groups(16) == [(0, 16)]
+    assert row_groups(40) == [(0, 16), (16, 32), (32, 40)]
+    for B in range(1, 70):
+        g = row_groups(B)
+        assert g[0][0] == 0 and g[-1][1] == B
+        assert all(a[1] == b[0] for a, b in zip(g, g[1:]))
+        assert all(0 < r1 - r0 <= ROW_BLOCK for r0, r1 in g)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_rows_is_its_blocks_computed_alone(dtype):
+    """``matmul_rows`` = the product of each 16-row block on its own, bit for bit (a group of
+    rows computes its blocks the same way), and the plain product to rounding."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((40, 96)).astype(dtype)
+    W = rng.standard_normal((200, 96)).astype(dtype)
+    out = np.empty((40, 200), dtype=dtype)
+    matmul_rows(A, W.T, out)
+    for r0, r1 in row_groups(40):
+        blk = np.empty((r1 - r0, 200), dtype=dtype)
+        matmul_into(np.ascontiguousarray(A[r0:r1]), W.T, blk)
+        assert np.array_equal(out[r0:r1], blk)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    assert np.allclose(out, A.astype(np.float64) @ W.T.astype(np.float64), rtol=tol, atol=tol)
+
+
+def _problem(cls, dtype, B=40, T=7, float_inputs=False):
+    kw = dict(n_layers=2, embed_dim=None if float_inputs else 4, dropout=0.2)
+    m = cls(6, 10, 6, dtype=dtype, **kw)
+    theta = m.init_params(seed=1)
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((T, B, 6)) if float_inputs else rng.integers(0, 6, (T, B)))
+    y = rng.integers(0, 6, (T, B))
+    return m, theta, x, y
+
+
+@pytest.mark.parametrize("cls", CELLS)
+def test_three_groups_agree_with_the_per_step_reference(cls):
+    """B = 40 (groups of 16, 16, 8) through the kernels against the per-step Python driver
+    over all 40 rows: the same bits for the loss, the final state, the stored bytes and the
+    state and input gradients; the parameter gradient (the groups' sums added) to 1e-13."""
+    for float_inputs in (False, True):
+        m, theta, x, y = _problem(cls, "float64", float_inputs=float_inputs)
+        s0 = np.random.default_rng(3).uniform(-0.5, 0.5, (40, m.state_size))
+        out = {}
+        for kernels in (True, False):
+            m.window_kernels = kernels
+            out[kernels] = m.loss_and_grad(theta, x, y, initial_state=s0, dropout_seed=4,
+                                           return_stats=True, input_grad=True)
+        (lk, gk, ik, sk), (lr, gr, ir, sr) = out[True], out[False]
+        assert lk == lr
+        assert np.array_equal(sk.final_state, sr.final_state)
+        assert sk.stored_bytes == sr.stored_bytes
+        assert np.array_equal(ik.initial_state, ir.initial_state)
+        if float_inputs:
+            assert np.array_equal(ik.x, ir.x)
+        assert np.max(np.abs(gk - gr)) <= 1e-13 * np.max(np.abs(gr))
+
+
+@pytest.mark.parametrize("cls", CELLS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_threads_do_not_change_the_bits(cls, dtype, threads):
+    """1, 2 or 3 threads over the groups of B = 40: every output identical, the weight
+    gradient included (the groups are fixed by B, their sums added in group order)."""
+    m, theta, x, y = _problem(cls, dtype)
+    res = []
+    for n in (1, 2, 3):
+        threads(n)
+        for mode in ("reversible", "standard"):
+            loss, grad, st = m.loss_and_grad(theta, x, y, bptt=mode, dropout_seed=5,
+                                             return_stats=True)
+            res.append((mode, loss, grad, st.final_state))
+    for mode in ("reversible", "standard"):
+        runs = [r for r in res if r[0] == mode]
+        for r in runs[1:]:
+            assert r[1] == runs[0][1]
+            assert np.array_equal(r[2], runs[0][2])
+            assert np.array_equal(r[3], runs[0][3])
+    # and reversible == standard bit for bit, as with one group
+    assert res[0][1] == res[1][1] and np.array_equal(res[0][2], res[1][2])
+
+
+def test_a_group_fault_names_the_batch_row():
+    """A flipped bit in row 3 of the third group (batch row 35) is reported as batch row 35."""
+    m = rt.RevLSTM(5, 8, 5)
+    theta = m.init_params(0)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 5, (30, 40)), rng.integers(0, 5, (30, 40))
+    seen = []
+
+    def hook(when, run):
+        seen.append((when, run.row0, run.B))
+        if when == "before" and run.row0 == 32:
+            run.layer_q(0)["c1"][3, 2] ^= 1 << 61
+    m._fault_hook = hook
+    with pytest.raises(rt.ReversalError, match=r"batch row 35, unit 2"):
+        m.loss_and_grad(theta, x, y)
+    assert sorted(r for w, r, _ in seen if w == "before") == [0, 16, 32]
+    assert {(r, b) for _, r, b in seen} == {(0, 16), (16, 16), (32, 8)}
+
+
+def test_an_error_in_one_group_is_raised_whatever_the_threads(threads):
+    """run_groups finishes every call, then raises the lowest index's error."""
+    def fn(i):
+        if i in (1, 3):
+            raise ValueError(f"group {i}")
+        return i
+    for n in (1, 2, 4):
+        threads(n)
+        with pytest.raises(ValueError, match="group 1"):
+            _threads.run_groups(fn, 5)
+        assert _threads.run_groups(lambda i: i * i, 5) == [0, 1, 4, 9, 16]
+
+
+def test_row_threads_setting(threads):
+    threads(None)
+    assert _threads.get_row_threads() == _threads.usable_cores()
+    threads(3)
+    assert _threads.get_row_threads() == 3
+    with pytest.raises(ValueError):
+        threads(0)
