@@ -114,6 +114,37 @@ def test_micro_batch_runs_reverse_exactly_and_stay_close_to_whole_batches():
         assert np.array_equal(off.theta0, hg.theta0)
 
 
+class _OffByOneUlp:
+    """``grad_and_hvp`` whose gradient is off by a relative 1e-9: its reduced increment
+    differs from the forward's, so every reverse iteration must fall back."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def grad_and_hvp(self, *a, **k):
+        loss, g, hu = self.model.grad_and_hvp(*a, **k)
+        return loss, g * (1 + 1e-9), hu
+
+
+def test_fingerprint_fallback_with_micro_batches():
+    """The fingerprint is taken on the reduced gradient: a complex-step gradient that
+    rounds to another increment is replaced by loss_and_grad's, and the results are
+    then those of the two-call reverse (loss_and_grad + hvp), bit for bit."""
+    model, data, val, theta0, opt, n, _ = _problems()["rnn_groups"]
+    kw = dict(micro_batches=2)
+    ok = rt.hypergradient(model, opt, theta0, lambda t: data[t], val, n, **kw)
+    off = rt.hypergradient(_OffByOneUlp(model), opt, theta0, lambda t: data[t], val, n, **kw)
+    two = rt.hypergradient(_NoHvpPass(model), opt, theta0, lambda t: data[t], val, n, **kw)
+    assert ok.stats.reverse_gradients < n
+    assert off.stats.reverse_gradients == two.stats.reverse_gradients == n
+    assert ok.stats.fingerprint_bytes == 8 * n and two.stats.fingerprint_bytes == 0
+    for f in FIELDS:
+        assert np.array_equal(getattr(off, f), getattr(two, f)), f
+
+
 def test_non_deterministic_batches_break_the_sharded_reversal():
     model, data, val, theta0, opt, n, _ = _problems()["rnn_groups"]
     calls = {}
