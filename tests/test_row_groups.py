@@ -144,3 +144,27 @@ def test_row_threads_setting(threads):
     assert _threads.get_row_threads() == 3
     with pytest.raises(ValueError):
         threads(0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_standard_cells_in_groups_match_the_numpy_reference(cell, threads):
+    """Standard cells run the 3 groups of B = 40 as batches of their own: loss, gradient and
+    dL/d state0 against the plain NumPy reference of test_stacks (complex-step gradient) to
+    1e-12, in both BPTT modes, with identical bits on 1 and 2 threads."""
+    from test_stacks import _case, ref_loss, cs_partials, rel_err
+    m, theta, x, y, s0, dseed, masks = _case(cell, "tokens_embed", B=40)
+    ref = ref_loss(m, theta, x, y, s0, masks)
+    gref = cs_partials(lambda th: ref_loss(m, th, x, y, s0, masks), theta)
+    out = []
+    for n in (1, 2):
+        threads(n)
+        for mode in ("standard", "checkpoint"):
+            loss, grad, ig = m.loss_and_grad(theta, x, y, bptt=mode, initial_state=s0,
+                                             dropout_seed=dseed, input_grad=True)
+            assert abs(loss - ref) <= 1e-12 * abs(ref)
+            assert rel_err(grad, gref) <= 1e-12
+            out.append((loss, grad, ig.initial_state))
+    dref = cs_partials(lambda ss: ref_loss(m, theta, x, y, ss, masks), s0)
+    assert rel_err(out[0][2], dref) <= 1e-12
+    for a, b in ((out[0], out[2]), (out[1], out[3])):     # the same mode on 1 and 2 threads
+        assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])

@@ -18,6 +18,8 @@ one GEMM per segment (float inputs) or a gather / scatter-add of weight rows
 import numpy as np
 
 from .base import RecurrentModel
+from .row_groups import row_groups, group_batch, group_masks
+from .._threads import run_groups
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import gather_rows, scatter_add_rows
 from .._kernels.gemm import matmul_into, matmul_tn_add
@@ -177,6 +179,33 @@ class SequenceModel(RecurrentModel):
         return out
 
     def _run(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
+        """:meth:`_run_rows` on each row group of the batch (:mod:`.row_groups`) on threads,
+        combined in group order (one group: the batch itself; complex steps: never split)."""
+        groups = row_groups(batch.B)
+        if len(groups) == 1 or np.iscomplexobj(theta):
+            return self._run_rows(theta, batch, mode, k, want_grad, state0, masks, want_inputs)
+
+        def one(i):
+            r0, r1 = groups[i]
+            return self._run_rows(theta, group_batch(batch, r0, r1), mode, k, want_grad,
+                                  None if state0 is None else state0[r0:r1],
+                                  group_masks(masks, r0, r1), want_inputs)
+        out = run_groups(one, len(groups))
+        loss, grad = out[0][0], out[0][1]
+        for o in out[1:]:
+            loss = loss + o[0]
+            if want_grad:
+                grad += o[1]
+        info = {"stored_bytes": sum(o[2]["stored_bytes"] for o in out),
+                "final_state": np.concatenate([o[2]["final_state"] for o in out])}
+        if want_inputs:
+            info["dstate0"] = np.concatenate([o[2]["dstate0"] for o in out])
+            info["dx"] = (None if out[0][2]["dx"] is None
+                          else np.concatenate([o[2]["dx"] for o in out], axis=1))
+        return loss, grad, info
+
+    def _run_rows(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
+        """Loss (and gradient) of one batch of rows, segment by segment (module docstring)."""
         theta = self._compute_params(theta)
         dtype = theta.dtype
         T, B, H = batch.lead[0], batch.B, self.n_hidden

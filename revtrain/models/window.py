@@ -32,7 +32,7 @@ from numba.typed import List
 
 from ..errors import ReversalError, check_reversal
 from .._threads import run_groups
-from .._kernels.gemm import ROW_BLOCK
+from .row_groups import row_groups, group_batch, group_masks
 from .._kernels.head import softmax_xent_head, mse_head, sum_terms
 
 #: Most steps per kernel call (the buffer gets room for a call's steps before it).
@@ -329,39 +329,6 @@ class WindowRun:
                        np.empty((self.B, m._n_proj)), masks, ebuf, self.B) from None
 
 
-def row_groups(B):
-    """The row groups ``[(r0, r1), ...]`` of a batch of ``B`` rows: blocks of ``ROW_BLOCK``.
-
-    Fixed by ``B`` alone. The groups' kernels run side by side
-    (:func:`revtrain._threads.run_groups`); their products are computed in the
-    same row blocks as one kernel over all rows would (:func:`~revtrain._kernels.gemm.dot_rows`),
-    so the trajectory, the loss and the state and input gradients are the
-    same bits on any number of threads; the weight gradients are the groups'
-    sums added in group order.
-    """
-    return [(r0, min(B, r0 + ROW_BLOCK)) for r0 in range(0, B, ROW_BLOCK)]
-
-
-def _group_batch(batch, r0, r1):
-    """The rows ``r0 .. r1-1`` of every step of ``batch`` (a Batch of their own)."""
-    B = batch.B
-    labels, target = batch.labels, batch.target
-    if labels.size:
-        labels = np.ascontiguousarray(labels.reshape(-1, B)[:, r0:r1]).reshape(-1)
-    if target.size:
-        O = target.shape[1]
-        target = np.ascontiguousarray(target.reshape(-1, B, O)[:, r0:r1]).reshape(-1, O)
-    return batch._replace(x=np.ascontiguousarray(batch.x[:, r0:r1]), B=r1 - r0, labels=labels,
-                          target=target)
-
-
-def _group_masks(masks, r0, r1):
-    if masks is None:
-        return None
-    return type(masks)(None if masks.embed is None else masks.embed[r0:r1],
-                       tuple(m[r0:r1] for m in masks.between), masks.top[r0:r1])
-
-
 def fold_terms(terms, scale):
     """The loss from per-row terms (steps with a target, B): ``sum_t scale * sum_r terms[t, r]``,
     steps last to first, rows in order: the per-step reference's order."""
@@ -382,12 +349,12 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     if len(groups) == 1:
         gbatches, runs = [batch], [run_class(model, theta, batch.x, batch.tokens, state0, masks)]
     else:
-        gbatches = [_group_batch(batch, r0, r1) for r0, r1 in groups]
+        gbatches = [group_batch(batch, r0, r1) for r0, r1 in groups]
         runs = []
         for (r0, r1), gb in zip(groups, gbatches):
             run = run_class(model, theta, gb.x, gb.tokens,
                             None if state0 is None else state0[r0:r1],
-                            _group_masks(masks, r0, r1))
+                            group_masks(masks, r0, r1))
             run.row0, run.B_total = r0, B
             runs.append(run)
     T = batch.lead[0]
