@@ -20,6 +20,12 @@ step only uses the gradient through its fixed-point increment
 about ``P * log2(1/gamma) / 8`` bytes of buffer); the reverse pass takes the
 complex-step gradient when the fingerprint of its increment matches and
 otherwise recomputes the gradient with ``loss_and_grad``.
+
+Layout: this module holds the public function, its result types and the
+argument checks; :mod:`revtrain.hypergrad_steps` the single-process forward
+and reverse passes; :mod:`revtrain.hypergrad_shard` the same passes over
+micro-batches and parameter blocks, in one process or under MPI
+(``comm=``, ``micro_batches=``).
 """
 import math
 import time
@@ -320,7 +326,31 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         iteration, so the hypergradient is that of this (deterministic)
         run and ``w_0`` is still recovered exactly. None (default): training
         runs without dropout. The validation loss never uses dropout.
-        Ignored for a model without dropout.
+        Ignored for a model without dropout. With ``micro_batches``,
+        micro-batch ``m`` of iteration ``t`` draws its own masks from
+        ``revtrain.hypergrad_shard.micro_dropout_seed(dropout_seed, t, m)``
+        (independent of the number of processes).
+    micro_batches : int, optional
+        Cut every training batch into this many equal micro-batches along its
+        batch axis and take the training gradients and Hessian-vector
+        products as exact fixed-point sums over them (``2**-40`` resolution,
+        :func:`revtrain.distributed.reduce_micro`), with ExactSGD's state and
+        buffer kept in fixed parameter blocks (:mod:`revtrain.hypergrad_shard`
+        has the details). Must divide the batch size and be a multiple of the
+        number of processes. The result is the same bits with ``comm=None``
+        and on any number of processes; without dropout it differs from the
+        run without micro-batches only through the rounding of the summed
+        gradients (measured on small runs: ``1e-8`` relative or less).
+        None (default): whole batches in this process, bits as before.
+    comm : mpi4py communicator, optional
+        Share the run between the ``N`` processes of ``comm`` (data parallel;
+        needs ``micro_batches``): process ``r`` computes micro-batches
+        ``r*M/N .. (r+1)*M/N - 1`` and keeps and reverses only its parameter
+        blocks' optimiser state (``stats.rank_buffer_bytes``, about ``1/N`` of
+        the buffer). Every process must call with the same arguments; every
+        process gets the full result. An error found on one process
+        (divergence, a failed reversal, an exception of the model or of
+        ``train_batch``) is raised on all of them. Default None.
 
     Returns
     -------
@@ -342,7 +372,13 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
         velocity and an empty buffer bit for bit (``train_batch`` or the
         gradient not deterministic, or state corrupted).
     ValueError
-        For bad arguments (schedules shorter than ``n_iters``, shapes, ...).
+        For bad arguments (schedules shorter than ``n_iters``, shapes, ...;
+        ``micro_batches`` that does not divide the batch size or is not a
+        multiple of the number of processes; ``comm`` with more than one
+        process but no ``micro_batches``; more processes than parameter
+        blocks).
+    TypeError
+        If ``comm`` is not an mpi4py communicator (or None).
     """
     opt, theta0, n_iters, val_data, batch = _check_args(model, opt, theta0, train_batch,
                                                         val_data, n_iters)
