@@ -9,7 +9,7 @@ from .errors import FixedPointError, ReversalError, DivergenceError
 from .fixed_point import DEFAULT_FRAC_BITS, to_fixed, from_fixed, ratio_from_float
 from .buffer import InfoBuffer
 from .exact import exact_mul, exact_div
-from ._threads import set_blas_threads, get_blas_threads
+from ._threads import set_blas_threads, get_blas_threads, set_row_threads, get_row_threads
 from .models import RecurrentModel, BPTTStats, InputGrads, DropoutMasks
 from .models import RNN, LSTM, GRU, MDRNN                      # standard: stored / checkpointed BPTT
 from .models import MomentumRNN, RevGRU, RevLSTM, RevMDRNN     # reversible: exact reversal
@@ -27,7 +27,7 @@ __all__ = [
     "FixedPointError", "ReversalError", "DivergenceError",
     "DEFAULT_FRAC_BITS", "to_fixed", "from_fixed", "ratio_from_float",
     "InfoBuffer", "exact_mul", "exact_div",
-    "set_blas_threads", "get_blas_threads",
+    "set_blas_threads", "get_blas_threads", "set_row_threads", "get_row_threads",
     "RecurrentModel", "BPTTStats", "InputGrads", "DropoutMasks",
     "RNN", "LSTM", "GRU", "MDRNN",
     "MomentumRNN", "RevGRU", "RevLSTM", "RevMDRNN",

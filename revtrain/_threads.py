@@ -93,10 +93,24 @@ def set_row_threads(n):
     return old
 
 
+#: Variables MPI launchers set to the number of processes on this machine.
+_LOCAL_RANKS_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+def _local_processes():
+    """Processes an MPI launcher started on this machine (1 outside MPI)."""
+    for var in _LOCAL_RANKS_VARS:
+        val = os.environ.get(var, "")
+        if val.isdigit() and int(val) > 0:
+            return int(val)
+    return 1
+
+
 def get_row_threads():
-    """Threads for row groups: the :func:`set_row_threads` value, else the usable cores."""
+    """Threads for row groups: the :func:`set_row_threads` value, else the usable cores
+    shared among the MPI processes of this machine (each gets at least one)."""
     n = _state["row_threads"]
-    return usable_cores() if n is None else n
+    return max(1, usable_cores() // _local_processes()) if n is None else n
 
 
 def run_groups(fn, n):

@@ -137,9 +137,17 @@ def test_an_error_in_one_group_is_raised_whatever_the_threads(threads):
         assert _threads.run_groups(lambda i: i * i, 5) == [0, 1, 4, 9, 16]
 
 
-def test_row_threads_setting(threads):
+def test_row_threads_setting(threads, monkeypatch):
     threads(None)
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        monkeypatch.delenv(var, raising=False)
     assert _threads.get_row_threads() == _threads.usable_cores()
+    # under MPI the processes of a machine share its cores
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")
+    assert _threads.get_row_threads() == max(1, _threads.usable_cores() // 2)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "64")
+    assert _threads.get_row_threads() == 1
+    assert rt.get_row_threads is _threads.get_row_threads
     threads(3)
     assert _threads.get_row_threads() == 3
     with pytest.raises(ValueError):
