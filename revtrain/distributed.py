@@ -306,3 +306,69 @@ def agree(value, comm, what):
                 f"{what} differs between MPI processes (rank {r} has {v!r}, rank 0 "
                 f"{values[0]!r}); every process must pass the same"))
     return value
+
+
+def check_parallel(comm, micro_batches):
+    """Validated ``(comm, micro_batches)`` of a :class:`~revtrain.Trainer` (see its parameters)."""
+    if comm is not None and not (callable(getattr(comm, "Get_size", None))
+                                 and callable(getattr(comm, "Allreduce", None))):
+        raise ValueError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
+                         f"got {type(comm).__name__}")
+    N = comm_size(comm)
+    if micro_batches is None:
+        if N > 1:
+            raise ValueError(f"training on {N} MPI processes needs micro_batches: pass "
+                             f"micro_batches=M, a multiple of {N} that divides batch_size "
+                             "(the same M gives the same bits on any number of processes "
+                             "dividing it, and without MPI)")
+        return comm, None
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, (int, np.integer)) \
+            or micro_batches < 1:
+        raise ValueError(f"micro_batches must be a positive int or None, got {micro_batches!r}")
+    if micro_batches % N:
+        raise ValueError(f"micro_batches={micro_batches} must be a multiple of the number of "
+                         f"MPI processes ({N}): each process computes the same number of "
+                         "micro-batches")
+    return comm, int(micro_batches)
+
+
+class DeferredInterrupt:
+    """Under MPI, Ctrl-C (SIGINT) ends :meth:`revtrain.Trainer.fit` on every rank after the same step.
+
+    A rank blocked in a collective cannot see a KeyboardInterrupt, and one that
+    leaves alone would leave the others waiting. So during ``fit`` with a
+    ``comm``, SIGINT only sets a flag; after every step the ranks OR their
+    flags (with the callbacks' stop requests) in one small ``allreduce``, and
+    all raise KeyboardInterrupt together (rank 0 then saves the last step).
+    Without ``comm`` (or outside the main thread) nothing changes.
+    """
+
+    def __init__(self, comm):
+        import signal
+        self.comm, self.flag, self.old = comm, False, None
+        if comm is None:
+            return
+        try:
+            self.old = signal.signal(signal.SIGINT, self._note)
+        except ValueError:          # not the main thread: signals stay as they are
+            self.old = None
+
+    def _note(self, signum, frame):
+        self.flag = True
+
+    def agree(self, stop):
+        """True to stop after this step (a callback asked on some rank); raises
+        KeyboardInterrupt (marked ``all_ranks``) when a rank got SIGINT."""
+        from mpi4py import MPI
+        flags = self.comm.allreduce(int(bool(stop)) | (2 if self.flag else 0), op=MPI.BOR)
+        if flags & 2:
+            e = KeyboardInterrupt()
+            e.all_ranks = True
+            raise e
+        return bool(flags & 1)
+
+    def restore(self):
+        if self.old is not None:
+            import signal
+            signal.signal(signal.SIGINT, self.old)
+            self.old = None

@@ -25,7 +25,8 @@ import numpy as np
 from . import model_file
 from . import train_step
 from .data import CharVocab
-from .distributed import agree, check_micro, comm_size, is_root, on_root
+from .distributed import (DeferredInterrupt, agree, check_micro, check_parallel, comm_size,
+                          is_root, on_root)
 from .evaluation import loss_on, sample_ids
 from .history import History
 from .model_file import ModelFileError, constructor_args, find_class  # noqa: F401 (re-exported)
@@ -152,7 +153,7 @@ class Trainer:
             raise ValueError(f"bptt must be one of {tuple(modes)} for {type(model).__name__}, "
                              f"got {bptt!r}")
         seed = nonneg_int(seed, "seed")
-        self.comm, self.micro_batches = _check_parallel(comm, micro_batches)
+        self.comm, self.micro_batches = check_parallel(comm, micro_batches)
         #: Time and bytes of the exact all-reduce so far (``allreduce_s``,
         #: ``allreduce_bytes``, ``gather_s``, ``calls``), with ``micro_batches``.
         self.comm_stats = {}
@@ -365,7 +366,7 @@ class Trainer:
         progress = Progress(steps, self.steps_done + 1, quiet, type(self.model).__name__,
                             print_every)
         pending = None
-        sigint = _DeferredInterrupt(comm)
+        sigint = DeferredInterrupt(comm)
         try:
             for i in range(steps):
                 step = self.steps_done + 1
@@ -611,7 +612,7 @@ class Trainer:
                 raise ValueError(f"{path!r} holds a run trained without micro-batches (the "
                                  "whole batch at once), which cannot be split over "
                                  f"{comm_size(comm)} MPI processes; resume it without MPI")
-            _check_parallel(comm, micro)
+            check_parallel(comm, micro)
         try:
             model = model_file.rebuild(meta["model"], "model", path)
             opt = model_file.rebuild(meta["optimizer"], "optimizer", path)
@@ -651,72 +652,6 @@ class Trainer:
         par += "" if self.comm is None else f", processes={comm_size(self.comm)}"
         return (f"Trainer({self.model!r}, {type(self.optimizer).__name__}, bptt={self.bptt!r}, "
                 f"seed={self.seed}, steps_done={self.steps_done}{par})")
-
-
-def _check_parallel(comm, micro_batches):
-    """Validated ``(comm, micro_batches)`` of a Trainer (see its parameters)."""
-    if comm is not None and not (callable(getattr(comm, "Get_size", None))
-                                 and callable(getattr(comm, "Allreduce", None))):
-        raise ValueError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
-                         f"got {type(comm).__name__}")
-    N = comm_size(comm)
-    if micro_batches is None:
-        if N > 1:
-            raise ValueError(f"training on {N} MPI processes needs micro_batches: pass "
-                             f"micro_batches=M, a multiple of {N} that divides batch_size "
-                             "(the same M gives the same bits on any number of processes "
-                             "dividing it, and without MPI)")
-        return comm, None
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, (int, np.integer)) \
-            or micro_batches < 1:
-        raise ValueError(f"micro_batches must be a positive int or None, got {micro_batches!r}")
-    if micro_batches % N:
-        raise ValueError(f"micro_batches={micro_batches} must be a multiple of the number of "
-                         f"MPI processes ({N}): each process computes the same number of "
-                         "micro-batches")
-    return comm, int(micro_batches)
-
-
-class _DeferredInterrupt:
-    """Under MPI, Ctrl-C (SIGINT) ends :meth:`Trainer.fit` on every rank after the same step.
-
-    A rank blocked in a collective cannot see a KeyboardInterrupt, and one that
-    leaves alone would leave the others waiting. So during ``fit`` with a
-    ``comm``, SIGINT only sets a flag; after every step the ranks OR their
-    flags (with the callbacks' stop requests) in one small ``allreduce``, and
-    all raise KeyboardInterrupt together (rank 0 then saves the last step).
-    Without ``comm`` (or outside the main thread) nothing changes.
-    """
-
-    def __init__(self, comm):
-        import signal
-        self.comm, self.flag, self.old = comm, False, None
-        if comm is None:
-            return
-        try:
-            self.old = signal.signal(signal.SIGINT, self._note)
-        except ValueError:          # not the main thread: signals stay as they are
-            self.old = None
-
-    def _note(self, signum, frame):
-        self.flag = True
-
-    def agree(self, stop):
-        """True to stop after this step (a callback asked on some rank); raises
-        KeyboardInterrupt (marked ``all_ranks``) when a rank got SIGINT."""
-        from mpi4py import MPI
-        flags = self.comm.allreduce(int(bool(stop)) | (2 if self.flag else 0), op=MPI.BOR)
-        if flags & 2:
-            e = KeyboardInterrupt()
-            e.all_ranks = True
-            raise e
-        return bool(flags & 1)
-
-    def restore(self):
-        if self.old is not None:
-            import signal
-            signal.signal(signal.SIGINT, self.old)
-            self.old = None
 
 
 def _version():

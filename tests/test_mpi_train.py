@@ -15,7 +15,6 @@ import textwrap
 import time
 
 import numpy as np
-import pytest
 
 from revtrain.cli import main
 from mpi_run import mpiexec, needs_mpi, run_mpi
