@@ -176,3 +176,23 @@ def test_standard_cells_in_groups_match_the_numpy_reference(cell, threads):
     assert rel_err(out[0][2], dref) <= 1e-12
     for a, b in ((out[0], out[2]), (out[1], out[3])):     # the same mode on 1 and 2 threads
         assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("cls", CELLS)
+def test_forward_only_passes_in_groups(cls, threads):
+    """loss, predict and final_state run the groups on threads: the same bits on 1 and 2
+    threads, the final state equal to loss_and_grad's (the same trajectory) and the loss
+    equal to it to rounding (the sums are grouped differently)."""
+    m, theta, x, y = _problem(cls, "float64")
+    res = []
+    for n in (1, 2):
+        threads(n)
+        res.append((m.loss(theta, x, y), m.predict(theta, x), m.final_state(theta, x)))
+    assert res[0][0] == res[1][0]
+    assert np.array_equal(res[0][1], res[1][1]) and np.array_equal(res[0][2], res[1][2])
+    loss, _, st = m.loss_and_grad(theta, x, y, return_stats=True)
+    assert np.array_equal(res[0][2], st.final_state)
+    assert abs(res[0][0] - loss) <= 1e-13 * abs(loss)
+    # predict row r equals predict on that row alone (the rows are independent)
+    alone = m.predict(theta, x[:, 35:36])
+    assert np.allclose(res[0][1][:, 35:36], alone, rtol=1e-12, atol=1e-14)

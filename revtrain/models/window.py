@@ -385,33 +385,63 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     return loss, grad, info
 
 
+def _group_runs(model, theta, x, tokens, state0, masks, run_class):
+    """One :class:`WindowRun` per row group of ``x`` (T, B, ...): ``[(r0, r1, run), ...]``."""
+    B = x.shape[1]
+    out = []
+    for r0, r1 in row_groups(B):
+        whole = r0 == 0 and r1 == B
+        run = run_class(model, theta, x if whole else np.ascontiguousarray(x[:, r0:r1]), tokens,
+                        None if state0 is None else state0[r0:r1],
+                        masks if whole else group_masks(masks, r0, r1))
+        run.row0, run.B_total = r0, B
+        out.append((r0, r1, run))
+    return out
+
+
 def window_loss(model, theta, batch, state0, masks, run_class):
-    """``(loss, None, info)`` of a forward pass through the kernels (nothing kept for a backward)."""
-    run = run_class(model, theta, batch.x, batch.tokens, state0, masks)
-    B, T, dt = batch.B, batch.lead[0], run.dt
+    """``(loss, None, info)`` of a forward pass through the kernels (nothing kept for a backward).
+
+    The row groups run on threads; the loss is their losses added in group order.
+    """
+    runs = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
     head = softmax_xent_head if model.loss_kind == "softmax" else mse_head
-    loss = 0.0
-    for t0, h in run.forward_top():
-        k = h.shape[0]
-        if batch.per_step:
-            rows, hr = slice(t0 * B, (t0 + k) * B), h.reshape(k * B, -1)
-        elif t0 + k == T:
-            rows, hr = slice(0, B), h[k - 1]
-        else:
-            continue
-        hr = np.ascontiguousarray(hr)
-        n = hr.shape[0]
-        tgt = (batch.labels[rows] if model.loss_kind == "softmax"
-               else batch.target[rows].astype(dt, copy=False))
-        loss += float(head(hr, run.U, run.by, tgt, batch.scale, np.empty((n, model.n_out), dt),
-                           np.empty_like(hr), np.zeros_like(run.U), np.zeros_like(run.by)))
-    return loss, None, {"stored_bytes": 0, "final_state": run.state()}
+
+    def group_loss(i):
+        r0, r1, run = runs[i]
+        gb = batch if len(runs) == 1 else group_batch(batch, r0, r1)
+        B, T, dt = gb.B, gb.lead[0], run.dt
+        loss = 0.0
+        for t0, h in run.forward_top():
+            k = h.shape[0]
+            if gb.per_step:
+                rows, hr = slice(t0 * B, (t0 + k) * B), h.reshape(k * B, -1)
+            elif t0 + k == T:
+                rows, hr = slice(0, B), h[k - 1]
+            else:
+                continue
+            hr = np.ascontiguousarray(hr)
+            n = hr.shape[0]
+            tgt = (gb.labels[rows] if model.loss_kind == "softmax"
+                   else gb.target[rows].astype(dt, copy=False))
+            loss += float(head(hr, run.U, run.by, tgt, gb.scale, np.empty((n, model.n_out), dt),
+                               np.empty_like(hr), np.zeros_like(run.U), np.zeros_like(run.by)))
+        return loss
+
+    losses = run_groups(group_loss, len(runs))
+    final_state = np.concatenate([run.state() for _, _, run in runs])
+    return sum(losses), None, {"stored_bytes": 0, "final_state": final_state}
 
 
 def window_hidden(model, theta, x, tokens, state0, run_class):
-    """``(hs, final_state)``: the top layer's hidden states (T, B, H) float64 and the last state."""
-    run = run_class(model, theta, x, tokens, state0, None)
+    """``(hs, final_state)``: the top layer's hidden states (T, B, H) float64 and the last state
+    (the row groups on threads)."""
+    runs = _group_runs(model, theta, x, tokens, state0, None, run_class)
     hs = np.empty((x.shape[0], x.shape[1], model.n_hidden))
-    for t0, h in run.forward_top():
-        hs[t0:t0 + h.shape[0]] = h
-    return hs, run.state()
+
+    def fill(i):
+        r0, r1, run = runs[i]
+        for t0, h in run.forward_top():
+            hs[t0:t0 + h.shape[0], r0:r1] = h
+    run_groups(fill, len(runs))
+    return hs, np.concatenate([run.state() for _, _, run in runs])
