@@ -18,7 +18,9 @@ Columns, each "ms / MiB":
 * rt LSTM standard, rt LSTM checkpoint (segments of ceil(sqrt(T))), rt RevLSTM
   reversible: ``rt.LSTM/RevLSTM(64, H, 64, n_layers=L)``, ``loss_and_grad(theta,
   x, y, bptt=...)`` with int ids x, y (T, B) in the row's dtype (float32 needs
-  the models' ``dtype`` argument, else "n/a"); BLAS on 1 thread (the default).
+  the models' ``dtype`` argument, else "n/a"); BLAS on 1 thread (the default),
+  the batch's row groups of 16 rows on ``rt.get_row_threads()`` threads (the
+  default: the usable cores, 2 here, as torch's).
 
 A second table divides each time by the row's torch f32 time. torch is optional
 (never a revtrain dependency); without it, or with --no-torch, its columns read
@@ -258,6 +260,11 @@ def run_table(sizes, layers, dtypes, repeat, with_torch=True, isolate=True, log=
     return rows, notes
 
 
+def _row_threads():
+    import revtrain as rt
+    return rt.get_row_threads()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", default=[DEFAULT_SIZES], help='"T,B,H T,B,H ..."')
@@ -288,7 +295,7 @@ def main(argv=None):
     lines = ["# revtrain vs PyTorch: one forward+backward pass", "",
              f"vocabulary {VOCAB}, token input, per-step softmax; median of {a.repeat} calls "
              "after a warm-up; each cell in a fresh process; torch on 2 threads, revtrain "
-             "BLAS on 1.", "", f"before: {before}  ", f"after: {after}  ",
+             f"BLAS on 1 and row groups on {_row_threads()} threads.", "", f"before: {before}  ", f"after: {after}  ",
              f"total {time.perf_counter() - t0:.0f} s", ""] + tables(rows)
     if notes:
         lines += ["", "Notes:", ""] + [f"* {n}" for n in notes]
