@@ -37,6 +37,7 @@ from ._checks import nonneg_int, positive_int
 from .errors import DivergenceError
 from .distributed import check_micro, comm_size
 from .optim import ExactSGD
+from .trainer import step_dropout_seed  # noqa: F401  (hypergrad_steps looks it up here)
 from .hypergrad_shard import block_bounds, rank_blocks, run_sharded
 from .hypergrad_steps import (DIVERGED_RATIO, DIVERGED_SOFTMAX, _HINT, _Adjoint,  # noqa: F401
                               _Reverse, _check_end, _fingerprint, _forward, _reverse_step)

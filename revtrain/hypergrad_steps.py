@@ -11,7 +11,6 @@ import numpy as np
 
 from .errors import DivergenceError, FixedPointError, ReversalError
 from .errors import check_reversal as _check_reversal
-from .trainer import step_dropout_seed
 from ._kernels.adjoint import fingerprint_kernel, adjoint_before, adjoint_after
 
 #: Training stops (DivergenceError) when its loss exceeds this many times the first
@@ -39,10 +38,15 @@ def _loss_limit(model, first_loss):
 
 def _dropout_kw(model, dropout_seed, t):
     """``{"dropout_seed": ...}`` of iteration ``t``, or ``{}`` (no dropout: the model has
-    none or no seed was given; a model without dropout need not take the argument)."""
+    none or no seed was given; a model without dropout need not take the argument).
+
+    The seed is ``revtrain.hypergrad.step_dropout_seed(dropout_seed, t + 1)``, looked
+    up in :mod:`revtrain.hypergrad` at call time (it can be replaced there, as a test
+    does to break the reversal)."""
     if dropout_seed is None or not getattr(model, "dropout", 0):
         return {}
-    return {"dropout_seed": step_dropout_seed(dropout_seed, t + 1)}
+    from . import hypergrad
+    return {"dropout_seed": hypergrad.step_dropout_seed(dropout_seed, t + 1)}
 
 
 def _train_gradient(model, w, x, y, bptt, t, n_iters, drop):

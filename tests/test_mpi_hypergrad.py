@@ -158,6 +158,18 @@ def test_non_deterministic_batches_break_the_sharded_reversal():
         rt.hypergradient(model, opt, theta0, flaky, val, n, micro_batches=2)
 
 
+def test_micro_batch_dropout_masks_are_those_of_the_forward_pass(monkeypatch):
+    """The reverse pass draws micro-batch m's masks from the same seed as the forward:
+    fresh seeds instead break the reversal (so the seeds do matter)."""
+    import itertools
+    import revtrain.hypergrad_shard as shard
+    _hg("revlstm_dropout")                   # recovers w_0 (checked inside)
+    fresh = itertools.count(1)
+    monkeypatch.setattr(shard, "micro_dropout_seed", lambda seed, t, m: next(fresh))
+    with pytest.raises(rt.ReversalError):
+        _hg("revlstm_dropout")
+
+
 def test_float_sums_of_micro_batch_gradients_depend_on_the_grouping():
     """Negative control: why the all-reduce is in fixed point. Two groupings of the
     same four micro-batch gradients (as 1 and 2 processes would add them) differ in
