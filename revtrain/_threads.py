@@ -1,26 +1,24 @@
-"""How many threads BLAS may use inside revtrain's kernels.
+"""How many threads revtrain's kernels use: BLAS threads and row-group threads.
 
-The recurrent kernels make one small matrix product per time step
-(e.g. ``(32, 256) x (256, 1024)``). Multi-threaded OpenBLAS gains little on
-such products and, on a loaded machine or when NumPy's and SciPy's OpenBLAS
-thread pools alternate (Numba calls SciPy's BLAS, NumPy its own), its
-spinning threads fight for the cores: measured here on 2 busy cores, one
-``32x256x256`` product took 15.6 ms with 2 threads and 0.13 ms with 1. So
-by default every model call runs with BLAS limited to one thread (restored
-afterwards, via threadpoolctl); :func:`set_blas_threads` changes that.
-Results do not depend on the setting for the exactness guarantees: a
-forward pass and the backward pass that undoes it run under the same limit.
-The bits of a result do depend on it in float32: OpenBLAS's single-precision
-products with 2 threads differ in the last bits from 1 thread (measured:
-LSTM, GRU and RevLSTM float32 gradients differ; float64 ones are identical),
-so a float32 run is reproducible bit for bit only under the same setting.
+BLAS: one thread. The recurrent kernels make one small matrix product per
+time step (e.g. ``(32, 256) x (256, 1024)``). Multi-threaded OpenBLAS gains
+little on such products and, on a loaded machine or when NumPy's and SciPy's
+OpenBLAS thread pools alternate (Numba calls SciPy's BLAS, NumPy its own),
+its spinning threads fight for the cores: measured here on 2 busy cores, one
+``32x256x256`` product took 15.6 ms with 2 threads and 0.13 ms with 1. Its
+results also depend on the thread count in float32 (OpenBLAS splits a
+product's rows among its threads, and a row's bits depend on the rows
+computed with it). So every model call runs with BLAS limited to one thread
+(restored afterwards, via threadpoolctl); :func:`set_blas_threads` changes that.
 
-Measured on this 2-core machine (``loss_and_grad``, float32, T=100, B=32,
-H=256): LSTM 77 ms with 1 thread, 49 ms with 2 on an idle machine, but 183 ms
-with 2 when another process keeps one core busy (RevLSTM: 144 / 120 / 374 ms);
-at B=1, H=128 two threads gain nothing. A rule choosing 2 threads by product
-size and free cores would win on an idle machine, but would make float32
-results depend on the machine's load, so the default stays 1 thread.
+Row groups: the parallelism instead. A batch is cut into groups of 16 rows
+fixed by the batch size (:mod:`revtrain.models.row_groups`); each group runs
+its whole window in kernels that release the GIL, the groups on up to
+:func:`get_row_threads` Python threads at once (default: the usable cores,
+shared among the MPI processes of the machine). Waiting threads sleep
+instead of spinning, so a busy machine slows them down without the collapse
+above, and the bits do not depend on the number of threads (a group
+computes the same whether it runs alone or beside others).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
