@@ -225,20 +225,17 @@ def _check_parallel(comm, micro_batches, P):
     return N
 
 
-def _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats, exact=False):
+def _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats):
     """Assemble the :class:`HyperGradient` in the shapes the optimiser was given.
 
-    ``exact``: take the ``init_scale`` dot products with ``math.fsum``
-    (correctly rounded, so the same bits on every process, whatever BLAS
+    The ``init_scale`` dot products are taken with ``math.fsum`` (correctly
+    rounded, so the same bits on every process and machine, whatever BLAS
     threading ``np.dot`` would use: OpenBLAS's threaded dot products of long
     vectors depend on the thread count).
     """
     layout = model.layout
     directions = layout.init_scale_direction(theta0)
-    if exact:
-        init_scale = np.array([math.fsum(adj.dw * directions[g]) for g in layout.groups])
-    else:
-        init_scale = np.array([float(np.dot(adj.dw, directions[g])) for g in layout.groups])
+    init_scale = np.array([math.fsum(adj.dw * directions[g]) for g in layout.groups])
     wd = np.array(adj.d_wd.sum()) if len(opt.weight_decay_shape) == 0 else adj.d_wd
     return HyperGradient(lr=_to_shape(adj.d_lr, opt.lr_shape),
                          momentum=_to_shape(adj.d_mom, opt.momentum_shape),
@@ -393,8 +390,7 @@ def hypergradient(model, opt, theta0, train_batch, val_data, n_iters, *, bptt=No
             comm=comm if N > 1 else None, n_micro=micro_batches,
             check_reversal=check_reversal, validation=_validation)
         stats = HyperStats(trajectory_bytes=8 * P * n_iters, n_iters=n_iters, n_params=P, **kw)
-        return _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats,
-                       exact=True)
+        return _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats)
     both = callable(getattr(model, "grad_and_hvp", None))
     t0, c0 = time.perf_counter(), time.process_time()
     state, w_init, train_loss, fps = _forward(model, opt, theta0, batch, n_iters, bptt,
