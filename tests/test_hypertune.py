@@ -121,6 +121,7 @@ def test_schedule_file_has_the_header_and_loads_with_numpy(tmp_path, text_file, 
     assert lr.shape == (3,) and np.array_equal(np.loadtxt(sched), lr)
     assert meta["momentum"] == 0.8 and meta["iterations"] == 3 and meta["model"] == "rnn"
     assert meta["hidden"] == 3 and meta["stopped_early"] is False
+    assert meta["micro_batches"] is None                 # whole batches (no --micro-batches)
     assert f"best validation loss {meta['val_loss']:.4f}" in out
 
 

@@ -269,7 +269,7 @@ def _run(a, comm):
         layers, embed, dropout = _stack(a)
         save_lr_schedule(a.out, lr, a.momentum, model=a.model, hidden=a.hidden, layers=layers,
                          embed=embed, dropout=dropout, dtype="float64", seq_len=a.seq_len,
-                         batch_size=a.batch_size, seed=a.seed,
+                         batch_size=a.batch_size, micro_batches=a.micro_batches, seed=a.seed,
                          data=a.data, start_lr=a.lr, meta_lr=a.meta_lr,
                          meta_iteration=best_k, val_loss=best_loss,
                          val_loss_constant_lr=first, stopped_early=stopped is not None)
