@@ -24,7 +24,7 @@ import numpy as np
 
 from . import model_file
 from . import train_step
-from .data import CharVocab
+from . import trainer_file
 from .distributed import (DeferredInterrupt, agree, check_micro, check_parallel, comm_size,
                           is_root, on_root)
 from .evaluation import loss_on, sample_ids
@@ -519,33 +519,6 @@ class Trainer:
         return self.vocab.decode(ids)
 
     # ------------------------------------------------------ save, load
-    def _saved_form(self, st):
-        """``(meta, arrays)`` of the committed state ``st``, as :meth:`save` writes them."""
-        meta = {
-            "revtrain_version": _version(),
-            "model": model_file.describe_object(self.model),
-            "optimizer": model_file.describe_object(self.optimizer),
-            "bptt": self.bptt,
-            "seed": self.seed,
-            "checkpoint_every": self.checkpoint_every,
-            "init_scale": self.init_scale,
-            "steps_done": st.steps_done,
-            "vocab": None if self.vocab is None else self.vocab.chars,
-            "history": self.history.as_dict(st.hist_len),
-            "fit_options": self.fit_options,
-            "metadata": self.metadata,
-            "position": {"epoch": st.position.epoch, "index": st.position.index,
-                         "data_key": None if st.data_key is None else list(st.data_key)},
-            "rng_state": st.rng_state,
-            "micro_batches": self.micro_batches,
-        }
-        fields, arrays = model_file.encode_state(st.opt_frozen)
-        meta["opt_state"] = fields
-        arrays["theta"] = st.theta
-        if st.carry is not None:
-            arrays["carry"] = st.carry
-        return meta, arrays
-
     def _write(self, path, st, collective=True):
         """Write the committed state ``st`` to ``path`` (atomically; rank 0 only under MPI).
 
@@ -553,7 +526,7 @@ class Trainer:
         on rank 0 is raised on every rank); False for rank 0 alone (Ctrl-C).
         """
         def write():
-            return model_file.write(path, *self._saved_form(st))
+            return model_file.write(path, *trainer_file.saved_form(self, st))
         out = on_root(write, self.comm) if collective else write()
         self.last_saved = (out, st.steps_done)
         return out
@@ -601,59 +574,10 @@ class Trainer:
             micro-batches, or with a number of them it does not divide.
         """
         meta, arrays = on_root(lambda: model_file.read(path), comm)
-        return cls._from_saved(meta, arrays, str(path), comm)
-
-    @classmethod
-    def _from_saved(cls, meta, arrays, path, comm=None):
-        """The trainer that ``(meta, arrays)`` (read from ``path``) describe, on ``comm``."""
-        micro = meta.get("micro_batches") if isinstance(meta, dict) else None
-        if comm_size(comm) > 1:
-            if micro is None:
-                raise ValueError(f"{path!r} holds a run trained without micro-batches (the "
-                                 "whole batch at once), which cannot be split over "
-                                 f"{comm_size(comm)} MPI processes; resume it without MPI")
-            check_parallel(comm, micro)
-        try:
-            model = model_file.rebuild(meta["model"], "model", path)
-            opt = model_file.rebuild(meta["optimizer"], "optimizer", path)
-            theta = arrays["theta"]
-            if theta.dtype != np.float64 or (hasattr(model, "size")
-                                             and theta.shape != (model.size,)):
-                raise ModelFileError(f"{path!r}: theta is {theta.dtype} {theta.shape}, the "
-                                     f"model needs float64 ({model.size},)")
-            tr = cls(model, opt, bptt=meta["bptt"], seed=int(meta["seed"]), theta=theta,
-                     checkpoint_every=meta["checkpoint_every"],
-                     init_scale=float(meta["init_scale"]), metadata=meta["metadata"],
-                     comm=comm, micro_batches=micro)
-            opt_state = model_file.decode_state(tr.opt_state, meta["opt_state"], arrays)
-            if not np.array_equal(np.asarray(opt.params(opt_state), dtype=np.float64), theta):
-                raise ModelFileError(f"{path!r} is inconsistent: the optimizer state does not "
-                                     f"hold the saved parameters")
-            tr.history = History.from_dict(meta["history"])
-            tr.fit_options = dict(meta["fit_options"])
-            if meta["vocab"] is not None:
-                tr.vocab = CharVocab(meta["vocab"])
-            p = meta["position"]
-            key = None if p["data_key"] is None else tuple(p["data_key"])
-            tr._rng.bit_generator.state = meta["rng_state"]
-            carry = arrays.get("carry")
-            tr._commit(theta, opt_state, int(meta["steps_done"]),
-                       Position(int(p["epoch"]), int(p["index"])), carry, key, None)
-            tr.last_saved = (path, tr.steps_done)
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ModelFileError(f"{path!r} has incomplete or invalid metadata "
-                                 f"({type(e).__name__}: {e})") from None
-        return tr
+        return trainer_file.from_saved(cls, meta, arrays, str(path), comm)
 
     def __repr__(self):
         par = "" if self.micro_batches is None else f", micro_batches={self.micro_batches}"
         par += "" if self.comm is None else f", processes={comm_size(self.comm)}"
         return (f"Trainer({self.model!r}, {type(self.optimizer).__name__}, bptt={self.bptt!r}, "
                 f"seed={self.seed}, steps_done={self.steps_done}{par})")
-
-
-def _version():
-    from . import __version__
-    return __version__

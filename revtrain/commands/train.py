@@ -198,17 +198,18 @@ def run(a):
         return _train(a, o, trainer, corpus, out)
     from ..distributed import comm_size, on_root
     from ..trainer import Trainer
+    from .. import trainer_file
 
     def plan():          # rank 0: check the options, read the text and the --resume file
         o, tr, corpus, out = _setup(a, comm_size(comm))
-        saved = tr._saved_form(tr._state) if tr.steps_done or a.resume else None
+        saved = trainer_file.saved_form(tr, tr._state) if tr.steps_done or a.resume else None
         return o, corpus, out, saved
 
     o, corpus, out, saved = on_root(plan, comm)
     if saved is None:
         trainer = _new_trainer(o, corpus, comm)
     else:
-        trainer = Trainer._from_saved(*saved, a.resume, comm)
+        trainer = trainer_file.from_saved(Trainer, *saved, a.resume, comm)
     trainer.metadata["cli"] = dict(o)
     return _train(a, o, trainer, corpus, out, comm)
 
