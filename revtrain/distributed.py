@@ -309,18 +309,24 @@ def agree(value, comm, what):
 
 
 def check_parallel(comm, micro_batches):
-    """Validated ``(comm, micro_batches)`` of a :class:`~revtrain.Trainer` (see its parameters)."""
-    if comm is not None and not (callable(getattr(comm, "Get_size", None))
-                                 and callable(getattr(comm, "Allreduce", None))):
-        raise ValueError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
-                         f"got {type(comm).__name__}")
+    """Validated ``(comm, micro_batches)`` of a :class:`~revtrain.Trainer` or
+    :func:`~revtrain.hypergradient` (see their parameters).
+
+    Raises TypeError for a ``comm`` that is not an mpi4py communicator, and
+    ValueError for ``micro_batches`` missing with more than one process, not
+    a positive int, or not a multiple of the number of processes.
+    """
+    if comm is not None and not all(callable(getattr(comm, m, None))
+                                    for m in ("Get_size", "Allreduce", "allgather")):
+        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
+                        f"got {type(comm).__name__}")
     N = comm_size(comm)
     if micro_batches is None:
         if N > 1:
-            raise ValueError(f"training on {N} MPI processes needs micro_batches: pass "
-                             f"micro_batches=M, a multiple of {N} that divides batch_size "
-                             "(the same M gives the same bits on any number of processes "
-                             "dividing it, and without MPI)")
+            raise ValueError(f"{N} MPI processes need micro_batches: pass micro_batches=M, "
+                             f"a multiple of {N} that divides the batch size (the same M "
+                             "gives the same bits on any number of processes dividing it, "
+                             "and without MPI)")
         return comm, None
     if isinstance(micro_batches, bool) or not isinstance(micro_batches, (int, np.integer)) \
             or micro_batches < 1:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._checks import nonneg_int, positive_int
 from .errors import DivergenceError
-from .distributed import check_micro, comm_size
+from .distributed import check_parallel, comm_size
 from .optim import ExactSGD
 from .trainer import step_dropout_seed  # noqa: F401  (hypergrad_steps looks it up here)
 from .hypergrad_shard import block_bounds, rank_blocks, run_sharded
@@ -208,21 +208,12 @@ def _validation(model, theta, val_data, n_iters):
 
 
 def _check_parallel(comm, micro_batches, P):
-    """Validate ``comm`` and ``micro_batches``; return the number of processes ``N``."""
-    if comm is not None and not (callable(getattr(comm, "allgather", None))
-                                 and callable(getattr(comm, "Get_size", None))):
-        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
-                        f"got {type(comm).__name__}")
-    N = comm_size(comm)
-    if micro_batches is None:
-        if N > 1:
-            raise ValueError(f"comm has {N} processes but micro_batches is None: pass "
-                             f"micro_batches=M (a multiple of {N} that divides the batch "
-                             "size) so that the processes can share each batch")
-        return N
-    check_micro(micro_batches, micro_batches, comm)     # positive int, multiple of N
-    rank_blocks(len(block_bounds(P)) - 1, comm)          # at most one process per block
-    return N
+    """Validate ``comm`` and ``micro_batches`` (:func:`~revtrain.distributed.check_parallel`,
+    and at most one process per parameter block); return the number of processes ``N``."""
+    comm, micro_batches = check_parallel(comm, micro_batches)
+    if micro_batches is not None:
+        rank_blocks(len(block_bounds(P)) - 1, comm)          # at most one process per block
+    return comm_size(comm)
 
 
 def _result(opt, model, theta0, adj, val_loss, final_theta, train_loss, stats):

@@ -263,7 +263,7 @@ def test_faults_stop_every_rank_with_the_same_error(tmp_path):
         r0["raise_on_rank1"][1]
     # bad arguments
     assert r0["no_micro"][0] == r1["no_micro"][0] == "ValueError"
-    assert "comm has 2 processes but micro_batches is None" in r0["no_micro"][1]
+    assert "2 MPI processes need micro_batches" in r0["no_micro"][1]
     assert "must be a multiple of the number of MPI processes (2)" in r0["odd_micro"][1]
     assert r1["odd_micro"] == r0["odd_micro"]
     assert "must divide the batch size 4" in r0["not_dividing"][1]

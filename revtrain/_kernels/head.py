@@ -5,15 +5,38 @@ or per step (reversible BPTT). Generic over float64 and complex128 (complex
 step). Every kernel *adds* to ``dU`` and ``dby`` and *writes* ``dh``.
 """
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from ._options import NJIT_OPTS, INLINE_OPTS
 from .mathfn import exp_, log_, real_
 from .gemm import dot_rows
 
 
+def terms_like(work):
+    """An empty ``(N,)`` array for the row terms of a ``(N, O)`` ``work``: float64, or
+    complex128 for complex ``work`` (resolved at compile time)."""
+    raise NotImplementedError
+
+
+@overload(terms_like, inline="always")
+def _terms_like_impl(work):
+    if isinstance(work.dtype, types.Complex):
+        return lambda work: np.empty(work.shape[0], dtype=np.complex128)
+    return lambda work: np.empty(work.shape[0], dtype=np.float64)
+
+
 @njit(**INLINE_OPTS)
-def _backprop_output(h, U, dz, dh, dU, dby):
+def _product(A, B, out, blocked):
+    """``out = A @ B``: in row blocks (:func:`~.gemm.dot_rows`) when ``blocked``, else one call."""
+    if blocked:
+        dot_rows(A, B, out)
+    else:
+        np.dot(A, B, out)
+
+
+@njit(**INLINE_OPTS)
+def _backprop_output(h, U, dz, dh, dU, dby, blocked):
     """Through ``z = h @ U + by`` given ``dz`` = dL/dz (N, O): ``dby += sum_n dz[n]``,
     ``dU += h.T @ dz``, ``dh = dz @ U.T``."""
     N, O = dz.shape
@@ -22,8 +45,62 @@ def _backprop_output(h, U, dz, dh, dU, dby):
         for n in range(N):
             acc += dz[n, k]
         dby[k] += acc
-    dU += np.dot(h.T, dz)
-    np.dot(dz, U.T, dh)
+    dU[:, :] += np.dot(h.T, dz)      # (an in-place "dU +=" is lost when inlined twice)
+    _product(dz, U.T, dh, blocked)
+
+
+@njit(**INLINE_OPTS)
+def _xent(h, U, by, labels, scale, work, dh, dU, dby, terms, blocked):
+    """Row terms ``logsumexp(z_n) - z_n[labels[n]]`` into ``terms``, gradients as documented
+    in :func:`softmax_xent_head`."""
+    N, O = work.shape
+    _product(h, U, work, blocked)
+    for n in range(N):
+        m = real_(work[n, 0] + by[0])
+        for k in range(1, O):
+            zr = real_(work[n, k] + by[k])
+            if zr > m:
+                m = zr
+        lab = labels[n]
+        z_lab = work[n, lab] + by[lab]
+        s = work[n, 0] * 0.0
+        for k in range(O):
+            e = exp_(work[n, k] + by[k] - m)
+            work[n, k] = e
+            s += e
+        # -log p_label = m + log(s) - z_label: finite even when exp(z_label - m) underflows
+        terms[n] = (m + log_(s)) - z_lab
+        inv = scale / s
+        for k in range(O):
+            work[n, k] *= inv
+        work[n, lab] -= scale
+    _backprop_output(h, U, work, dh, dU, dby, blocked)
+
+
+@njit(**INLINE_OPTS)
+def _mse(h, U, by, target, scale, work, dh, dU, dby, terms, blocked):
+    """Row terms ``sum_k (z[n,k] - target[n,k])**2`` into ``terms``, gradients as
+    documented in :func:`mse_head`."""
+    N, O = work.shape
+    _product(h, U, work, blocked)
+    for n in range(N):
+        acc = work[n, 0] * 0.0
+        for k in range(O):
+            d = work[n, k] + by[k] - target[n, k]
+            acc += d * d
+            work[n, k] = (2.0 * scale) * d
+        terms[n] = acc
+    _backprop_output(h, U, work, dh, dU, dby, blocked)
+
+
+@njit(**NJIT_OPTS)
+def sum_terms(terms):
+    """``terms[0] + terms[1] + ...`` in row order (the loss of :func:`softmax_xent_rows` is
+    ``scale * sum_terms(terms)``)."""
+    acc = terms[0] * 0.0
+    for n in range(terms.shape[0]):
+        acc += terms[n]
+    return acc
 
 
 @njit(**NJIT_OPTS)
@@ -42,32 +119,12 @@ def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
 
     Returns
     -------
-    loss : scalar of U's dtype.
+    loss : float64 (complex128 for complex ``h``); the rows' terms are added in
+        float64 in row order, as :func:`softmax_xent_rows` and :func:`sum_terms` do.
     """
-    N, O = work.shape
-    np.dot(h, U, work)
-    loss = work[0, 0] * 0.0
-    for n in range(N):
-        m = real_(work[n, 0] + by[0])
-        for k in range(1, O):
-            zr = real_(work[n, k] + by[k])
-            if zr > m:
-                m = zr
-        lab = labels[n]
-        z_lab = work[n, lab] + by[lab]
-        s = work[n, 0] * 0.0
-        for k in range(O):
-            e = exp_(work[n, k] + by[k] - m)
-            work[n, k] = e
-            s += e
-        # -log p_label = m + log(s) - z_label: finite even when exp(z_label - m) underflows
-        loss += (m + log_(s)) - z_lab
-        inv = scale / s
-        for k in range(O):
-            work[n, k] *= inv
-        work[n, lab] -= scale
-    _backprop_output(h, U, work, dh, dU, dby)
-    return loss * scale
+    terms = terms_like(work)
+    _xent(h, U, by, labels, scale, work, dh, dU, dby, terms, False)
+    return sum_terms(terms) * scale
 
 
 @njit(**NJIT_OPTS)
@@ -75,31 +132,12 @@ def mse_head(h, U, by, target, scale, work, dh, dU, dby):
     """Squared error ``L = scale * sum_{n,k} (z[n,k] - target[n,k])**2``, ``z = h @ U + by``.
 
     ``scale`` is usually ``1 / (N_targets * O)`` (a mean over elements).
-    Shapes as in :func:`softmax_xent_head`, with ``target`` float (N, O).
+    Shapes as in :func:`softmax_xent_head`, with ``target`` float (N, O); the sum
+    is taken per row, then over rows in order.
     """
-    N, O = work.shape
-    np.dot(h, U, work)
-    loss = work[0, 0] * 0.0
-    for n in range(N):
-        for k in range(O):
-            d = work[n, k] + by[k] - target[n, k]
-            loss += d * d
-            work[n, k] = (2.0 * scale) * d
-    _backprop_output(h, U, work, dh, dU, dby)
-    return loss * scale
-
-
-@njit(**INLINE_OPTS)
-def _backprop_output_rows(h, U, dz, dh, dU, dby):
-    """:func:`_backprop_output` with ``dh = dz @ U.T`` in row blocks (:func:`~.gemm.dot_rows`)."""
-    N, O = dz.shape
-    for k in range(O):
-        acc = dz[0, k] * 0.0
-        for n in range(N):
-            acc += dz[n, k]
-        dby[k] += acc
-    dU += np.dot(h.T, dz)
-    dot_rows(dz, U.T, dh)
+    terms = terms_like(work)
+    _mse(h, U, by, target, scale, work, dh, dU, dby, terms, False)
+    return sum_terms(terms) * scale
 
 
 @njit(**NJIT_OPTS)
@@ -112,53 +150,14 @@ def softmax_xent_rows(h, U, by, labels, scale, work, dh, dU, dby, terms):
     (:func:`~.gemm.dot_rows`). ``terms`` (N,) float64 (complex128 for a
     complex ``h``); other arguments as in :func:`softmax_xent_head`.
     """
-    N, O = work.shape
-    dot_rows(h, U, work)
-    for n in range(N):
-        m = real_(work[n, 0] + by[0])
-        for k in range(1, O):
-            zr = real_(work[n, k] + by[k])
-            if zr > m:
-                m = zr
-        lab = labels[n]
-        z_lab = work[n, lab] + by[lab]
-        s = work[n, 0] * 0.0
-        for k in range(O):
-            e = exp_(work[n, k] + by[k] - m)
-            work[n, k] = e
-            s += e
-        terms[n] = (m + log_(s)) - z_lab
-        inv = scale / s
-        for k in range(O):
-            work[n, k] *= inv
-        work[n, lab] -= scale
-    _backprop_output_rows(h, U, work, dh, dU, dby)
+    _xent(h, U, by, labels, scale, work, dh, dU, dby, terms, True)
 
 
 @njit(**NJIT_OPTS)
 def mse_rows(h, U, by, target, scale, work, dh, dU, dby, terms):
     """:func:`mse_head` per row: ``terms[n] = sum_k (z[n,k] - target[n,k])**2`` (see
     :func:`softmax_xent_rows`)."""
-    N, O = work.shape
-    dot_rows(h, U, work)
-    for n in range(N):
-        acc = work[n, 0] * 0.0
-        for k in range(O):
-            d = work[n, k] + by[k] - target[n, k]
-            acc += d * d
-            work[n, k] = (2.0 * scale) * d
-        terms[n] = acc
-    _backprop_output_rows(h, U, work, dh, dU, dby)
-
-
-@njit(**NJIT_OPTS)
-def sum_terms(terms):
-    """``terms[0] + terms[1] + ...`` in row order (the loss of :func:`softmax_xent_rows` is
-    ``scale * sum_terms(terms)``)."""
-    acc = terms[0] * 0.0
-    for n in range(terms.shape[0]):
-        acc += terms[n]
-    return acc
+    _mse(h, U, by, target, scale, work, dh, dU, dby, terms, True)
 
 
 @njit(**NJIT_OPTS)
