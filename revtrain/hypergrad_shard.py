@@ -64,7 +64,7 @@ from .distributed import GRAD_FRAC_BITS, check_micro, comm_rank, comm_size, micr
 from .distributed import reduce_micro
 from .errors import DivergenceError, FixedPointError, ReversalError
 from .fixed_point import from_fixed, to_fixed
-from .hypergrad_steps import _HINT, _fingerprint, _loss_limit
+from .hypergrad_steps import _HINT, _check_train_loss, _fingerprint
 from ._kernels.adjoint import adjoint_after, adjoint_before
 from ._kernels.rans import INITIAL_STATE
 
@@ -418,13 +418,7 @@ def _forward(opt, micro, shard, n_iters, gidx):
     limit = math.inf
     for t in range(n_iters):
         loss, g = micro.loss_and_grad(from_fixed(w, opt.frac_bits), t)
-        if t == 0:
-            limit = _loss_limit(micro.model, loss)
-        elif loss > limit:
-            raise DivergenceError(
-                f"training diverged at iteration t={t} (step {t + 1} of {n_iters}): the "
-                f"training loss {loss:.4g} is above {limit:.4g} (the first iteration's was "
-                f"{train_loss[0]:.4g})", step=t + 1, loss=loss, hint=_HINT)
+        limit = _check_train_loss(micro.model, loss, t, n_iters, limit, train_loss[0])
         train_loss[t] = loss
         if fps is not None:
             fp = _fingerprint(opt, t, w, g, gidx)

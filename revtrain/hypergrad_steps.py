@@ -36,6 +36,19 @@ def _loss_limit(model, first_loss):
     return limit
 
 
+def _check_train_loss(model, loss, t, n_iters, limit, first):
+    """The divergence limit after iteration ``t``'s training loss ``loss`` (set from the first
+    iteration's, ``first``); raise DivergenceError when a later loss is above it."""
+    if t == 0:
+        return _loss_limit(model, loss)
+    if loss > limit:
+        raise DivergenceError(
+            f"training diverged at iteration t={t} (step {t + 1} of {n_iters}): the "
+            f"training loss {loss:.4g} is above {limit:.4g} (the first iteration's was "
+            f"{first:.4g})", step=t + 1, loss=loss, hint=_HINT)
+    return limit
+
+
 def _dropout_kw(model, dropout_seed, t):
     """``{"dropout_seed": ...}`` of iteration ``t``, or ``{}`` (no dropout: the model has
     none or no seed was given; a model without dropout need not take the argument).
@@ -119,13 +132,7 @@ def _forward(model, opt, theta0, batch, n_iters, bptt, drop, fingerprints):
     for t in range(n_iters):
         x, y = batch(t)
         loss, g = _train_gradient(model, opt.params(state), x, y, bptt, t, n_iters, drop)
-        if t == 0:
-            limit = _loss_limit(model, loss)
-        elif loss > limit:
-            raise DivergenceError(
-                f"training diverged at iteration t={t} (step {t + 1} of {n_iters}): the "
-                f"training loss {loss:.4g} is above {limit:.4g} (the first iteration's was "
-                f"{train_loss[0]:.4g})", step=t + 1, loss=loss, hint=_HINT)
+        limit = _check_train_loss(model, loss, t, n_iters, limit, train_loss[0])
         train_loss[t] = loss
         w_t = state.w
         state = _step(opt, state, g, t, n_iters)
