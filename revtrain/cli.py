@@ -45,9 +45,10 @@ def main(argv=None):
     so that no rank waits forever for a partner that failed.
     """
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = _parse(parser, argv)
     prog = f"revtrain {a.command}"
     try:
+        _one_process_only(a.command)
         return a.func(a)
     except UsageError as e:
         return _fail(e, 2, f"{prog}: error: {e} (see {prog} --help)")
@@ -65,6 +66,34 @@ def main(argv=None):
         return _fail(e, 1, f"{prog}: error: {type(e).__name__}: {e}")
 
 
+#: Subcommands that run data parallel under ``mpiexec -n N``; the others run in one process.
+PARALLEL_COMMANDS = ("train", "hypertune")
+
+
+def _one_process_only(command):
+    """A usage error for a one-process subcommand started by ``mpiexec -n N > 1`` (it would
+    run N times, each writing the same outputs)."""
+    from .distributed import launched_size
+    N = launched_size()
+    if N > 1 and command not in PARALLEL_COMMANDS:
+        raise UsageError(f"{command} runs in one process; start it without mpiexec (only "
+                         f"{' and '.join(PARALLEL_COMMANDS)} run data parallel, here on {N} "
+                         "processes)")
+
+
+def _parse(parser, argv):
+    """``parser.parse_args(argv)``; under ``mpiexec -n N`` only rank 0 prints what parsing
+    prints (``--help``, ``--version``, usage errors), every rank exits with its code."""
+    from .distributed import launched_rank, launched_size
+    if launched_size() <= 1 or launched_rank() == 0:
+        return parser.parse_args(argv)
+    import contextlib
+    import os
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+            contextlib.redirect_stderr(null):
+        return parser.parse_args(argv)
+
+
 def _mpi_world():
     """``MPI.COMM_WORLD`` when this process runs under ``mpiexec -n N > 1`` and MPI is
     initialised (mpi4py imported), else None."""
@@ -78,8 +107,12 @@ def _fail(e, code, message):
     """Print ``message`` (rank 0 only for an error every rank shares) and return ``code``;
     under MPI, an error of one rank alone ends the job with ``MPI_Abort(code)``."""
     comm = _mpi_world()
-    if comm is None:
-        print(message, file=sys.stderr)
+    if comm is None:        # one process, or under mpiexec before MPI was started
+        from .distributed import launched_rank
+        shared = (isinstance(e, (UsageError, DivergenceError, KeyboardInterrupt))
+                  or getattr(e, "all_ranks", False))
+        if launched_rank() == 0 or not shared:  # (every rank meets a shared one: say it once)
+            print(message, file=sys.stderr)
         return code
     rank, size = comm.Get_rank(), comm.Get_size()
     if isinstance(e, (UsageError, DivergenceError)) or getattr(e, "all_ranks", False):

@@ -58,6 +58,20 @@ def launched_size():
     return 1
 
 
+#: Environment variables that MPI launchers set to the process's rank.
+_LAUNCHER_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def launched_rank():
+    """This process's rank as the MPI launcher numbered it (0 when not started by ``mpiexec``),
+    read from the environment like :func:`launched_size`."""
+    for var in _LAUNCHER_RANK_VARS:
+        val = os.environ.get(var)
+        if val and val.isdigit():
+            return int(val)
+    return 0
+
+
 def world():
     """``MPI.COMM_WORLD`` when started by ``mpiexec`` with more than one process, else None.
 
@@ -343,9 +357,10 @@ class DeferredInterrupt:
 
     A rank blocked in a collective cannot see a KeyboardInterrupt, and one that
     leaves alone would leave the others waiting. So during ``fit`` with a
-    ``comm``, SIGINT only sets a flag; after every step the ranks OR their
-    flags (with the callbacks' stop requests) in one small ``allreduce``, and
-    all raise KeyboardInterrupt together (rank 0 then saves the last step).
+    ``comm``, SIGINT only sets a flag; after every step the ranks exchange their
+    flags (with the callbacks' stop requests and errors) in one small
+    ``allgather``, and all raise KeyboardInterrupt together (rank 0 then saves
+    the last step), or the callback's error.
     Without ``comm`` (or outside the main thread) nothing changes.
     """
 
@@ -362,16 +377,30 @@ class DeferredInterrupt:
     def _note(self, signum, frame):
         self.flag = True
 
-    def agree(self, stop):
-        """True to stop after this step (a callback asked on some rank); raises
-        KeyboardInterrupt (marked ``all_ranks``) when a rank got SIGINT."""
-        from mpi4py import MPI
-        flags = self.comm.allreduce(int(bool(stop)) | (2 if self.flag else 0), op=MPI.BOR)
-        if flags & 2:
+    def agree(self, stop, failed=None):
+        """True to stop after this step (a callback asked on some rank).
+
+        Raises KeyboardInterrupt (marked ``all_ranks``) when a rank got SIGINT,
+        and, when a callback raised ``failed`` on some rank, that exception on
+        its rank and a RuntimeError naming it on the others (all marked
+        ``all_ranks``): every rank leaves after the same step, none waits.
+        """
+        notes = self.comm.allgather((bool(stop), bool(self.flag),
+                                     None if failed is None
+                                     else f"{type(failed).__name__}: {failed}"))
+        if any(n[1] for n in notes):
             e = KeyboardInterrupt()
             e.all_ranks = True
             raise e
-        return bool(flags & 1)
+        errors = [(r, n[2]) for r, n in enumerate(notes) if n[2] is not None]
+        if errors:
+            if failed is not None:
+                raise mark_all_ranks(failed)
+            r, msg = errors[0]
+            raise mark_all_ranks(RuntimeError(
+                f"a callback raised on MPI rank {r} ({msg}); every rank stopped after the "
+                "same step"))
+        return any(n[0] for n in notes)
 
     def restore(self):
         if self.old is not None:

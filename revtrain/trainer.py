@@ -407,9 +407,16 @@ class Trainer:
                 if save_every is not None and step % save_every == 0:
                     pending = self._state
                 progress.step(i, rec)
-                stop = self._run_callbacks(callbacks, rec)
-                if comm is not None:     # one rank's stop or Ctrl-C stops all after this step
-                    stop = sigint.agree(stop)
+                failed = None
+                try:
+                    stop = self._run_callbacks(callbacks, rec)
+                except Exception as e:
+                    if comm is None:
+                        raise
+                    stop, failed = True, e
+                if comm is not None:     # one rank's stop, error or Ctrl-C stops all after
+                    stop = sigint.agree(stop, failed)                        # this step
+
                 if stop:
                     break
             if pending is not None and (validate or np.isfinite(self.theta).all()):

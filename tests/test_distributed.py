@@ -228,6 +228,17 @@ MPI_SCRIPT = textwrap.dedent('''
         make(None, comm)
     except ValueError as e:
         print(f"rank {r} none-error {'need micro_batches' in str(e)}")
+
+    # a callback raising on rank 1 alone: both ranks stop after the same step, none hangs
+    def cb(trainer, rec):
+        if r == 1 and rec["step"] == 2:
+            raise KeyError("only here")
+    tr = make(2, comm)
+    try:
+        tr.fit(corpus(), steps=4, callbacks=cb, **FIT)
+    except (KeyError, RuntimeError) as e:
+        print(f"rank {r} callback-error {type(e).__name__} step {tr.steps_done} "
+              f"all_ranks={getattr(e, 'all_ranks', False)} {e}")
 ''')
 
 
@@ -245,3 +256,6 @@ def test_reduce_micro_and_trainer_on_two_processes(tmp_path):
                 or (r == 1 and "rank 1 error kaput all_ranks=True" in out))
         assert f"rank {r} trainer-same True calls 4" in out
         assert f"rank {r} none-error True" in out
+    assert "rank 1 callback-error KeyError step 2 all_ranks=True 'only here'" in out
+    assert ("rank 0 callback-error RuntimeError step 2 all_ranks=True a callback raised on MPI "
+            "rank 1 (KeyError: 'only here'); every rank stopped after the same step") in out

@@ -125,6 +125,37 @@ def test_schedule_file_has_the_header_and_loads_with_numpy(tmp_path, text_file, 
     assert f"best validation loss {meta['val_loss']:.4f}" in out
 
 
+def test_ctrl_c_keeps_the_best_schedule_so_far(tmp_path, text_file, capsys, monkeypatch):
+    """Ctrl-C in meta-iteration 2: exit 130, the best schedule of meta-iterations 0-1 is
+    written (stopped early), and the message says where; before any finished
+    meta-iteration nothing is written."""
+    real, calls = hypertune._evaluate, []
+
+    def evaluate(*args, **kw):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(hypertune, "_evaluate", evaluate)
+    sched = tmp_path / "lr.txt"
+    stop_at = 3
+    code, out, err = run(TINY + ["--meta-iters", "4", "--data", str(text_file), "--out",
+                                 str(sched)], capsys)
+    assert code == 130
+    lr, meta = load_lr_schedule(sched)
+    assert meta["stopped_early"] is True and meta["meta_iteration"] in (0, 1)
+    assert err == (f"revtrain hypertune: interrupted in meta-iteration 2: the best schedule so "
+                   f"far (meta-iteration {meta['meta_iteration']}, validation loss "
+                   f"{meta['val_loss']:.4f}) is in {sched}\n")
+    calls.clear()
+    stop_at = 1
+    os.remove(sched)
+    code, out, err = run(TINY + ["--meta-iters", "4", "--data", str(text_file), "--out",
+                                 str(sched)], capsys)
+    assert code == 130 and not sched.exists()
+    assert err == "revtrain hypertune: interrupted in meta-iteration 0: nothing saved\n"
+
+
 # ---------------------------------------------------------------- the schedule file
 def test_schedule_round_trip_is_exact(tmp_path):
     rng = np.random.default_rng(0)

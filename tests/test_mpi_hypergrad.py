@@ -294,12 +294,18 @@ def test_hypertune_under_mpiexec(tmp_path, text_file, capsys):
     assert p.returncode == 3, p.stderr
     assert p.stderr.count("\n") == 1 and p.stderr.startswith(
         "revtrain hypertune: error: meta-iteration 0, at the constant --lr 1e+09")
-    # --micro-batches is needed under MPI
-    p = run_mpi(2, [sys.executable, "-m", "revtrain.cli", *TINY_CLI, "--data", text_file],
-                timeout=120)
+    # under MPI --micro-batches defaults to the number of processes (as for train): the same
+    # schedule as --micro-batches 2
+    p = run_mpi(2, [sys.executable, "-m", "revtrain.cli", *TINY_CLI, "--data", text_file,
+                    "--out", tmp_path / "default.txt"], timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "default.txt").read_bytes() == (tmp_path / "two.txt").read_bytes()
+    p = run_mpi(2, [sys.executable, "-m", "revtrain.cli", *TINY_CLI, "--data", text_file,
+                    "--batch-size", "3"], timeout=120)
     assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr == ("revtrain hypertune: error: running on 2 MPI processes needs "
-                        "--micro-batches M (a multiple of 2 that divides --batch-size 4) "
+    assert p.stderr == ("revtrain hypertune: error: under mpiexec -n 2 the default is "
+                        "--micro-batches 2, which does not divide --batch-size 3: pass "
+                        "--micro-batches M (a multiple of 2) and a --batch-size that M divides "
                         "(see revtrain hypertune --help)\n")
 
 

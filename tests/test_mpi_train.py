@@ -179,3 +179,29 @@ def test_killed_rank_ends_the_job(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_argument_errors_and_version_are_printed_once(tmp_path):
+    """Parsing runs on every rank, but only rank 0 prints (usage errors exit 2 on all)."""
+    cli = [sys.executable, "-m", "revtrain.cli"]
+    res = run_mpi(2, cli + ["train", "--micro-batches", "abc"], timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.count("argument --micro-batches: must be a positive int") == 1, res.stderr
+    res = run_mpi(2, cli + ["--version"], timeout=60)
+    assert res.returncode == 0 and res.stdout.count("revtrain ") == 1, res.stdout
+
+
+def test_one_process_commands_refuse_mpiexec(monkeypatch, capsys):
+    """evaluate, sample and profile would run N times side by side: under mpiexec they stop
+    with a usage error printed by rank 0 alone (the launcher's variables, no MPI needed)."""
+    from cli_run import run
+    monkeypatch.setenv("PMI_SIZE", "2")
+    for rank, shown in (("0", True), ("1", False)):
+        monkeypatch.setenv("PMI_RANK", rank)
+        for cmd in (["profile"], ["sample", "--model-file", "m.npz"],
+                    ["evaluate", "--model-file", "m.npz"]):
+            code, out, err = run(cmd, capsys)
+            assert code == 2 and out == ""
+            msg = (f"revtrain {cmd[0]}: error: {cmd[0]} runs in one process; start it without "
+                   "mpiexec (only train and hypertune run data parallel, here on 2 processes)")
+            assert (err.startswith(msg) and err.count("\n") == 1) if shown else err == ""

@@ -181,8 +181,9 @@ def test_standard_cells_in_groups_match_the_numpy_reference(cell, threads):
 @pytest.mark.parametrize("cls", CELLS)
 def test_forward_only_passes_in_groups(cls, threads):
     """loss, predict and final_state run the groups on threads: the same bits on 1 and 2
-    threads, the final state equal to loss_and_grad's (the same trajectory) and the loss
-    equal to it to rounding (the sums are grouped differently)."""
+    threads and as the per-step reference's loss, the final state equal to loss_and_grad's
+    (the same trajectory) and the loss equal to its loss to rounding (steps summed in the
+    other order)."""
     m, theta, x, y = _problem(cls, "float64")
     res = []
     for n in (1, 2):
@@ -193,6 +194,10 @@ def test_forward_only_passes_in_groups(cls, threads):
     loss, _, st = m.loss_and_grad(theta, x, y, return_stats=True)
     assert np.array_equal(res[0][2], st.final_state)
     assert abs(res[0][0] - loss) <= 1e-13 * abs(loss)
+    # the loss alone is the per-step reference's bits (steps in forward order)
+    m.window_kernels = False
+    assert m.loss(theta, x, y) == res[0][0]
+    m.window_kernels = True
     # predict row r equals predict on that row alone (the rows are independent)
     alone = m.predict(theta, x[:, 35:36])
     assert np.allclose(res[0][1][:, 35:36], alone, rtol=1e-12, atol=1e-14)

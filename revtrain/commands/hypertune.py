@@ -41,6 +41,19 @@ class _Diverged(Exception):
         self.reason = reason
 
 
+class _Interrupted(Exception):
+    """Ctrl-C during the search; ``best`` is ``(loss, lr, k, first)`` so far (``lr`` None
+    before a meta-iteration finished), ``when`` says where it stopped ("in meta-iteration 3")."""
+
+    def __init__(self, best, when):
+        super().__init__(f"interrupted {when}")
+        self.best, self.when = best, when
+
+
+#: Exit code of an interrupted command (Ctrl-C), as revtrain train's.
+EXIT_INTERRUPTED = 130
+
+
 def _reason(e):
     """What went wrong, without the library's advice (it names options this CLI lacks).
 
@@ -173,36 +186,54 @@ def _search(a, model, theta0, train_batch, val, comm=None):
     adam = _MetaAdam(n, a.meta_lr)
     best = (math.inf, None, -1)
     first = None
-    for k in range(a.meta_iters + 1):
-        with np.errstate(over="ignore", under="ignore"):
-            lr = np.exp(log_lr)                 # out of range: _evaluate says so
-        try:
-            vl, g = _evaluate(a, model, theta0, train_batch, val, lr, comm)
-        except _Diverged as e:
-            if k == 0:
-                raise
-            return best + (first, f"meta-iteration {k} diverged ({e.reason}); stopped the "
-                           f"search and kept the best schedule found before it (meta-iteration "
-                           f"{best[2]}, validation loss {best[0]:.4f}); a smaller --meta-lr "
-                           f"(or --lr) avoids this")
-        say(a.quiet, f"meta-iteration {k:3d}: validation loss {vl:.4f}  "
-             f"(lr mean {lr.mean():.4g}, min {lr.min():.4g}, max {lr.max():.4g})")
-        first = vl if k == 0 else first
-        if vl < best[0]:
-            best = (vl, lr, k)
-        if k < a.meta_iters:
-            log_lr = adam.step(log_lr, g)
+    from ..distributed import DeferredInterrupt
+    k, where = 0, "in"
+    sigint = DeferredInterrupt(comm)   # under MPI, Ctrl-C waits for the meta-iteration's end
+    try:
+        for k in range(a.meta_iters + 1):
+            with np.errstate(over="ignore", under="ignore"):
+                lr = np.exp(log_lr)                 # out of range: _evaluate says so
+            try:
+                vl, g = _evaluate(a, model, theta0, train_batch, val, lr, comm)
+            except _Diverged as e:
+                if k == 0:
+                    raise
+                return best + (first, f"meta-iteration {k} diverged ({e.reason}); stopped "
+                               "the search and kept the best schedule found before it "
+                               f"(meta-iteration {best[2]}, validation loss {best[0]:.4f}); a "
+                               "smaller --meta-lr (or --lr) avoids this")
+            say(a.quiet, f"meta-iteration {k:3d}: validation loss {vl:.4f}  "
+                 f"(lr mean {lr.mean():.4g}, min {lr.min():.4g}, max {lr.max():.4g})")
+            first = vl if k == 0 else first
+            if vl < best[0]:
+                best = (vl, lr, k)
+            if k < a.meta_iters:
+                log_lr = adam.step(log_lr, g)
+            if comm is not None:
+                where = "after"
+                sigint.agree(False)         # every rank raises KeyboardInterrupt together
+                where = "in"
+    except KeyboardInterrupt:
+        raise _Interrupted(best + (first,), f"{where} meta-iteration {k}") from None
+    finally:
+        sigint.restore()
     return best + (first, None)
 
 
 def _check_micro(a, comm):
-    """``--micro-batches`` against ``--batch-size`` and the number of MPI processes."""
+    """``--micro-batches`` against ``--batch-size`` and the number of MPI processes; under
+    ``mpiexec -n N`` it defaults to N, as for ``revtrain train``."""
     N = 1 if comm is None else comm.Get_size()
     M = a.micro_batches
     if M is None:
-        if N > 1:
-            raise UsageError(f"running on {N} MPI processes needs --micro-batches M (a "
-                             f"multiple of {N} that divides --batch-size {a.batch_size})")
+        if N == 1:
+            return
+        if a.batch_size % N:
+            raise UsageError(f"under mpiexec -n {N} the default is --micro-batches {N}, which "
+                             f"does not divide --batch-size {a.batch_size}: pass "
+                             f"--micro-batches M (a multiple of {N}) and a --batch-size that "
+                             "M divides")
+        a.micro_batches = N
         return
     if a.batch_size % M:
         raise UsageError(f"--micro-batches {M} must divide --batch-size {a.batch_size}")
@@ -221,18 +252,33 @@ def run(a):
     rank = comm.Get_rank()
     a.quiet = rank != 0
     try:
-        return _run(a, comm)
+        code = _run(a, comm)
     except (UsageError, Unavailable, DivergenceError) as e:
         # met by every rank together (checks on the same data, the library's collective
         # status checks): rank 0 reports it, the others exit with the same code
         if rank == 0:
             raise
         return 2 if isinstance(e, UsageError) else 3 if isinstance(e, DivergenceError) else 1
+    except KeyboardInterrupt:           # outside the search: nothing to keep
+        if rank == 0:
+            print("revtrain hypertune: interrupted", file=sys.stderr, flush=True)
+        _end_interrupted(comm, rank)
     except BaseException as e:          # one rank alone: do not leave the others waiting
         print(f"revtrain hypertune: error: MPI rank {rank}: {type(e).__name__}: {e}",
               file=sys.stderr, flush=True)
         comm.Abort(1)
         raise                           # pragma: no cover - Abort does not return
+    return code                         # (an interrupted search ends on every rank together)
+
+
+def _end_interrupted(comm, rank):
+    """End an interrupted MPI job: Ctrl-C reaches the ranks at different points (some may
+    wait in a collective), so rank 0, done writing, aborts the job with code 130; the
+    others give it a moment to do so."""
+    import time
+    if rank != 0:
+        time.sleep(10.0)
+    comm.Abort(EXIT_INTERRUPTED)
 
 
 def _run(a, comm):
@@ -257,6 +303,8 @@ def _run(a, comm):
     except _Diverged as e:                     # the command exits with code 3
         raise DivergenceError(f"meta-iteration 0, at the constant --lr {a.lr:g}: {e.reason}; "
                               "no schedule was learned", hint="use a smaller --lr") from None
+    except _Interrupted as e:
+        return _interrupted(a, e)
     if a.quiet:
         return 0
     if stopped:
@@ -265,16 +313,38 @@ def _run(a, comm):
           f"rates: first 10 iterations mean {lr[:10].mean():.4g}, last 10 mean "
           f"{lr[-10:].mean():.4g}")
     if a.out:
-        from ..schedule import save_lr_schedule
-        layers, embed, dropout = _stack(a)
-        save_lr_schedule(a.out, lr, a.momentum, model=a.model, hidden=a.hidden, layers=layers,
-                         embed=embed, dropout=dropout, dtype="float64", seq_len=a.seq_len,
-                         batch_size=a.batch_size, micro_batches=a.micro_batches, seed=a.seed,
-                         data=a.data, start_lr=a.lr, meta_lr=a.meta_lr,
-                         meta_iteration=best_k, val_loss=best_loss,
-                         val_loss_constant_lr=first, stopped_early=stopped is not None)
+        _save(a, lr, best_k, best_loss, first, stopped is not None)
         print(f"learned schedule written to {a.out}")
     return 0
+
+
+def _save(a, lr, best_k, best_loss, first, stopped_early):
+    from ..schedule import save_lr_schedule
+    layers, embed, dropout = _stack(a)
+    save_lr_schedule(a.out, lr, a.momentum, model=a.model, hidden=a.hidden, layers=layers,
+                     embed=embed, dropout=dropout, dtype="float64", seq_len=a.seq_len,
+                     batch_size=a.batch_size, micro_batches=a.micro_batches, seed=a.seed,
+                     data=a.data, start_lr=a.lr, meta_lr=a.meta_lr,
+                     meta_iteration=best_k, val_loss=best_loss,
+                     val_loss_constant_lr=first, stopped_early=stopped_early)
+
+
+def _interrupted(a, e):
+    """Ctrl-C: write the best schedule found so far (if any, and ``--out``); exit code 130."""
+    if a.quiet:
+        return EXIT_INTERRUPTED
+    best_loss, lr, best_k, first = e.best
+    where = "nothing saved"
+    if lr is not None and a.out:
+        try:
+            _save(a, lr, best_k, best_loss, first, True)
+            where = (f"the best schedule so far (meta-iteration {best_k}, validation loss "
+                     f"{best_loss:.4f}) is in {a.out}")
+        except (OSError, ValueError) as err:
+            where = f"nothing saved ({err})"
+    print(f"revtrain hypertune: interrupted {e.when}: {where}",
+          file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
 
 
 def add_parser(sub):
@@ -284,8 +354,9 @@ def add_parser(sub):
                        "SGD with momentum by hypergradients through reversed training "
                        "(Maclaurin et al. 2015) on the built-in corpus. Exit codes: 0 done "
                        "(also when a later meta-iteration diverged: the best schedule before "
-                       "it is kept, with a warning), 2 bad arguments, 3 training diverged at "
-                       "the starting --lr.")
+                       "it is kept, with a warning), 1 a failure while running, 2 bad "
+                       "arguments, 3 training diverged at the starting --lr, 130 interrupted "
+                       "(Ctrl-C; the best schedule so far is written to --out).")
     h.add_argument("--model", choices=list(MODELS), default="rnn",
                    help="(default: %(default)s)")
     h.add_argument("--hidden", type=pos_int, default=16, help="(default: %(default)s)")
@@ -312,6 +383,7 @@ def add_parser(sub):
     h.add_argument("--micro-batches", type=pos_int, default=None, metavar="M",
                    help="cut each batch into M micro-batches whose gradients are summed "
                    "exactly in fixed point: the same bits on any number of MPI processes "
-                   "(needed under mpiexec -n N: a multiple of N dividing --batch-size; "
-                   "default: whole batches, one process)")
+                   "dividing M (under mpiexec -n N: a multiple of N dividing --batch-size). "
+                   "Default: whole batches in one process; N under 'mpiexec -n N' with N > 1 "
+                   "(the bits depend on M: give the same M to compare runs on different N)")
     h.set_defaults(func=run)

@@ -39,7 +39,8 @@ def _flag(name):
 def _resolve(a, n_procs=1):
     """The options of a new run: what was given, defaults for the rest (a dict)."""
     o = {k: getattr(a, k) for k in SAVED_OPTIONS}
-    if o["micro_batches"] is None and n_procs > 1:
+    defaulted = o["micro_batches"] is None and n_procs > 1
+    if defaulted:
         o["micro_batches"] = n_procs
     for k in ("model", "hidden", "seq_len", "batch_size", "grad_clip", "seed", "val_chars",
               "layers", "dropout"):
@@ -73,13 +74,26 @@ def _resolve(a, n_procs=1):
         raise UsageError(f"--bptt {o['bptt']} is not supported by {cls.__name__} "
                          f"(it supports: {', '.join(modes)})")
     o["steps"] = TRAIN_DEFAULTS["steps"] if a.steps is None else a.steps
-    _check_micro(o, n_procs)
+    _check_micro(o, n_procs, defaulted=defaulted)
     return o
 
 
-def _check_micro(o, n_procs, resume=None):
-    """``--micro-batches`` must divide ``--batch-size`` and be a multiple of the processes."""
+def _check_micro(o, n_procs, resume=None, defaulted=False):
+    """``--micro-batches`` must divide ``--batch-size`` and be a multiple of the processes.
+
+    The messages say where M came from: the command line, the default under
+    ``mpiexec -n N`` (``defaulted``) or the run being resumed (``resume``).
+    """
     M, B = o["micro_batches"], o["batch_size"]
+    if defaulted and B % M:
+        raise UsageError(f"under mpiexec -n {n_procs} the default is --micro-batches "
+                         f"{n_procs}, which does not divide --batch-size {B}: pass "
+                         f"--micro-batches M (a multiple of {n_procs}) and a --batch-size "
+                         "that M divides")
+    if resume is not None and M is not None and M % n_procs:
+        raise UsageError(f"--resume: the run in {resume!r} uses {M} micro-batches, which "
+                         f"{n_procs} MPI processes cannot share equally; resume it on a "
+                         f"number of processes that divides {M} (or without mpiexec)")
     if M is None:
         if n_procs > 1:     # only a resumed run gets here: a new one defaults to n_procs
             raise UsageError(f"--resume: the run in {resume!r} was trained without "
@@ -278,11 +292,12 @@ def _describe(o, trainer, corpus, resumed, n_procs=1):
             + ("reset every window" if o["state"] == "reset" else "carried between windows")
             + ("" if o.get("micro_batches") is None else
                f"; {o['micro_batches']} micro-batches summed exactly"
-               + (f" over {n_procs} MPI processes" if n_procs > 1 else "")))
+               + (f" over {n_procs} MPI processes (the bits depend on the number of "
+                  "micro-batches, not of processes)" if n_procs > 1 else "")))
 
 
 def _train(a, o, trainer, corpus, out, comm=None):
-    from ..distributed import comm_size, is_root, on_root
+    from ..distributed import DeferredInterrupt, comm_size, is_root, on_root
     from ..errors import DivergenceError
     root = is_root(comm)
     resumed = trainer.steps_done > 0
@@ -304,16 +319,23 @@ def _train(a, o, trainer, corpus, out, comm=None):
         return _interrupted(trainer, o, out) if root else EXIT_INTERRUPTED
     except DivergenceError as e:
         return _diverged(e, o, out, trainer) if root else EXIT_DIVERGED
+    sigint = DeferredInterrupt(comm)    # under MPI, Ctrl-C waits until the ranks are in step
     try:
         ev = on_root(lambda: trainer.evaluate(corpus.val, batch_size=o["batch_size"],
                                               seq_len=o["seq_len"], carry_state=carry), comm)
         total = time.perf_counter() - t0
+        if comm is not None:
+            sigint.agree(False)         # Ctrl-C on any rank: all stop here, training complete
         if out:
             _save_final(trainer, out)   # with comm: every rank calls it, rank 0 writes
-    except KeyboardInterrupt:
-        if comm is not None:
-            raise           # the ranks are not in step here: the command ends the job
-        return _interrupted(trainer, o, out)
+    except KeyboardInterrupt as e:
+        if comm is not None and not getattr(e, "all_ranks", False):
+            raise           # pragma: no cover - SIGINT is deferred under MPI
+        if comm is not None and out:
+            _save_final(trainer, out)   # every rank: rank 0 writes the trained model
+        return _interrupted(trainer, o, out) if root else EXIT_INTERRUPTED
+    finally:
+        sigint.restore()
     if root:
         _summary(o, trainer, hist, ev, corpus, total, out, resumed)
     return 0
@@ -363,6 +385,12 @@ def _summary(o, trainer, hist, ev, corpus, total, out, resumed):
     cls_name = type(model).__name__
     x, y = next(text_windows(corpus.train, o["batch_size"], o["seq_len"]))
     held = max(hist.stored_bytes)
+    M = o.get("micro_batches")
+    per = f"{x.shape[0]}-step window"
+    if M is not None:       # held per micro-batch (they run one after another): compare alike
+        rows = o["batch_size"] // M
+        x, y = x[:, :rows], y[:, :rows]
+        per += f" and micro-batch of {rows} rows"
     if bptt == "standard":
         std = held
     else:   # what standard BPTT would hold for one window of the same size
@@ -384,7 +412,7 @@ def _summary(o, trainer, hist, ev, corpus, total, out, resumed):
           f"compilation included" + (", all runs" if resumed else "")
           + f"), {total:.1f} s {'for this run ' if resumed else ''}with validation")
     ratio = f" ({std / held:.1f}x more)" if std and held else ""
-    print(f"  memory for BPTT   {fmt_bytes(held)} held per {x.shape[0]}-step window ({bptt})")
+    print(f"  memory for BPTT   {fmt_bytes(held)} held per {per} ({bptt})")
     if std is not None and bptt != "standard":
         print(f"  standard BPTT     would hold {fmt_bytes(std)}{ratio}")
     if out:

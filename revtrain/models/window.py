@@ -33,7 +33,7 @@ from numba.typed import List
 from ..errors import ReversalError, check_reversal
 from .._threads import run_groups
 from .row_groups import row_groups, group_batch, group_masks
-from .._kernels.head import softmax_xent_head, mse_head, sum_terms
+from .._kernels.head import softmax_xent_rows, mse_rows, sum_terms
 
 #: Most steps per kernel call (the buffer gets room for a call's steps before it).
 CHUNK = 32
@@ -329,11 +329,13 @@ class WindowRun:
                        np.empty((self.B, m._n_proj)), masks, ebuf, self.B) from None
 
 
-def fold_terms(terms, scale):
+def fold_terms(terms, scale, forward=False):
     """The loss from per-row terms (steps with a target, B): ``sum_t scale * sum_r terms[t, r]``,
-    steps last to first, rows in order: the per-step reference's order."""
+    rows in order, steps last to first (the backward pass's order) or first to last
+    (``forward``, a forward-only pass's): the per-step reference's order."""
     loss = 0.0
-    for i in range(terms.shape[0] - 1, -1, -1):
+    n = terms.shape[0]
+    for i in (range(n) if forward else range(n - 1, -1, -1)):
         loss += sum_terms(terms[i]) * scale
     return loss
 
@@ -402,35 +404,42 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class):
 def window_loss(model, theta, batch, state0, masks, run_class):
     """``(loss, None, info)`` of a forward pass through the kernels (nothing kept for a backward).
 
-    The row groups run on threads; the loss is their losses added in group order.
+    The row groups run on threads; each step's output layer runs on the step's
+    rows in the row blocks of :func:`~revtrain._kernels.gemm.dot_rows` and the
+    loss is folded from the per-row terms in the per-step reference's order, so
+    it is the bits of that reference's ``loss``.
     """
     runs = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
-    head = softmax_xent_head if model.loss_kind == "softmax" else mse_head
+    head = softmax_xent_rows if model.loss_kind == "softmax" else mse_rows
+    n_steps = batch.lead[0] if batch.per_step else 1
+    parts = []
 
-    def group_loss(i):
+    def group_terms(i):
         r0, r1, run = runs[i]
         gb = batch if len(runs) == 1 else group_batch(batch, r0, r1)
         B, T, dt = gb.B, gb.lead[0], run.dt
-        loss = 0.0
+        terms = np.zeros((n_steps, B))
+        work, dh = np.empty((B, model.n_out), dt), np.empty((B, model.n_hidden), dt)
+        gU, gby = np.zeros_like(run.U), np.zeros_like(run.by)
         for t0, h in run.forward_top():
-            k = h.shape[0]
-            if gb.per_step:
-                rows, hr = slice(t0 * B, (t0 + k) * B), h.reshape(k * B, -1)
-            elif t0 + k == T:
-                rows, hr = slice(0, B), h[k - 1]
-            else:
-                continue
-            hr = np.ascontiguousarray(hr)
-            n = hr.shape[0]
-            tgt = (gb.labels[rows] if model.loss_kind == "softmax"
-                   else gb.target[rows].astype(dt, copy=False))
-            loss += float(head(hr, run.U, run.by, tgt, gb.scale, np.empty((n, model.n_out), dt),
-                               np.empty_like(hr), np.zeros_like(run.U), np.zeros_like(run.by)))
-        return loss
+            for j in range(h.shape[0]):
+                t = t0 + j
+                if gb.per_step:
+                    rows, row = slice(t * B, (t + 1) * B), t
+                elif t == T - 1:
+                    rows, row = slice(0, B), 0
+                else:
+                    continue
+                tgt = (gb.labels[rows] if model.loss_kind == "softmax"
+                       else gb.target[rows].astype(dt, copy=False))
+                head(np.ascontiguousarray(h[j]), run.U, run.by, tgt, gb.scale, work, dh, gU,
+                     gby, terms[row])
+        return terms
 
-    losses = run_groups(group_loss, len(runs))
+    parts = run_groups(group_terms, len(runs))
     final_state = np.concatenate([run.state() for _, _, run in runs])
-    return sum(losses), None, {"stored_bytes": 0, "final_state": final_state}
+    loss = fold_terms(np.concatenate(parts, axis=1), batch.scale, forward=True)
+    return loss, None, {"stored_bytes": 0, "final_state": final_state}
 
 
 def window_hidden(model, theta, x, tokens, state0, run_class):
