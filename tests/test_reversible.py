@@ -394,6 +394,41 @@ def test_forget_add_kernel_matches_exact_mul_then_add(S, K, m, k, seed):
     assert np.array_equal(q, q0) and a.is_empty()
 
 
+@pytest.mark.parametrize("m", [1, 3, 12, 13, 16])
+def test_forget_add_fast_path_over_many_rounds(m):
+    """forget_add's branch-free path (D <= 2**12) and its generic one (D > 2**12) against
+    rt.exact_mul + add over 40 rounds of 3 x 150 elements, ratios including 1 (when
+    D >> k = 1), powers of two and D: the same q, states and words after every round
+    (words are emitted and read back many times), then undone to an empty buffer."""
+    from revtrain._kernels.quantize import forget_add, forget_add_undo, log2_table
+    D = 1 << m
+    rng = np.random.default_rng(m)
+    S, K, R = 3, 150, 40
+    q = rng.integers(-2 ** 40, 2 ** 40, (S, K))
+    a, b = rt.InfoBuffer(S, capacity=R * (K * 16 // 32 + 4)), rt.InfoBuffer(S)
+    qb, q0, steps = q.copy(), q.copy(), []
+    tab = log2_table(D)
+    for _ in range(R):
+        n = rng.integers(max(1, D >> 3), D + 1, (S, K))
+        n[:, :8] = [1 if D >> 3 <= 1 else D >> 3, D, D >> 1 or 1, max(1, D >> 2), D - 1 or 1,
+                    max(1, (D >> 3) + 1), D, D]
+        n = np.clip(n, max(1, D >> 3), D)
+        inc = rng.integers(-2 ** 32, 2 ** 32, (S, K))
+        steps.append((n, inc))
+        assert forget_add(q, n, inc, D, a.states, a.counts, a.words, a.info, tab) == -1
+        rt.exact_mul(qb, n, D, b)
+        qb += inc
+        assert np.array_equal(q, qb)
+        assert np.array_equal(a.states, b.states) and np.array_equal(a.counts, b.counts)
+        for s in range(S):
+            c = int(a.counts[s])
+            assert np.array_equal(a.words[s, :c], b.words[s, :c])
+    assert int(a.counts.max()) > 10 or m == 1          # many words went through
+    for n, inc in reversed(steps):
+        assert forget_add_undo(q, n, inc, D, a.states, a.counts, a.words, a.info, tab) == -1
+    assert np.array_equal(q, q0) and a.is_empty()
+
+
 def test_revlstm_hidden_state_stays_bounded_over_long_carried_sequences():
     """h = p h + (1 - p) o tanh(c) is a convex combination: |h| <= 1 even when gates saturate."""
     m = RevLSTM(5, 6, 5)

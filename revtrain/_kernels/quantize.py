@@ -24,12 +24,14 @@ index of the first element that left the allowed range ``|q| < LIMIT``
 (forward) or whose undo would overflow int64 (reverse).
 """
 import numpy as np
-from numba import njit, int64, types
+from numba import njit, int64, uint64, types
 from numba.extending import overload
 
 from ._options import NJIT_OPTS, INLINE_OPTS
 from .exact import mul_ratio_elem, overflows
-from .rans import buffer_kernel, buffer_op
+from .bits import trailing_zeros
+from .rans import (buffer_kernel, buffer_op, SPLIT_LIMIT, PROB_BITS, push_pow2_shift,
+                   pop_pow2_shift, push_small, pop_small)
 
 #: Largest magnitude a fixed-point state element may reach (exclusive).
 LIMIT = 1 << 62
@@ -105,14 +107,33 @@ def forget_add(q, n, inc, D, states, counts, words, info, log2tab):
     Returns
     -------
     code : int  -1, or the flat index of the first result with ``|q| >= LIMIT``.
+
+    For ``D <= 2**12`` (the default ``gate_bits = 12``) the multiply runs on
+    the branch-free fast paths of :mod:`~revtrain._kernels.rans` (the same
+    words and states as :func:`forget_add_elem`, tested).
     """
     S, K = q.shape
     ld = log2tab[D]
+    if D > SPLIT_LIMIT:
+        for j in range(K):
+            for s in range(S):
+                nn = n[s, j]
+                v, ok = forget_add_elem(q[s, j], nn, inc[s, j], D, states, counts, words, s)
+                if not ok:
+                    return s * K + j
+                q[s, j] = v
+                info[s] += ld - log2tab[nn]
+        return -1
+    m = trailing_zeros(D)
+    sh = uint64(PROB_BITS - m)
+    mask = D - 1
     for j in range(K):
         for s in range(S):
             nn = n[s, j]
-            v, ok = forget_add_elem(q[s, j], nn, inc[s, j], D, states, counts, words, s)
-            if not ok:
+            qq = q[s, j]
+            push_pow2_shift(states, counts, words, s, qq & mask, sh)   # r = q mod D
+            v = (qq >> m) * nn + pop_small(states, counts, words, s, nn) + inc[s, j]
+            if not -LIMIT < v < LIMIT:
                 return s * K + j
             q[s, j] = v
             info[s] += ld - log2tab[nn]
@@ -128,14 +149,33 @@ def forget_add_undo(q, n, inc, D, states, counts, words, info, log2tab):
     """
     S, K = q.shape
     ld = log2tab[D]
+    if D > SPLIT_LIMIT:
+        for jj in range(K):
+            j = K - 1 - jj
+            for s in range(S):
+                nn = n[s, j]
+                v, ok = forget_add_undo_elem(q[s, j], nn, inc[s, j], D, states, counts, words,
+                                             s)
+                if not ok:
+                    return s * K + j
+                q[s, j] = v
+                info[s] -= ld - log2tab[nn]
+        return -1
+    m = trailing_zeros(D)
+    sh = PROB_BITS - m
     for jj in range(K):
         j = K - 1 - jj
         for s in range(S):
             nn = n[s, j]
-            v, ok = forget_add_undo_elem(q[s, j], nn, inc[s, j], D, states, counts, words, s)
-            if not ok:
+            qq = q[s, j]
+            if qq >= LIMIT or qq <= -LIMIT:
                 return s * K + j
-            q[s, j] = v
+            v = qq - inc[s, j]
+            if overflows(v, D, nn):
+                return s * K + j
+            base = v // nn                  # floor: 0 <= r < n also for negative v
+            push_small(states, counts, words, s, v - base * nn, nn)
+            q[s, j] = (base << m) + pop_pow2_shift(states, counts, words, s, sh)
             info[s] -= ld - log2tab[nn]
     return -1
 

@@ -149,6 +149,107 @@ def _pop_symbol(states, counts, words, s, b):
     return int64(r)
 
 
+# ---------------------------------------------------------------------------------------
+# Fast paths of the forget-gate multiply ``q * n / D`` (``D = 2**m <= 2**12``): the same
+# code as _push_symbol / _pop_symbol (the same words and states), with the data-dependent
+# choices made without branches and the base-``D`` shift known once per call. Branches on
+# the symbol class and on the refill were mispredicted about half the time with varying
+# ratios: measured 14.8 -> 10.0 ns per forward multiply and 18.1 -> 14.4 ns per undo
+# (32 x 128 elements, ratios spread over [D/8, D]).
+
+@buffer_op
+def push_pow2_shift(states, counts, words, s, r, sh):
+    """:func:`_push_symbol` of ``0 <= r < 2**(16 - sh)`` in base ``2**(16 - sh)``."""
+    x = states[s]
+    if x >= (uint64(1) << (uint64(48) + sh)):
+        x = _emit_word(counts, words, s, x)
+    states[s] = ((x >> sh) << uint64(PROB_BITS)) + (x & ((uint64(1) << sh) - uint64(1))) \
+        + (uint64(r) << sh)
+
+
+@buffer_op
+def pop_pow2_shift(states, counts, words, s, sh):
+    """:func:`_pop_symbol` in base ``2**(16 - sh)``."""
+    x = states[s]
+    slot = int64(x & uint64(PROB_TOTAL - 1))
+    r = slot >> sh
+    x = ((x >> uint64(PROB_BITS)) << uint64(sh)) + uint64(slot & ((int64(1) << sh) - 1))
+    if x < STATE_LOW:
+        x = _read_word(counts, words, s, x)
+    states[s] = x
+    return r
+
+
+@buffer_op
+def push_small(states, counts, words, s, r, b):
+    """:func:`rans_push` for ``1 <= b <= 2**12`` (no digit split), the class chosen arithmetically."""
+    if b <= 1:
+        return
+    x = states[s]
+    if (b & (b - 1)) == 0:
+        sh = uint64(PROB_BITS - trailing_zeros(b))
+        if x >= (uint64(1) << (uint64(48) + sh)):
+            x = _emit_word(counts, words, s, x)
+        x = ((x >> sh) << uint64(PROB_BITS)) + (x & ((uint64(1) << sh) - uint64(1))) \
+            + (uint64(r) << sh)
+    else:
+        q = small_floordiv(PROB_TOTAL, b)
+        e = PROB_TOTAL - q * b
+        lo = int64(r < e)                   # the first e symbols have frequency q + 1
+        f = q + lo
+        c = r * f + (1 - lo) * e
+        fu = uint64(f)
+        if x >= (fu << uint64(48)):
+            x = _emit_word(counts, words, s, x)
+        x = ((x // fu) << uint64(PROB_BITS)) + (x % fu) + uint64(c)
+    states[s] = x
+
+
+@buffer_op
+def pop_small(states, counts, words, s, b):
+    """:func:`rans_pop` for ``1 <= b <= 2**12``, without branches on the data.
+
+    The symbol class (frequency ``q + 1`` or ``q``) and the refill are
+    selected arithmetically; the divisions by ``f`` are multiplications by
+    reciprocals computed from ``b`` alone, off the state's dependency chain.
+    Exact: for ``0 <= k < 2**16`` and ``1 <= f <= 2**16``, ``(k + 1/2) / f``
+    is at least ``1 / (2f) >= 2**-17`` from an integer, and
+    ``(k + 1/2) * fl(1/f)`` is within ``2**-36`` of it, so its floor is
+    ``floor(k / f)``.
+    """
+    if b <= 1:
+        return int64(0)
+    x = states[s]
+    slot = int64(x & uint64(PROB_TOTAL - 1))
+    if (b & (b - 1)) == 0:
+        sh = PROB_BITS - trailing_zeros(b)
+        r = slot >> sh
+        x = ((x >> uint64(PROB_BITS)) << uint64(sh)) + uint64(slot & ((int64(1) << sh) - 1))
+    else:
+        q = int64((PROB_TOTAL + 0.5) * (1.0 / float(b)))      # M // b
+        e = PROB_TOTAL - q * b
+        big = e * (q + 1)
+        inv_hi = 1.0 / float(q + 1)
+        inv_lo = 1.0 / float(q)
+        lo = int64(slot < big)                               # frequency q + 1
+        hi = 1 - lo
+        d = int64((float(slot - hi * big) + 0.5) * (inv_hi if lo else inv_lo))
+        f = q + lo
+        r = d + hi * e
+        c = r * f + hi * e
+        x = uint64(f) * (x >> uint64(PROB_BITS)) + uint64(slot - c)
+    n = counts[s]
+    need = int64(x < STATE_LOW)
+    take = need * int64(n > 0)
+    w = uint64(0)
+    if words.shape[1] > 0:
+        w = uint64(words[s, max(n - 1, 0)]) * uint64(take)
+    x = (x << uint64(32 * need)) | w
+    counts[s] = n - take
+    states[s] = x
+    return r
+
+
 @buffer_op
 def _split(r, b):
     """Digits of a large base: ``r = hi * 2**k + lo`` with ``hi < nh <= 2**SPLIT_BITS``.
