@@ -142,3 +142,43 @@ def test_complex_first_order_and_real_part_bit_for_bit():
     # log(z^2 + 1): derivative 2a / (a^2 + 1); z^2 has imaginary part 2ab
     np.testing.assert_allclose(out[3].imag, 2 * a * b / (a * a + 1.0), rtol=1e-14, atol=0)
     assert np.array_equal(out[4].real, a) and np.all(out[4].imag == 0)
+
+
+# ------------------------------------------------------------------ float32
+TOL32 = 4e-7         # relative: a few float32 ulp (the float64 versions round once: 0.5 ulp)
+
+
+@pytest.mark.parametrize("name", ["exp", "tanh", "sigmoid"])
+def test_float32_versions_compute_in_float32_to_a_few_ulp(name):
+    """float32 arguments run the float32 versions (3x faster than float64 arithmetic here):
+    against the float64 reference within 4e-7 relative for normal results, finite where it
+    is, the same bits scalar and vectorised."""
+    rng = np.random.default_rng(7)
+    hi = 88.0 if name == "exp" else 100.0
+    x = np.concatenate([rng.uniform(-1.0, 1.0, 20000), rng.uniform(-hi, hi, 20000),
+                        np.exp(rng.uniform(-80.0, -1.0, 2000)) * rng.choice([-1.0, 1.0], 2000),
+                        [0.0, -0.0, 1e-30, -1e-30, 9.0, -9.0, 20.0, -20.0]]).astype(np.float32)
+    out = np.empty_like(x)
+    APPLY[name](x, out)
+    assert out.dtype == np.float32
+    ref = np.array([REF[name](float(v)) for v in x])
+    normal = np.abs(ref) >= np.finfo(np.float32).tiny
+    rel = np.abs(out[normal].astype(np.float64) - ref[normal]) / np.abs(ref[normal])
+    assert rel.max() <= TOL32, (name, x[normal][np.argmax(rel)], rel.max())
+    assert np.all(np.abs(out[~normal]) <= 2 * np.finfo(np.float32).tiny)
+    scal = np.array([_scalar(KIND[name], v) for v in x[:500]], dtype=np.float32)
+    assert np.array_equal(out[:500].view(np.int32), scal.view(np.int32))
+
+
+def test_float32_limits():
+    x = np.array([88.0, 89.0, 1e30, -103.0, -104.0, -1e30], dtype=np.float32)
+    out = np.empty_like(x)
+    _apply_exp(x, out)
+    assert np.isfinite(out[0]) and out[1] == np.inf and out[2] == np.inf
+    assert 0.0 < out[3] < 1e-44 and out[4] == 0.0 and out[5] == 0.0
+    x = np.array([10.0, 1e30, -10.0, -1e30, 0.0], dtype=np.float32)
+    _apply_tanh(x, out := np.empty_like(x))
+    assert list(out) == [1.0, 1.0, -1.0, -1.0, 0.0]
+    _apply_sigmoid(np.array([0.0, 200.0, -200.0], dtype=np.float32),
+                   out := np.empty(3, dtype=np.float32))
+    assert out[0] == 0.5 and out[1] == 1.0 and out[2] == 0.0

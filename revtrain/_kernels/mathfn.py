@@ -41,6 +41,13 @@ the same bits in scalar and vectorised code: no fast-math; the polynomials use
 explicit fused multiply-adds (``llvm.fma``, correctly rounded, so the bits do
 not depend on whether the CPU has an FMA unit; only the speed does).
 ``log_`` stays ``math.log`` (one call per row in the loss).
+
+float32 arguments (models with ``dtype="float32"``) run float32 versions of
+the same methods (``exp_f32``, ``tanh_f32``, ``sigmoid_f32``: Taylor
+polynomial to ``r^7/7!``, float32 FMAs), twice as many lanes per vector:
+measured 3x faster than computing them in float64, within 4e-7 relative of
+the float64 result (a few float32 ulp; tests/test_mathfn.py), and as
+deterministic (the same bits scalar and vectorised).
 """
 import math
 
@@ -208,6 +215,109 @@ def sigmoid_fast(x):
     return _where(x >= 0.0, s, e * s)
 
 
+# ------------------------------------------------------------- float32
+@intrinsic
+def _where32(typingctx, c, a, b):
+    """``a if c else b`` for float32, one LLVM ``select``."""
+    if not (c == types.boolean and a == types.float32 and b == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(args[0], args[1], args[2])
+    return types.float32(types.boolean, types.float32, types.float32), codegen
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``a*b + c`` with one rounding, float32 (llvm.fma.f32)."""
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fma(args[0], args[1], args[2])
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+_F = np.float32
+_LOG2E_F = _F(1.4426950408889634)
+_LN2_HI_F = _F(0.693145751953125)            # ln 2 to 16 significant bits (k * it is exact)
+_LN2_LO_F = _F(1.4286067653302226e-06)       # ln 2 - _LN2_HI_F
+_SHIFT_F = _F(12582912.0)                    # 1.5 * 2**23: x + _SHIFT_F rounds x to an integer
+_HALF_F, _ONE_F, _TWO_F, _ZERO_F = _F(0.5), _F(1.0), _F(2.0), _F(0.0)
+_EXP_HI_F, _EXP_LO_F = _F(88.8), _F(-103.98)      # exp beyond: inf, 0 (past FLT_MAX, below 2**-149)
+_TANH_CLAMP_F = _F(9.1)                      # tanh(9.1) rounds to 1 in float32
+_D2, _D3, _D4, _D5, _D6, _D7 = (_F(1.0 / 2.0), _F(1.0 / 6.0), _F(1.0 / 24.0), _F(1.0 / 120.0),
+                                _F(1.0 / 720.0), _F(1.0 / 5040.0))
+
+
+@intrinsic
+def _pow2_f32(typingctx, t):
+    """``2**k`` for ``t = k + _SHIFT_F`` (``k`` an integer in [-126, 127]): the low bits of
+    ``t`` hold ``k``; ``(bits(t) + 127) << 23`` are the bits of ``2**k`` (int32 arithmetic)."""
+    if t != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        b = builder.bitcast(args[0], i32)
+        b = builder.shl(builder.add(b, ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(b, ir.FloatType())
+    return types.float32(types.float32), codegen
+
+
+@njit(**INLINE_OPTS)
+def _expm1_poly_f32(r):
+    """``expm1(r) - r`` for ``|r| <= ln(2)/2`` in float32: Taylor to ``r^7/7!`` (truncation
+    below ``0.35**8 / 8! < 6e-9``, a tenth of float32's resolution)."""
+    p = _D7
+    p = _fma32(p, r, _D6)
+    p = _fma32(p, r, _D5)
+    p = _fma32(p, r, _D4)
+    p = _fma32(p, r, _D3)
+    p = _fma32(p, r, _D2)
+    return (r * r) * p
+
+
+@njit(**INLINE_OPTS)
+def exp_f32(x):
+    """exp(x) computed in float32 (the float64 method at float32 precision), vectorisable."""
+    x = _where32(x < _EXP_HI_F, x, _EXP_HI_F)
+    x = _where32(x > _EXP_LO_F, x, _EXP_LO_F)
+    t = _fma32(x, _LOG2E_F, _SHIFT_F)
+    kf = t - _SHIFT_F
+    r = (x - kf * _LN2_HI_F) - kf * _LN2_LO_F
+    p = _ONE_F + (r + _expm1_poly_f32(r))
+    t1 = _fma32(kf, _HALF_F, _SHIFT_F)        # k1 = round(k / 2)
+    k1 = t1 - _SHIFT_F
+    t2 = (kf - k1) + _SHIFT_F                 # k2 = k - k1
+    return (p * _pow2_f32(t1)) * _pow2_f32(t2)
+
+
+@njit(**INLINE_OPTS)
+def tanh_f32(x):
+    """tanh(x) computed in float32, vectorisable: ``-u / (2 + u)``, ``u = expm1(-2|x|)``."""
+    a = _where32(x >= _ZERO_F, x, -x)
+    a = _where32(a < _TANH_CLAMP_F, a, _TANH_CLAMP_F)
+    y = _F(-2.0) * a
+    t = _fma32(y, _LOG2E_F, _SHIFT_F)
+    kf = t - _SHIFT_F
+    r = (y - kf * _LN2_HI_F) - kf * _LN2_LO_F
+    em = r + _expm1_poly_f32(r)
+    sc = _pow2_f32(t)
+    u = _fma32(sc, em, sc - _ONE_F)           # expm1(y), in (-1, 0]
+    th = -u / (_TWO_F + u)
+    return _where32(x >= _ZERO_F, th, -th)
+
+
+@njit(**INLINE_OPTS)
+def sigmoid_f32(x):
+    """1 / (1 + exp(-x)) computed in float32, vectorisable."""
+    a = _where32(x >= _ZERO_F, x, -x)
+    e = exp_f32(-a)
+    sg = _ONE_F / (_ONE_F + e)
+    return _where32(x >= _ZERO_F, sg, e * sg)
+
+
 @overload(tanh_, inline="always")
 def _tanh_impl(z):
     if isinstance(z, types.Complex):
@@ -215,8 +325,8 @@ def _tanh_impl(z):
             t = tanh_fast(z.real)
             return complex(t, z.imag * (1.0 - t * t))
         return impl
-    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: computed in float64
-        return lambda z: tanh_fast(np.float64(z))
+    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: in float32
+        return lambda z: tanh_f32(z)
     return lambda z: tanh_fast(z)
 
 
@@ -227,8 +337,8 @@ def _exp_impl(z):
             e = exp_fast(z.real)
             return complex(e, z.imag * e)
         return impl
-    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: computed in float64
-        return lambda z: exp_fast(np.float64(z))
+    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: in float32
+        return lambda z: exp_f32(z)
     return lambda z: exp_fast(z)
 
 
@@ -248,8 +358,8 @@ def _sigmoid_impl(z):
             s = sigmoid_fast(z.real)
             return complex(s, z.imag * s * (1.0 - s))
         return impl
-    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: computed in float64
-        return lambda z: sigmoid_fast(np.float64(z))
+    if isinstance(z, types.Float) and z.bitwidth == 32:       # float32: in float32
+        return lambda z: sigmoid_f32(z)
     return lambda z: sigmoid_fast(z)
 
 
