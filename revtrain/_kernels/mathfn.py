@@ -110,24 +110,26 @@ def _i64_as_f64(typingctx, n):
 
 @intrinsic
 def _where(typingctx, c, a, b):
-    """``a if c else b`` as one LLVM ``select`` (no branch, so numba-level inlining stays simple)."""
-    if not (c == types.boolean and a == types.float64 and b == types.float64):
+    """``a if c else b`` as one LLVM ``select`` (no branch, so numba-level inlining stays simple);
+    ``a`` and ``b`` both float64 or both float32."""
+    if not (c == types.boolean and a == b and a in (types.float64, types.float32)):
         return None
 
     def codegen(context, builder, sig, args):
         return builder.select(args[0], args[1], args[2])
-    return types.float64(types.boolean, types.float64, types.float64), codegen
+    return a(types.boolean, a, a), codegen
 
 
 @intrinsic
 def _fma(typingctx, a, b, c):
-    """``a*b + c`` with one rounding (llvm.fma: the FMA instruction where the CPU has one)."""
-    if not (a == types.float64 and b == types.float64 and c == types.float64):
+    """``a*b + c`` with one rounding (llvm.fma: the FMA instruction where the CPU has one);
+    all three float64 or all three float32."""
+    if not (a == b == c and a in (types.float64, types.float32)):
         return None
 
     def codegen(context, builder, sig, args):
         return builder.fma(args[0], args[1], args[2])
-    return types.float64(types.float64, types.float64, types.float64), codegen
+    return a(a, a, a), codegen
 
 
 # ------------------------------------------------------------- constants
@@ -216,28 +218,6 @@ def sigmoid_fast(x):
 
 
 # ------------------------------------------------------------- float32
-@intrinsic
-def _where32(typingctx, c, a, b):
-    """``a if c else b`` for float32, one LLVM ``select``."""
-    if not (c == types.boolean and a == types.float32 and b == types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.select(args[0], args[1], args[2])
-    return types.float32(types.boolean, types.float32, types.float32), codegen
-
-
-@intrinsic
-def _fma32(typingctx, a, b, c):
-    """``a*b + c`` with one rounding, float32 (llvm.fma.f32)."""
-    if not (a == types.float32 and b == types.float32 and c == types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fma(args[0], args[1], args[2])
-    return types.float32(types.float32, types.float32, types.float32), codegen
-
-
 _F = np.float32
 _LOG2E_F = _F(1.4426950408889634)
 _LN2_HI_F = _F(0.693145751953125)            # ln 2 to 16 significant bits (k * it is exact)
@@ -270,24 +250,24 @@ def _expm1_poly_f32(r):
     """``expm1(r) - r`` for ``|r| <= ln(2)/2`` in float32: Taylor to ``r^7/7!`` (truncation
     below ``0.35**8 / 8! < 6e-9``, a tenth of float32's resolution)."""
     p = _D7
-    p = _fma32(p, r, _D6)
-    p = _fma32(p, r, _D5)
-    p = _fma32(p, r, _D4)
-    p = _fma32(p, r, _D3)
-    p = _fma32(p, r, _D2)
+    p = _fma(p, r, _D6)
+    p = _fma(p, r, _D5)
+    p = _fma(p, r, _D4)
+    p = _fma(p, r, _D3)
+    p = _fma(p, r, _D2)
     return (r * r) * p
 
 
 @njit(**INLINE_OPTS)
 def exp_f32(x):
     """exp(x) computed in float32 (the float64 method at float32 precision), vectorisable."""
-    x = _where32(x < _EXP_HI_F, x, _EXP_HI_F)
-    x = _where32(x > _EXP_LO_F, x, _EXP_LO_F)
-    t = _fma32(x, _LOG2E_F, _SHIFT_F)
+    x = _where(x < _EXP_HI_F, x, _EXP_HI_F)
+    x = _where(x > _EXP_LO_F, x, _EXP_LO_F)
+    t = _fma(x, _LOG2E_F, _SHIFT_F)
     kf = t - _SHIFT_F
     r = (x - kf * _LN2_HI_F) - kf * _LN2_LO_F
     p = _ONE_F + (r + _expm1_poly_f32(r))
-    t1 = _fma32(kf, _HALF_F, _SHIFT_F)        # k1 = round(k / 2)
+    t1 = _fma(kf, _HALF_F, _SHIFT_F)        # k1 = round(k / 2)
     k1 = t1 - _SHIFT_F
     t2 = (kf - k1) + _SHIFT_F                 # k2 = k - k1
     return (p * _pow2_f32(t1)) * _pow2_f32(t2)
@@ -296,26 +276,26 @@ def exp_f32(x):
 @njit(**INLINE_OPTS)
 def tanh_f32(x):
     """tanh(x) computed in float32, vectorisable: ``-u / (2 + u)``, ``u = expm1(-2|x|)``."""
-    a = _where32(x >= _ZERO_F, x, -x)
-    a = _where32(a < _TANH_CLAMP_F, a, _TANH_CLAMP_F)
+    a = _where(x >= _ZERO_F, x, -x)
+    a = _where(a < _TANH_CLAMP_F, a, _TANH_CLAMP_F)
     y = _F(-2.0) * a
-    t = _fma32(y, _LOG2E_F, _SHIFT_F)
+    t = _fma(y, _LOG2E_F, _SHIFT_F)
     kf = t - _SHIFT_F
     r = (y - kf * _LN2_HI_F) - kf * _LN2_LO_F
     em = r + _expm1_poly_f32(r)
     sc = _pow2_f32(t)
-    u = _fma32(sc, em, sc - _ONE_F)           # expm1(y), in (-1, 0]
+    u = _fma(sc, em, sc - _ONE_F)           # expm1(y), in (-1, 0]
     th = -u / (_TWO_F + u)
-    return _where32(x >= _ZERO_F, th, -th)
+    return _where(x >= _ZERO_F, th, -th)
 
 
 @njit(**INLINE_OPTS)
 def sigmoid_f32(x):
     """1 / (1 + exp(-x)) computed in float32, vectorisable."""
-    a = _where32(x >= _ZERO_F, x, -x)
+    a = _where(x >= _ZERO_F, x, -x)
     e = exp_f32(-a)
     sg = _ONE_F / (_ONE_F + e)
-    return _where32(x >= _ZERO_F, sg, e * sg)
+    return _where(x >= _ZERO_F, sg, e * sg)
 
 
 @overload(tanh_, inline="always")
