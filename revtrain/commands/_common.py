@@ -225,6 +225,30 @@ def check_out_dir(path, option="--out"):
     return path
 
 
+def micro_batches_for(M, batch_size, n_procs):
+    """The micro-batch count of a new run of ``train`` or ``hypertune``: ``--micro-batches M``
+    as given, else ``n_procs`` under ``mpiexec -n N > 1`` and None (whole batches) in one
+    process. A UsageError, saying where M came from, when M does not divide the batch size
+    or is not a multiple of the number of processes."""
+    if M is None:
+        if n_procs == 1:
+            return None
+        if batch_size % n_procs:
+            raise UsageError(f"under mpiexec -n {n_procs} the default is --micro-batches "
+                             f"{n_procs}, which does not divide --batch-size {batch_size}: pass "
+                             f"--micro-batches M (a multiple of {n_procs}) and a --batch-size "
+                             "that M divides")
+        return n_procs
+    if batch_size % M:
+        raise UsageError(f"--micro-batches {M} must divide --batch-size {batch_size} (equal "
+                         "micro-batches)")
+    if M % n_procs:
+        raise UsageError(f"--micro-batches {M} must be a multiple of the number of MPI "
+                         f"processes ({n_procs}): each process computes the same number of "
+                         "micro-batches")
+    return M
+
+
 def show(value, none="none"):
     """An option's value for a message (``none`` for None)."""
     return none if value is None else str(value)

@@ -25,7 +25,7 @@ import sys
 
 from ._common import (MODELS, TRAIN_DEFAULTS, UsageError, Unavailable, pos_int, nonneg_int,
                       pos_float, fraction, model_class, say, check_out_path, add_stack_options,
-                      make_model, stack_text)
+                      make_model, stack_text, micro_batches_for)
 
 #: Advice inside library messages, in the library's terms (``lr``, ``frac_bits``, init
 #: scale): a trailing "; use ..." / ". Try ..." clause or a "(try ...)" aside.
@@ -221,25 +221,11 @@ def _search(a, model, theta0, train_batch, val, comm=None):
 
 
 def _check_micro(a, comm):
-    """``--micro-batches`` against ``--batch-size`` and the number of MPI processes; under
-    ``mpiexec -n N`` it defaults to N, as for ``revtrain train``."""
-    N = 1 if comm is None else comm.Get_size()
-    M = a.micro_batches
-    if M is None:
-        if N == 1:
-            return
-        if a.batch_size % N:
-            raise UsageError(f"under mpiexec -n {N} the default is --micro-batches {N}, which "
-                             f"does not divide --batch-size {a.batch_size}: pass "
-                             f"--micro-batches M (a multiple of {N}) and a --batch-size that "
-                             "M divides")
-        a.micro_batches = N
-        return
-    if a.batch_size % M:
-        raise UsageError(f"--micro-batches {M} must divide --batch-size {a.batch_size}")
-    if M % N:
-        raise UsageError(f"--micro-batches {M} must be a multiple of the number of MPI "
-                         f"processes ({N})")
+    """``--micro-batches`` against ``--batch-size`` and the number of MPI processes
+    (:func:`~._common.micro_batches_for`: under ``mpiexec -n N`` it defaults to N, as for
+    ``revtrain train``)."""
+    a.micro_batches = micro_batches_for(a.micro_batches, a.batch_size,
+                                        1 if comm is None else comm.Get_size())
 
 
 def run(a):

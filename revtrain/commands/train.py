@@ -16,7 +16,8 @@ import time
 from ._common import (MODELS, BPTT_MODES, DEFAULT_LR, DEFAULT_STATE, SGD_LR_FACTOR,
                       TRAIN_DEFAULTS, UsageError, pos_int, nonneg_int, pos_float, model_class,
                       make_optimizer, fmt_bytes, say, check_out_path, show, load_trainer,
-                      add_stack_options, make_model, stack_text, Unavailable)
+                      add_stack_options, make_model, stack_text, Unavailable,
+                      micro_batches_for)
 
 #: Exit code of a run stopped because training diverged.
 EXIT_DIVERGED = 3
@@ -39,9 +40,6 @@ def _flag(name):
 def _resolve(a, n_procs=1):
     """The options of a new run: what was given, defaults for the rest (a dict)."""
     o = {k: getattr(a, k) for k in SAVED_OPTIONS}
-    defaulted = o["micro_batches"] is None and n_procs > 1
-    if defaulted:
-        o["micro_batches"] = n_procs
     for k in ("model", "hidden", "seq_len", "batch_size", "grad_clip", "seed", "val_chars",
               "layers", "dropout"):
         if o[k] is None:
@@ -74,39 +72,24 @@ def _resolve(a, n_procs=1):
         raise UsageError(f"--bptt {o['bptt']} is not supported by {cls.__name__} "
                          f"(it supports: {', '.join(modes)})")
     o["steps"] = TRAIN_DEFAULTS["steps"] if a.steps is None else a.steps
-    _check_micro(o, n_procs, defaulted=defaulted)
+    o["micro_batches"] = micro_batches_for(o["micro_batches"], o["batch_size"], n_procs)
     return o
 
 
-def _check_micro(o, n_procs, resume=None, defaulted=False):
-    """``--micro-batches`` must divide ``--batch-size`` and be a multiple of the processes.
-
-    The messages say where M came from: the command line, the default under
-    ``mpiexec -n N`` (``defaulted``) or the run being resumed (``resume``).
-    """
-    M, B = o["micro_batches"], o["batch_size"]
-    if defaulted and B % M:
-        raise UsageError(f"under mpiexec -n {n_procs} the default is --micro-batches "
-                         f"{n_procs}, which does not divide --batch-size {B}: pass "
-                         f"--micro-batches M (a multiple of {n_procs}) and a --batch-size "
-                         "that M divides")
-    if resume is not None and M is not None and M % n_procs:
-        raise UsageError(f"--resume: the run in {resume!r} uses {M} micro-batches, which "
-                         f"{n_procs} MPI processes cannot share equally; resume it on a "
-                         f"number of processes that divides {M} (or without mpiexec)")
+def _check_resumed_micro(o, n_procs, resume):
+    """The micro-batches of the run in ``resume`` (``o``) must suit ``n_procs`` processes."""
+    M = o["micro_batches"]
     if M is None:
-        if n_procs > 1:     # only a resumed run gets here: a new one defaults to n_procs
+        if n_procs > 1:
             raise UsageError(f"--resume: the run in {resume!r} was trained without "
                              "micro-batches (the whole batch at once), which cannot be split "
                              f"over {n_procs} MPI processes; resume it without mpiexec")
         return
-    if B % M:
-        raise UsageError(f"--micro-batches {M} must divide --batch-size {B} (equal "
-                         "micro-batches)")
     if M % n_procs:
-        raise UsageError(f"--micro-batches {M} must be a multiple of the number of MPI "
-                         f"processes ({n_procs}): each process computes the same number of "
-                         "micro-batches")
+        raise UsageError(f"--resume: the run in {resume!r} uses {M} micro-batches, which "
+                         f"{n_procs} MPI processes cannot share equally; resume it on a "
+                         f"number of processes that divides {M} (or without mpiexec)")
+    micro_batches_for(M, o["batch_size"], n_procs)
 
 
 def _resumed(a, n_procs=1):
@@ -141,7 +124,7 @@ def _resumed(a, n_procs=1):
     if n_rates is not None and o["steps"] > n_rates:
         raise UsageError(f"--steps {o['steps']} is beyond the run's learning-rate schedule of "
                          f"{n_rates} rates")
-    _check_micro(o, n_procs, a.resume)
+    _check_resumed_micro(o, n_procs, a.resume)
     return o, tr
 
 
