@@ -340,6 +340,20 @@ def fold_terms(terms, scale, forward=False):
     return loss
 
 
+def _group_runs(model, theta, x, tokens, state0, masks, run_class):
+    """One :class:`WindowRun` per row group of ``x`` (T, B, ...): ``[(r0, r1, run), ...]``."""
+    B = x.shape[1]
+    out = []
+    for r0, r1 in row_groups(B):
+        whole = r0 == 0 and r1 == B
+        run = run_class(model, theta, x if whole else np.ascontiguousarray(x[:, r0:r1]), tokens,
+                        None if state0 is None else state0[r0:r1],
+                        masks if whole else group_masks(masks, r0, r1))
+        run.row0, run.B_total = r0, B
+        out.append((r0, r1, run))
+    return out
+
+
 def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class):
     """``(loss, grad, info)`` of a reversible stack's BPTT through ``run_class``'s kernels.
 
@@ -347,18 +361,10 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     :class:`WindowRun` s, side by side on threads.
     """
     B = batch.B
-    groups = row_groups(B)
-    if len(groups) == 1:
-        gbatches, runs = [batch], [run_class(model, theta, batch.x, batch.tokens, state0, masks)]
-    else:
-        gbatches = [group_batch(batch, r0, r1) for r0, r1 in groups]
-        runs = []
-        for (r0, r1), gb in zip(groups, gbatches):
-            run = run_class(model, theta, gb.x, gb.tokens,
-                            None if state0 is None else state0[r0:r1],
-                            group_masks(masks, r0, r1))
-            run.row0, run.B_total = r0, B
-            runs.append(run)
+    grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
+    runs = [run for _, _, run in grouped]
+    gbatches = ([batch] if len(runs) == 1
+                else [group_batch(batch, r0, r1) for r0, r1, _ in grouped])
     T = batch.lead[0]
     stores = [np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None
               for run in runs]
@@ -385,20 +391,6 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
         info["dstate0"] = np.concatenate([o[2] for o in out])
         info["dx"] = np.concatenate([o[3] for o in out], axis=1) if want_dx else None
     return loss, grad, info
-
-
-def _group_runs(model, theta, x, tokens, state0, masks, run_class):
-    """One :class:`WindowRun` per row group of ``x`` (T, B, ...): ``[(r0, r1, run), ...]``."""
-    B = x.shape[1]
-    out = []
-    for r0, r1 in row_groups(B):
-        whole = r0 == 0 and r1 == B
-        run = run_class(model, theta, x if whole else np.ascontiguousarray(x[:, r0:r1]), tokens,
-                        None if state0 is None else state0[r0:r1],
-                        masks if whole else group_masks(masks, r0, r1))
-        run.row0, run.B_total = r0, B
-        out.append((r0, r1, run))
-    return out
 
 
 def window_loss(model, theta, batch, state0, masks, run_class):
