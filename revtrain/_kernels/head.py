@@ -50,9 +50,9 @@ def _backprop_output(h, U, dz, dh, dU, dby, blocked):
 
 
 @njit(**INLINE_OPTS)
-def _xent(h, U, by, labels, scale, work, dh, dU, dby, terms, blocked):
-    """Row terms ``logsumexp(z_n) - z_n[labels[n]]`` into ``terms``, gradients as documented
-    in :func:`softmax_xent_head`."""
+def xent_dz(h, U, by, labels, scale, work, terms, blocked):
+    """Row terms ``logsumexp(z_n) - z_n[labels[n]]`` into ``terms`` (N,) and
+    ``dL/dz = scale * (softmax(z) - onehot(labels))`` into ``work`` (N, O), ``z = h @ U + by``."""
     N, O = work.shape
     _product(h, U, work, blocked)
     for n in range(N):
@@ -74,13 +74,19 @@ def _xent(h, U, by, labels, scale, work, dh, dU, dby, terms, blocked):
         for k in range(O):
             work[n, k] *= inv
         work[n, lab] -= scale
+
+
+@njit(**INLINE_OPTS)
+def _xent(h, U, by, labels, scale, work, dh, dU, dby, terms, blocked):
+    """:func:`xent_dz`, then the gradients as documented in :func:`softmax_xent_head`."""
+    xent_dz(h, U, by, labels, scale, work, terms, blocked)
     _backprop_output(h, U, work, dh, dU, dby, blocked)
 
 
 @njit(**INLINE_OPTS)
-def _mse(h, U, by, target, scale, work, dh, dU, dby, terms, blocked):
-    """Row terms ``sum_k (z[n,k] - target[n,k])**2`` into ``terms``, gradients as
-    documented in :func:`mse_head`."""
+def mse_dz(h, U, by, target, scale, work, terms, blocked):
+    """Row terms ``sum_k (z[n,k] - target[n,k])**2`` into ``terms`` and
+    ``dL/dz = 2 scale (z - target)`` into ``work``."""
     N, O = work.shape
     _product(h, U, work, blocked)
     for n in range(N):
@@ -90,6 +96,12 @@ def _mse(h, U, by, target, scale, work, dh, dU, dby, terms, blocked):
             acc += d * d
             work[n, k] = (2.0 * scale) * d
         terms[n] = acc
+
+
+@njit(**INLINE_OPTS)
+def _mse(h, U, by, target, scale, work, dh, dU, dby, terms, blocked):
+    """:func:`mse_dz`, then the gradients as documented in :func:`mse_head`."""
+    mse_dz(h, U, by, target, scale, work, terms, blocked)
     _backprop_output(h, U, work, dh, dU, dby, blocked)
 
 

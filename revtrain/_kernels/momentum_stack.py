@@ -36,7 +36,8 @@ from ._options import NJIT_OPTS
 from .momentum_rnn import momentum_gates, leaky_h_inc, momentum_back
 from .quantize import quantise_convex, forget_add, forget_add_undo
 from .gemm import dot_rows
-from .window import to_float, project, head_step, pass_down, chunk_input_grads
+from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
+                     chunk_input_grads)
 
 #: Part indices in ``q``: h, v.
 PH, PV = 0, 1
@@ -143,7 +144,9 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
     The float recompute of a real step is the fixed-point result itself (straight
     through) plus the gates, which the undo (or, in standard mode, the gate kernel on
     the stored state) leaves in ``gt``.
-    The weight gradients are summed once per call over the chunk's steps (``Ob``
+    The weight gradients, the output layer's included (``htop``, ``work``: the chunk's
+    rows, :func:`~revtrain._kernels.window.head_step`), are summed once per call over
+    the chunk's steps (``Ob``
     (L, CHUNK, B, H) keeps the ``h`` each step read, ``dPb`` its pre-activation
     gradients, ``Xb0``, ``XbH`` the inputs), so they agree with the Python driver's
     step-by-step sums to rounding, not bit for bit; the loss, the trajectory and the
@@ -173,8 +176,8 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
             to_float(ql[PV], inv_scale, spl[PV])
             dsl = ds[l]
             if l == L - 1:
-                head_step(tt, T, per_step, snl, 1, m_top, U, by, softmax, labels, target, lscale,
-                          work, htop, dH, gU, gby, dsl, terms)
+                head_step(tt, tt - t0, T, per_step, snl, 1, m_top, U, by, softmax, labels,
+                          target, lscale, htop, work, dH, dsl, terms)
             momentum_back(gt[0], gt[1], gt[2], spl[PV], floor, learned, beta, vweight,
                           dsl[PH], dsl[PV], dP)
             Ob[l, tt - t0] = spl[PH]                # weight gradients: one product per chunk
@@ -187,6 +190,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
             snl[PV] = spl[PV]
     _chunk_weight_grads(t1 - t0, Ob, dPb, gWs, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
     return t0, 0, 0, -1
 
 

@@ -39,7 +39,8 @@ from ._options import NJIT_OPTS
 from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
 from .quantize import quantise_convex, forget_add, forget_add_undo
 from .gemm import dot_rows
-from .window import to_float, project, head_step, pass_down, chunk_input_grads
+from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
+                     chunk_input_grads)
 
 #: Part indices in ``q``: h1, h2.
 H1, H2 = 0, 1
@@ -151,7 +152,9 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
     the gates are those of the undo or of the stored state), as in the Python cell.
     The loss goes to ``terms`` (steps with a target, B) float64 as per-row terms
     (:func:`~revtrain._kernels.window.head_step`), summed by the caller.
-    The weight gradients are summed once per call over the chunk's steps (``Ob``,
+    The weight gradients, the output layer's included (``htop``, ``work``: the chunk's
+    rows, :func:`~revtrain._kernels.window.head_step`), are summed once per call over
+    the chunk's steps (``Ob``,
     ``ROb`` hold the chunk's ``o`` and ``r * o`` per half, ``dPb`` the pre-activation
     gradients, ``Xb0``, ``XbH`` the inputs), so they agree with the Python driver's
     step-by-step sums to rounding, not bit for bit; the loss, the trajectory and the
@@ -181,8 +184,8 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 to_float(ql[k], inv_scale, spl[k])
             dsl = ds[l]
             if l == L - 1:
-                head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target, lscale,
-                          work, htop, dH, gU, gby, dsl, terms)
+                head_step(tt, tt - t0, T, per_step, snl, 2, m_top, U, by, softmax, labels,
+                          target, lscale, htop, work, dH, dsl, terms)
             # backpropagate: half 2, then half 1
             for hh in range(2):
                 half = 1 - hh
@@ -208,6 +211,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 snl[k] = spl[k]
     _chunk_weight_grads(t1 - t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
     return t0, 0, 0, -1
 
 

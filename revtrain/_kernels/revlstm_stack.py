@@ -36,7 +36,8 @@ from ._options import NJIT_OPTS
 from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell, revlstm_back
 from .quantize import forget_add, forget_add_undo
 from .gemm import dot_rows
-from .window import to_float, project, head_step, pass_down, chunk_input_grads
+from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
+                     chunk_input_grads)
 
 #: Part indices in ``q``: h1, h2, c1, c2.
 H1, H2, C1, C2 = 0, 1, 2, 3
@@ -141,8 +142,9 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
     on entry (and before ``t0`` on exit); ``ds`` the gradient with respect to it.
     The loss goes to ``terms`` (steps with a target, B) float64 as per-row terms
     (:func:`~revtrain._kernels.window.head_step`), summed by the caller.
-    The weight gradients are summed once per call over the chunk's steps
-    (``Ob``, ``dPb``, ``Xb0``, ``XbH`` hold the chunk's inputs and pre-activation
+    The weight gradients, the output layer's included (``htop``, ``work``: the chunk's
+    rows, :func:`~revtrain._kernels.window.head_step`), are summed once per call over
+    the chunk's steps (``Ob``, ``dPb``, ``Xb0``, ``XbH`` hold the chunk's inputs and pre-activation
     gradients), so they agree with the Python driver's step-by-step sums to
     rounding, not bit for bit; the loss, the trajectory and the gradients
     with respect to the states and inputs are the same bits.
@@ -176,8 +178,8 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                          tc[1])
             dsl = ds[l]
             if l == L - 1:
-                head_step(tt, T, per_step, snl, 2, m_top, U, by, softmax, labels, target, lscale,
-                          work, htop, dH, gU, gby, dsl, terms)
+                head_step(tt, tt - t0, T, per_step, snl, 2, m_top, U, by, softmax, labels,
+                          target, lscale, htop, work, dH, dsl, terms)
             # backpropagate: half 2, then half 1
             for hh in range(2):
                 half = 1 - hh
@@ -200,6 +202,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 snl[k] = spl[k]
     _chunk_weight_grads(t1 - t0, Ob, dPb, gW1s, gW2s, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
     return t0, 0, 0, -1
 
 

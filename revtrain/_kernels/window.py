@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS
-from .head import softmax_xent_rows, mse_rows
+from .head import xent_dz, mse_dz
 from .gemm import dot_rows
 
 
@@ -80,32 +80,49 @@ def _add_h(dsl, nh, d, m):
 
 
 @njit(**NJIT_OPTS)
-def head_step(t, T, per_step, snl, nh, m_top, U, by, softmax, labels, target, lscale, work,
-              htop, dH, gU, gby, dsl, terms):
-    """Output layer of step ``t`` on the top layer's (masked) ``h``; adds dL/dh to ``dsl``.
+def head_step(t, i, T, per_step, snl, nh, m_top, U, by, softmax, labels, target, lscale, Hb,
+              Zb, dH, dsl, terms):
+    """Output layer of step ``t`` (row ``i`` of its chunk) on the top layer's (masked) ``h``;
+    adds dL/dh to ``dsl``.
 
-    The step's per-row loss terms go to ``terms[t]`` (``terms[0]`` when only
-    the last step has a target; nothing when step ``t`` has none): the loss is
-    ``lscale * sum_terms(terms[t])`` (:func:`fold_terms`).
+    The masked ``h`` goes to rows ``i*B .. (i+1)*B`` of ``Hb`` (chunk rows, H)
+    and dL/dz to those of ``Zb`` (chunk rows, O; zeros for a step without a
+    target): :func:`chunk_head_grads` adds the output layer's weight gradients
+    once per chunk. The step's per-row loss terms go to ``terms[t]``
+    (``terms[0]`` when only the last step has a target; nothing when step ``t``
+    has none): the loss is ``lscale * sum_terms(terms[t])`` (:func:`fold_terms`).
     """
     B, w = snl.shape[1], snl.shape[2]
-    if per_step:
-        r0 = t * B
-        i = t
-    elif t == T - 1:
-        r0 = 0
-        i = 0
-    else:
-        return
+    htop = Hb[i * B:(i + 1) * B]
+    dz = Zb[i * B:(i + 1) * B]
     for k in range(nh):
         for r in range(B):
             for j in range(w):
                 htop[r, k * w + j] = snl[k, r, j] * m_top[r, k * w + j]
-    if softmax:
-        softmax_xent_rows(htop, U, by, labels[r0:r0 + B], lscale, work, dH, gU, gby, terms[i])
+    if per_step:
+        r0 = t * B
+        row = t
+    elif t == T - 1:
+        r0 = 0
+        row = 0
     else:
-        mse_rows(htop, U, by, target[r0:r0 + B], lscale, work, dH, gU, gby, terms[i])
+        dz[:, :] = 0.0
+        return
+    if softmax:
+        xent_dz(htop, U, by, labels[r0:r0 + B], lscale, dz, terms[row], True)
+    else:
+        mse_dz(htop, U, by, target[r0:r0 + B], lscale, dz, terms[row], True)
+    dot_rows(dz, U.T, dH)
     _add_h(dsl, nh, dH, m_top)
+
+
+@njit(**NJIT_OPTS)
+def chunk_head_grads(k, B, Hb, Zb, gU, gby):
+    """Add the output layer's gradients of a chunk's ``k`` steps (``k * B`` rows of ``Hb``,
+    ``Zb``, see :func:`head_step`): ``gU += Hb^T Zb`` (one product), ``gby += sum_rows Zb``."""
+    N = k * B
+    gU[:, :] += np.dot(Hb[:N].T, Zb[:N])
+    gby[:] += Zb[:N].sum(axis=0)
 
 
 @njit(**NJIT_OPTS)

@@ -266,8 +266,9 @@ class WindowRun:
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
             want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
             dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
-            htop=np.empty((B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
-            work=np.empty((B, m.n_out), dtype=dt), dPb=np.empty((L, self.chunk, B, G), dtype=dt),
+            # the output layer's inputs and dL/dz over a chunk's rows (one weight product per chunk)
+            htop=np.empty((self.chunk * B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
+            work=np.empty((self.chunk * B, m.n_out), dtype=dt), dPb=np.empty((L, self.chunk, B, G), dtype=dt),
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
             target=batch.target.astype(dt, copy=False), cell=self._cell_grads(gl, grad),
