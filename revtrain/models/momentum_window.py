@@ -50,7 +50,7 @@ class MomentumRNNWindow(WindowRun):
         L, B, H, dt = self.L, self.B, self.H, self.dt
         return {"Ws": accumulators([q["W"] for q in gl], dt),
                 "bs": accumulators(self._bias_views(grad), dt),
-                "Ob": np.empty((L, self.chunk, B, H), dtype=dt), "grad": grad}
+                "Ob": np.empty((L, self.chunk, B, H), dtype=dt)}
 
     def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
@@ -64,6 +64,6 @@ class MomentumRNNWindow(WindowRun):
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
             bw.terms)
 
-    def _add_cell_grads(self, gl, cg):
+    def _add_cell_grads(self, gl, cg, grad):
         add_back([q["W"] for q in gl], cg["Ws"])
-        add_back(self._bias_views(cg["grad"]), cg["bs"])
+        add_back(self._bias_views(grad), cg["bs"])

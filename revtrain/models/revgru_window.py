@@ -59,6 +59,6 @@ class RevGRUWindow(WindowRun):
             self.n, self.inc, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
             bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms)
 
-    def _add_cell_grads(self, gl, cg):
+    def _add_cell_grads(self, gl, cg, grad):
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
             add_back([q[nm] for q in gl], cg[nm + "s"])

@@ -52,6 +52,6 @@ class RevLSTMWindow(WindowRun):
             self.g2, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb,
             bw.Xb0, bw.XbH, bw.terms)
 
-    def _add_cell_grads(self, gl, cg):
+    def _add_cell_grads(self, gl, cg, grad):
         for nm in ("W1", "W2", "b"):
             add_back([q[nm] for q in gl], cg[nm + "s"])

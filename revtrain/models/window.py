@@ -89,7 +89,9 @@ class WindowRun:
     Parameters
     ----------
     model : ReversibleModel
-    theta : ndarray of float64 (size,)
+    theta : ndarray (size,)
+        float64, or already in the model's dtype (the row groups of one call share
+        one float32 copy).
     x : ndarray, int64 (T, B) token ids or float64 (T, B, n_in)
     tokens : bool
     state0 : ndarray (B, state_size) or None
@@ -111,6 +113,7 @@ class WindowRun:
         self.L, self.H = L, H
         self.parts = tuple(nm for nm, _ in m._layout_parts)
         self.w = m._layout_parts[0][1]
+        self.theta = theta
         p = self.p = m.layout.views(theta)
         pl = self.pl = m.layer_params(p)
         self.V0 = pl[0]["V"].astype(dt, copy=False)
@@ -170,8 +173,9 @@ class WindowRun:
         themselves)."""
         raise NotImplementedError
 
-    def _add_cell_grads(self, gl, cg):
-        """Add float32 accumulators in ``cg`` back to the views ``gl`` (see :func:`add_back`)."""
+    def _add_cell_grads(self, gl, cg, grad):
+        """Add float32 accumulators in ``cg`` to the views ``gl`` of the flat gradient ``grad``
+        (see :func:`add_back`)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ helpers
@@ -243,17 +247,23 @@ class WindowRun:
         """Undo (or reload) every step top-down, recompute, backpropagate.
 
         Returns ``(terms, grad, dstate0, dx)``: ``terms`` float64 (steps with a
-        target, B) the per-row loss terms (the loss is :func:`fold_terms`).
+        target, B) the per-row loss terms (the loss is :func:`fold_terms`);
+        ``grad`` the float64 gradient, or None in float32, where the run keeps
+        its float32 accumulators until :meth:`add_grads` adds them to the
+        caller's gradient (the row groups of a call share one float64 gradient).
         """
         m = self.m
         L, B, H, T = self.L, self.B, self.H, self.T
-        grad = np.zeros(m.size)
-        g = m.layout.views(grad)
-        gl = m.layer_params(g)
         dt = self.dt
+        f64 = dt == np.float64           # float64 accumulates into the gradient's views in place
+        if f64:
+            grad = np.zeros(m.size)
+            g = m.layout.views(grad)
+            gl = m.layer_params(g)
+        else:                            # float32: the parameters' views give the shapes
+            grad, g, gl = None, self.p, self.pl
         sn = (self.q * m.inv_scale).astype(dt)
         G = m._n_proj
-        f64 = dt == np.float64           # float64 accumulates the output layer's gradient in place
         gE = g["embed"] if m.embed_dim is not None else np.zeros((1, 1))
         vs = [gl[l]["V"] for l in range(1, L)] if L > 1 else [np.zeros((1, G))]
         bw = SimpleNamespace(
@@ -271,7 +281,8 @@ class WindowRun:
             work=np.empty((self.chunk * B, m.n_out), dtype=dt), dPb=np.empty((L, self.chunk, B, G), dtype=dt),
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
-            target=batch.target.astype(dt, copy=False), cell=self._cell_grads(gl, grad),
+            target=batch.target.astype(dt, copy=False),
+            cell=self._cell_grads(gl, grad if f64 else self.theta),
             terms=np.zeros((T if batch.per_step else 1, B)))
         st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
@@ -285,13 +296,7 @@ class WindowRun:
             if code >= 0:
                 self._reversal_failed(t, l, part, code)
         if not f64:
-            self._add_cell_grads(gl, bw.cell)
-            g["U"][...] += bw.gU
-            g["b_y"][...] += bw.gby
-            add_back(bw.vs, bw.gVs)
-            gl[0]["V"][...] += bw.gV0
-            if m.embed_dim is not None:
-                g["embed"][...] += bw.gE
+            self._acc = bw               # until add_grads
         if hook is not None:
             hook("after", self)
         if reverse:
@@ -304,6 +309,26 @@ class WindowRun:
             dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
         dx = bw.dX.astype(np.float64, copy=False) if want_dx else None
         return bw.terms, grad, dstate0, dx
+
+    def add_grads(self, grad):
+        """Add a float32 run's gradient accumulators to the float64 ``grad`` (size,), once.
+
+        ``0 + a + b`` in float64 equals ``(0 + a) + (0 + b)``: groups added one
+        after the other into a shared gradient give the bits of separate
+        gradients summed in group order.
+        """
+        bw, m = self._acc, self.m
+        self._acc = None
+        g = m.layout.views(grad)
+        gl = m.layer_params(g)
+        self._add_cell_grads(gl, bw.cell, grad)
+        g["U"][...] += bw.gU
+        g["b_y"][...] += bw.gby
+        L, G = self.L, m._n_proj
+        add_back([gl[l]["V"] for l in range(1, L)] if L > 1 else [np.zeros((1, G))], bw.gVs)
+        gl[0]["V"][...] += bw.gV0
+        if m.embed_dim is not None:
+            g["embed"][...] += bw.gE
 
     def _reversal_failed(self, t, l, part, code):
         """Raise the ReversalError of a failed undo, blaming the lowest corrupted layer."""
@@ -344,6 +369,9 @@ def fold_terms(terms, scale, forward=False):
 def _group_runs(model, theta, x, tokens, state0, masks, run_class):
     """One :class:`WindowRun` per row group of ``x`` (T, B, ...): ``[(r0, r1, run), ...]``."""
     B = x.shape[1]
+    dt = np.dtype(getattr(model, "dtype", "float64"))
+    if dt != theta.dtype:
+        theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
     out = []
     for r0, r1 in row_groups(B):
         whole = r0 == 0 and r1 == B
@@ -383,9 +411,14 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard", stores[i],
                                                 want_dx), len(runs))
     loss = fold_terms(np.concatenate([o[0] for o in out], axis=1), batch.scale)
-    grad = out[0][1]
-    for o in out[1:]:
-        grad += o[1]
+    if out[0][1] is not None:                     # float64: each group's own gradient
+        grad = out[0][1]
+        for o in out[1:]:
+            grad += o[1]
+    else:                                         # float32: accumulators added in group order
+        grad = np.zeros(model.size)
+        for run in runs:
+            run.add_grads(grad)
     info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
             "final_state": final_state}
     if want_inputs:
