@@ -132,7 +132,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
                    floor, gamma, learned, nbeta, cbeta, beta, vweight, U, by, softmax, labels,
                    target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gWs, gbs, gU, gby, dX,
                    want_dx, inp0, inpH, P, dP, dx0, dxH, hf, A, gt, n, inc, htop, dH, work, Ob,
-                   dPb, Xb0, XbH, terms):
+                   dPb, Xb0, XbH, terms, tr):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
@@ -176,16 +176,16 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
             to_float(ql[PV], inv_scale, spl[PV])
             dsl = ds[l]
             if l == L - 1:
-                head_step(tt, tt - t0, T, per_step, snl, 1, m_top, U, by, softmax, labels,
+                head_step(tt, tt - t0, T, per_step, snl, 1, m_top, U, tr[0], by, softmax, labels,
                           target, lscale, htop, work, dH, dsl, terms)
             momentum_back(gt[0], gt[1], gt[2], spl[PV], floor, learned, beta, vweight,
                           dsl[PH], dsl[PV], dP)
             Ob[l, tt - t0] = spl[PH]                # weight gradients: one product per chunk
-            dot_rows(dP, W.T, hf)                  # hf: free scratch (B, H) here
+            dot_rows(dP, tr[3][l], hf)             # W.T; hf: free scratch (B, H) here
             dsl[PH] += hf
             dPb[l, tt - t0] = dP
-            pass_down(tt, tt - t0, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, 1, ds,
-                      gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
+            pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,
+                      1, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
             snl[PH] = spl[PH]
             snl[PV] = spl[PV]
     _chunk_weight_grads(t1 - t0, Ob, dPb, gWs, gbs)

@@ -142,7 +142,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                    scale, inv_scale, floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dP, dx0, dxH, o, A, Gm, g1, g2, n, inc, dAzr, dAg, dRO, do,
-                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms):
+                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state and recompute the gates, output layer on the top, backpropagate.
 
@@ -184,7 +184,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 to_float(ql[k], inv_scale, spl[k])
             dsl = ds[l]
             if l == L - 1:
-                head_step(tt, tt - t0, T, per_step, snl, 2, m_top, U, by, softmax, labels,
+                head_step(tt, tt - t0, T, per_step, snl, 2, m_top, U, tr[0], by, softmax, labels,
                           target, lscale, htop, work, dH, dsl, terms)
             # backpropagate: half 2, then half 1
             for hh in range(2):
@@ -196,17 +196,17 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 off = half * 3 * Hh
                 revgru_back1(g[GZ], g[GSZ], g[GG], spl[mine], floor, dsl[mine], dP, off)
                 _copy_cols(dP, off + 2 * Hh, dAg)
-                dot_rows(dAg, (Wg1 if half == 0 else Wg2).T, dRO)
+                dot_rows(dAg, tr[4][l] if half == 0 else tr[6][l], dRO)       # Wg1.T, Wg2.T
                 revgru_back2(dRO, g[GR], ov, dP, off, do)
                 _copy_cols(dP, off, dAzr)
-                dot_rows(dAzr, (W1 if half == 0 else W2).T, tmp)
+                dot_rows(dAzr, tr[3][l] if half == 0 else tr[5][l], tmp)      # W1.T, W2.T
                 do += tmp
                 dsl[other] += do
                 Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
                 ROb[l, half, tt - t0] = g[GRO]
             dPb[l, tt - t0] = dP
-            pass_down(tt, tt - t0, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, 2, ds,
-                      gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
+            pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,
+                      2, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
             for k in range(2):
                 snl[k] = spl[k]
     _chunk_weight_grads(t1 - t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs)

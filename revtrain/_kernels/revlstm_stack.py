@@ -134,7 +134,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, n, inc, tc, htop, dH, work, Ob, dPb,
-                   Xb0, XbH, terms):
+                   Xb0, XbH, terms, tr):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
@@ -178,7 +178,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                          tc[1])
             dsl = ds[l]
             if l == L - 1:
-                head_step(tt, tt - t0, T, per_step, snl, 2, m_top, U, by, softmax, labels,
+                head_step(tt, tt - t0, T, per_step, snl, 2, m_top, U, tr[0], by, softmax, labels,
                           target, lscale, htop, work, dH, dsl, terms)
             # backpropagate: half 2, then half 1
             for hh in range(2):
@@ -191,13 +191,13 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 revlstm_back(g[0], g[1], g[2], g[3], g[4], g[5], g[6], tc[half],
                              spl[C1 + half], spl[mine], floor, dsl[mine], dsl[C1 + half], dP, off)
                 dA = np.ascontiguousarray(dP[:, off:off + 5 * Hh])
-                W = W1 if half == 0 else W2
+                WT = tr[3][l] if half == 0 else tr[4][l]       # W1.T, W2.T
                 Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
-                dot_rows(dA, W.T, o)               # o: free scratch (B, Hh) here
+                dot_rows(dA, WT, o)                # o: free scratch (B, Hh) here
                 dsl[other] += o
             dPb[l, tt - t0] = dP
-            pass_down(tt, tt - t0, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, 2, ds,
-                      gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
+            pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,
+                      2, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
             for k in range(4):
                 snl[k] = spl[k]
     _chunk_weight_grads(t1 - t0, Ob, dPb, gW1s, gW2s, gbs)

@@ -80,10 +80,11 @@ def _add_h(dsl, nh, d, m):
 
 
 @njit(**NJIT_OPTS)
-def head_step(t, i, T, per_step, snl, nh, m_top, U, by, softmax, labels, target, lscale, Hb,
-              Zb, dH, dsl, terms):
+def head_step(t, i, T, per_step, snl, nh, m_top, U, UT, by, softmax, labels, target, lscale,
+              Hb, Zb, dH, dsl, terms):
     """Output layer of step ``t`` (row ``i`` of its chunk) on the top layer's (masked) ``h``;
-    adds dL/dh to ``dsl``.
+    adds dL/dh to ``dsl``. ``UT``: ``U.T`` (a transposed copy in float32, see
+    :func:`revtrain.models.window.transposed`).
 
     The masked ``h`` goes to rows ``i*B .. (i+1)*B`` of ``Hb`` (chunk rows, H)
     and dL/dz to those of ``Zb`` (chunk rows, O; zeros for a step without a
@@ -112,7 +113,7 @@ def head_step(t, i, T, per_step, snl, nh, m_top, U, by, softmax, labels, target,
         xent_dz(htop, U, by, labels[r0:r0 + B], lscale, dz, terms[row], True)
     else:
         mse_dz(htop, U, by, target[r0:r0 + B], lscale, dz, terms[row], True)
-    dot_rows(dz, U.T, dH)
+    dot_rows(dz, UT, dH)
     _add_h(dsl, nh, dH, m_top)
 
 
@@ -126,13 +127,15 @@ def chunk_head_grads(k, B, Hb, Zb, gU, gby):
 
 
 @njit(**NJIT_OPTS)
-def pass_down(t, i, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, nh, ds, gE, gV0,
+def pass_down(t, i, l, mode_in, xtok, dP, V0T, VsT, inp0, inpH, m_emb, m_btw, nh, ds, gE, gV0,
               dX, want_dx, dx0, dxH, Xb0, XbH):
     """Input side of layer ``l``'s backward at step ``t`` (row ``i`` of the chunk).
 
     One-hot inputs scatter-add ``dP`` into rows of ``gV0``; float inputs are kept
     in ``Xb0`` / ``XbH`` for :func:`chunk_input_grads`; dL/d(input) = ``dP V^T``
     goes to the embedding rows, ``dX[t]`` or the layer below's ``h`` (masked).
+    ``V0T``, ``VsT``: the input weights transposed (``V0.T``, ``Vs[l].T``; see
+    :func:`revtrain.models.window.transposed`).
     """
     B, G = dP.shape
     if l == 0 and mode_in == 0:
@@ -144,7 +147,7 @@ def pass_down(t, i, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, nh, 
         Xb0[i] = inp0
         if mode_in == 1 or want_dx:
             D0 = dx0.shape[1]
-            dot_rows(dP, V0.T, dx0)
+            dot_rows(dP, V0T, dx0)
             if mode_in == 1:
                 for r in range(B):
                     row = xtok[t, r]
@@ -156,7 +159,7 @@ def pass_down(t, i, l, mode_in, xtok, dP, V0, Vs, inp0, inpH, m_emb, m_btw, nh, 
                         dX[t, r, c] = dx0[r, c]
     else:
         XbH[l - 1, i] = inpH
-        dot_rows(dP, Vs[l - 1].T, dxH)
+        dot_rows(dP, VsT[l - 1], dxH)
         _add_h(ds[l - 1], nh, dxH, m_btw[l - 1])
 
 

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, accumulators, add_back
+from .window import WindowRun, stacked, transposed, accumulators, add_back
 from .._kernels.momentum_stack import stack_forward, stack_backward
 
 
@@ -22,6 +22,7 @@ class MomentumRNNWindow(WindowRun):
     def _pack_cell(self):
         m, pl, B, H, L, dt = self.m, self.pl, self.B, self.H, self.L, self.dt
         self.Ws = stacked([q["W"] for q in pl], dt)
+        self.tr = self.tr + (self.once("WT", lambda: transposed([q["W"] for q in pl], dt)),)
         self.bs = stacked([q["b"] for q in pl], dt)
         self.bgs = (stacked([q["b_g"] for q in pl], dt) if m.learned
                     else stacked([np.zeros(H, dtype=dt)] * L, dt))
@@ -62,7 +63,7 @@ class MomentumRNNWindow(WindowRun):
             bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX,
             bw.want_dx, self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.hf, self.A,
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
-            bw.terms)
+            bw.terms, self.tr)
 
     def _add_cell_grads(self, gl, cg, grad):
         add_back([q["W"] for q in gl], cg["Ws"])

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, accumulators, add_back
+from .window import WindowRun, stacked, transposed, accumulators, add_back
 from .._kernels.revgru_stack import stack_forward, stack_backward
 
 
@@ -21,6 +21,9 @@ class RevGRUWindow(WindowRun):
         pl, B, Hh, dt = self.pl, self.B, self.H // 2, self.dt
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
             setattr(self, nm + "s", stacked([q[nm] for q in pl], dt))
+        self.tr = self.tr + tuple(
+            self.once(nm + "T", lambda nm=nm: transposed([q[nm] for q in pl], dt))
+            for nm in ("W1", "Wg1", "W2", "Wg2"))
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 2 * Hh), dtype=dt)
         self.Gm = np.empty((B, Hh), dtype=dt)
         self.g1, self.g2 = np.empty((5, B, Hh), dtype=dt), np.empty((5, B, Hh), dtype=dt)
@@ -57,7 +60,7 @@ class RevGRUWindow(WindowRun):
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, self.inp0,
             self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
             self.n, self.inc, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
-            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms)
+            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms, self.tr)
 
     def _add_cell_grads(self, gl, cg, grad):
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, accumulators, add_back
+from .window import WindowRun, stacked, transposed, accumulators, add_back
 from .._kernels.revlstm_stack import stack_forward, stack_backward
 
 
@@ -21,6 +21,8 @@ class RevLSTMWindow(WindowRun):
         self.W1s = stacked([q["W1"] for q in pl], dt)
         self.W2s = stacked([q["W2"] for q in pl], dt)
         self.bs = stacked([q["b"] for q in pl], dt)
+        self.tr = self.tr + (self.once("W1T", lambda: transposed([q["W1"] for q in pl], dt)),
+                             self.once("W2T", lambda: transposed([q["W2"] for q in pl], dt)))
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 5 * Hh), dtype=dt)
         self.g1, self.g2 = np.empty((7, B, Hh), dtype=dt), np.empty((7, B, Hh), dtype=dt)
         self.n = np.empty((B, Hh), dtype=np.int64)
@@ -50,7 +52,7 @@ class RevLSTMWindow(WindowRun):
             bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx,
             self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb,
-            bw.Xb0, bw.XbH, bw.terms)
+            bw.Xb0, bw.XbH, bw.terms, self.tr)
 
     def _add_cell_grads(self, gl, cg, grad):
         for nm in ("W1", "W2", "b"):

@@ -54,6 +54,22 @@ def stacked(arrays, dtype):
     return out
 
 
+def transposed(arrays, dtype):
+    """The blocks ``arrays`` transposed, as a typed List, for the kernels' products ``dA @ W.T``.
+
+    float32: C-contiguous copies, which the vector kernels of
+    :mod:`~revtrain._kernels.gemm_f32` read row by row (the same bits as
+    ``W.T`` itself, which they copy; made once per call and shared by the
+    row groups). Other dtypes: the views ``W.T``, which BLAS reads
+    transposed, as the per-step reference does.
+    """
+    out = List()
+    for a in arrays:
+        out.append(np.ascontiguousarray(a.T, dtype=dtype) if dtype == np.float32
+                   else a.astype(dtype, copy=False).T)
+    return out
+
+
 def accumulators(views, dtype):
     """Gradient accumulators of the per-layer blocks ``views`` (a typed List).
 
@@ -96,12 +112,15 @@ class WindowRun:
     tokens : bool
     state0 : ndarray (B, state_size) or None
     masks : DropoutMasks or None
+    shared : dict or None
+        Arrays computed once per call and shared by its row groups
+        (:meth:`once`); None: this run's own.
     """
 
     #: Names of the parts in ``q``'s order, and the part names of the kernels' error codes.
     error_parts = ()
 
-    def __init__(self, model, theta, x, tokens, state0, masks):
+    def __init__(self, model, theta, x, tokens, state0, masks, shared=None):
         m = self.m = model
         dt = self.dt = np.dtype(getattr(m, "dtype", "float64"))
         L, H, G = m.n_layers, m.n_hidden, m._n_proj
@@ -114,6 +133,7 @@ class WindowRun:
         self.parts = tuple(nm for nm, _ in m._layout_parts)
         self.w = m._layout_parts[0][1]
         self.theta = theta
+        self._shared = {} if shared is None else shared
         p = self.p = m.layout.views(theta)
         pl = self.pl = m.layer_params(p)
         self.V0 = pl[0]["V"].astype(dt, copy=False)
@@ -146,7 +166,18 @@ class WindowRun:
         self.buf = InfoBuffer(L * B, capacity=16)
         self.inp0, self.inpH = np.empty((B, D0), dtype=dt), np.empty((B, H), dtype=dt)
         self.P = np.empty((B, G), dtype=dt)
+        # U.T, V0.T, Vs.T for the backward's products (the cells append their own transposes)
+        self.tr = (self.once("UT", lambda: transposed([self.U], dt)[0]),
+                   self.once("V0T", lambda: transposed([self.V0 if self.mode_in else
+                                                        self.V0[:1]], dt)[0]),
+                   self.once("VsT", lambda: transposed(self.Vs, dt)))
         self._pack_cell()
+
+    def once(self, key, make):
+        """``make()``, computed once per call: the row groups of a call share the result."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
 
     # ------------------------------------------------------------ hooks
     def _pack_cell(self):
@@ -372,12 +403,12 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class):
     dt = np.dtype(getattr(model, "dtype", "float64"))
     if dt != theta.dtype:
         theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
-    out = []
+    out, shared = [], {}
     for r0, r1 in row_groups(B):
         whole = r0 == 0 and r1 == B
         run = run_class(model, theta, x if whole else np.ascontiguousarray(x[:, r0:r1]), tokens,
                         None if state0 is None else state0[r0:r1],
-                        masks if whole else group_masks(masks, r0, r1))
+                        masks if whole else group_masks(masks, r0, r1), shared)
         run.row0, run.B_total = r0, B
         out.append((r0, r1, run))
     return out

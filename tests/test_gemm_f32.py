@@ -1,0 +1,108 @@
+"""The float32 vector product kernel (revtrain._kernels.gemm_f32) against an exact reference.
+
+Element ``out[i, j]`` of ``matmul_f32`` is documented as the chain of fused
+multiply-adds ``acc = fma(A[i, k], W[k, j], acc)`` over ``k`` ascending from
+``acc = 0``, each rounded once to float32. The reference computes every fma
+exactly with fractions and rounds it to the nearest float32 (ties to even),
+so the kernel must agree bit for bit, whatever the block an element falls
+in (4x64, 4x16, scalar columns, a short last row block).
+"""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from revtrain._kernels.gemm import matmul_rows
+from revtrain._kernels.gemm_f32 import matmul_f32
+
+
+def round_f32(x):
+    """The float32 nearest the fraction ``x`` (ties to even)."""
+    f = np.float32(float(x))
+    cands = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+    return min(cands, key=lambda c: (abs(Fraction(float(c)) - x),
+                                     int(np.array(c, dtype=np.float32).view(np.uint32)) & 1))
+
+
+def fma_chain_reference(A, W):
+    """``out[i, j]``: ``acc = round32(A[i, k] * W[k, j] + acc)`` for k ascending, from 0."""
+    M, K = A.shape
+    N = W.shape[1]
+    Af = [[Fraction(float(v)) for v in row] for row in A]
+    Wf = [[Fraction(float(v)) for v in row] for row in W]
+    out = np.empty((M, N), dtype=np.float32)
+    for i in range(M):
+        for j in range(N):
+            acc = Fraction(0)
+            for k in range(K):
+                acc = Fraction(float(round_f32(Af[i][k] * Wf[k][j] + acc)))
+            out[i, j] = np.float32(float(acc))
+    return out
+
+
+def separate_rounding_chain(A, W):
+    """The same chain with ``a * b`` rounded to float32 before the add (no fma)."""
+    out = np.zeros((A.shape[0], W.shape[1]), dtype=np.float32)
+    for k in range(A.shape[1]):
+        out = (A[:, k:k + 1] * W[k:k + 1, :]).astype(np.float32) + out
+    return out
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (4, 7, 64), (5, 9, 65), (3, 16, 80),
+                                   (6, 33, 17), (13, 5, 130)])
+def test_matmul_f32_is_the_fma_chain(M, K, N):
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    out = np.full((M, N), np.nan, dtype=np.float32)
+    matmul_f32(A, W, out)
+    assert np.array_equal(out, fma_chain_reference(A, W))
+
+
+def test_fma_chain_differs_from_separate_roundings():
+    """Negative control: the reference is sensitive to the rounding of each step (rounding
+    ``a * b`` first gives other bits), so agreement above is not a tautology."""
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((4, 33)).astype(np.float32)
+    W = rng.standard_normal((33, 64)).astype(np.float32)
+    ref = fma_chain_reference(A, W)
+    assert not np.array_equal(ref, separate_rounding_chain(A, W))
+    out = np.empty_like(ref)
+    matmul_f32(A, W, out)
+    assert not np.array_equal(out, separate_rounding_chain(A, W))
+
+
+def test_rows_do_not_depend_on_the_other_rows():
+    """Each row alone (and any row block) gives the bits it has inside a larger product."""
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((23, 40)).astype(np.float32)
+    W = rng.standard_normal((40, 150)).astype(np.float32)
+    out = np.empty((23, 150), dtype=np.float32)
+    matmul_f32(A, W, out)
+    for r0, r1 in [(0, 1), (5, 6), (22, 23), (3, 10), (16, 23)]:
+        part = np.empty((r1 - r0, 150), dtype=np.float32)
+        matmul_f32(np.ascontiguousarray(A[r0:r1]), W, part)
+        assert np.array_equal(part, out[r0:r1])
+
+
+def test_matmul_rows_reads_a_transposed_view_as_its_copy():
+    """``matmul_rows(A, W.T)`` (a view) gives the bits of the transposed copy the window
+    kernels pass (so the per-step reference and the kernels agree)."""
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((16, 80)).astype(np.float32)
+    W = rng.standard_normal((48, 80)).astype(np.float32)
+    via_view, via_copy = np.empty((16, 48), np.float32), np.empty((16, 48), np.float32)
+    matmul_rows(A, W.T, via_view)
+    matmul_f32(A, np.ascontiguousarray(W.T), via_copy)
+    assert np.array_equal(via_view, via_copy)
+    assert np.allclose(via_view, A.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-5,
+                       atol=1e-4)
+
+
+def test_empty_and_float64_fallback():
+    out = np.empty((0, 5), dtype=np.float32)
+    matmul_f32(np.empty((0, 3), np.float32), np.ones((3, 5), np.float32), out)
+    A, W = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4)
+    o = np.empty((2, 4))
+    matmul_rows(A, W, o)
+    assert np.array_equal(o, A @ W)
