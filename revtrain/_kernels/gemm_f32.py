@@ -22,10 +22,10 @@ Bits
 Every output element is computed alone, in an order fixed by the shapes:
 
 element ``out[i, j]`` of :func:`matmul_f32` (``out = A @ W``) is the chain
-``fma(A[i, k], W[k, j], .)`` over ``k`` ascending, from 0. So its bits depend neither on the other rows of the product (how a
-batch is cut into row groups, or the block an element falls in: a last
-block of fewer than 4 rows repeats its last row, the copies computing and
-storing the same values) nor on the CPU's vector width or thread count.
+``fma(A[i, k], W[k, j], .)`` over ``k`` ascending, from 0. So its bits
+depend neither on the other rows of the product (how a batch is cut into
+row groups) nor on the block an element falls in, the CPU's vector width
+or the thread count.
 """
 import numpy as np
 from llvmlite import ir
@@ -133,19 +133,20 @@ def matmul_f32(A, W, out):
     """``out = A @ W``: A (M, K), W (K, N), out (M, N), float32, C-contiguous.
 
     Blocks of 4 rows by 64 columns (16 vector accumulators), then 4 rows by
-    16, then scalar columns; element ``out[i, j]`` is the fused chain over
+    16, then scalar columns; the last ``M % 4`` rows one by one
+    (:func:`_row_matmul_f32`). Element ``out[i, j]`` is the fused chain over
     ``k`` ascending from 0 in every block.
     """
     M, K = A.shape
     N = W.shape[1]
-    if M == 0:
-        return
-    last = M - 1
-    for r in range(0, M, 4):
+    M4 = M - M % 4
+    for r in range(M4, M):
+        _row_matmul_f32(A, W, out, r)
+    for r in range(0, M4, 4):
         i0 = r
-        i1 = min(r + 1, last)
-        i2 = min(r + 2, last)
-        i3 = min(r + 3, last)
+        i1 = r + 1
+        i2 = r + 2
+        i3 = r + 3
         j = 0
         while j + 64 <= N:
             c00 = _vzero()
@@ -223,9 +224,77 @@ def matmul_f32(A, W, out):
             _vstore(out, i0, j, c0)
             j += 16
         while j < N:
-            for i in range(r, min(r + 4, M)):
-                acc = np.float32(0.0)
-                for k in range(K):
-                    acc = _fma(A[i, k], W[k, j], acc)
-                out[i, j] = acc
+            for i in range(r, r + 4):
+                out[i, j] = _column_f32(A, W, i, j)
             j += 1
+
+
+@njit(**NJIT_OPTS)
+def _column_f32(A, W, i, j):
+    """``(A @ W)[i, j]``: the fma chain over ``k`` ascending from 0."""
+    acc = np.float32(0.0)
+    for k in range(A.shape[1]):
+        acc = _fma(A[i, k], W[k, j], acc)
+    return acc
+
+
+@njit(**NJIT_OPTS)
+def _row_matmul_f32(A, W, out, i):
+    """Row ``i`` of ``out = A @ W`` alone (the rows after the last block of 4): blocks of
+    128 columns (8 vector accumulators), then 64, 16, then scalar columns."""
+    K = A.shape[1]
+    N = W.shape[1]
+    j = 0
+    while j + 128 <= N:
+        c0 = _vzero()
+        c1 = _vzero()
+        c2 = _vzero()
+        c3 = _vzero()
+        c4 = _vzero()
+        c5 = _vzero()
+        c6 = _vzero()
+        c7 = _vzero()
+        for k in range(K):
+            x = _vsplat(A[i, k])
+            c0 = _vfma(x, _vload(W, k, j), c0)
+            c1 = _vfma(x, _vload(W, k, j + 16), c1)
+            c2 = _vfma(x, _vload(W, k, j + 32), c2)
+            c3 = _vfma(x, _vload(W, k, j + 48), c3)
+            c4 = _vfma(x, _vload(W, k, j + 64), c4)
+            c5 = _vfma(x, _vload(W, k, j + 80), c5)
+            c6 = _vfma(x, _vload(W, k, j + 96), c6)
+            c7 = _vfma(x, _vload(W, k, j + 112), c7)
+        _vstore(out, i, j, c0)
+        _vstore(out, i, j + 16, c1)
+        _vstore(out, i, j + 32, c2)
+        _vstore(out, i, j + 48, c3)
+        _vstore(out, i, j + 64, c4)
+        _vstore(out, i, j + 80, c5)
+        _vstore(out, i, j + 96, c6)
+        _vstore(out, i, j + 112, c7)
+        j += 128
+    while j + 64 <= N:
+        c0 = _vzero()
+        c1 = _vzero()
+        c2 = _vzero()
+        c3 = _vzero()
+        for k in range(K):
+            x = _vsplat(A[i, k])
+            c0 = _vfma(x, _vload(W, k, j), c0)
+            c1 = _vfma(x, _vload(W, k, j + 16), c1)
+            c2 = _vfma(x, _vload(W, k, j + 32), c2)
+            c3 = _vfma(x, _vload(W, k, j + 48), c3)
+        _vstore(out, i, j, c0)
+        _vstore(out, i, j + 16, c1)
+        _vstore(out, i, j + 32, c2)
+        _vstore(out, i, j + 48, c3)
+        j += 64
+    while j + 16 <= N:
+        c0 = _vzero()
+        for k in range(K):
+            c0 = _vfma(_vsplat(A[i, k]), _vload(W, k, j), c0)
+        _vstore(out, i, j, c0)
+        j += 16
+    while j < N:
+        out[i, j] = _column_f32(A, W, i, j)
+        j += 1
