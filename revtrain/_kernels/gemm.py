@@ -64,6 +64,34 @@ def _dot_rows_impl(A, B, out):
     return blocked
 
 
+def dot_step(A, B, out):
+    """``out = A @ B`` for the standard cells' per-step products: float32 (C-contiguous
+    operands) in :func:`~revtrain._kernels.gemm_f32.matmul_f32`, anything else in one
+    BLAS call. (Numba only: an ``overload``.)"""
+    raise NotImplementedError("dot_step runs inside Numba kernels")
+
+
+@overload(dot_step, inline="always")
+def _dot_step_impl(A, B, out):
+    if (A.dtype == types.float32 and B.dtype == types.float32 and A.layout == "C"
+            and B.layout == "C"):
+        return lambda A, B, out: matmul_f32(A, B, out)
+    return lambda A, B, out: np.dot(A, B, out)
+
+
+def transpose_for_dot(W):
+    """``W.T`` as :func:`dot_step` reads it fastest: a C-contiguous copy for float32 (made
+    once per kernel call), the view otherwise. (Numba only: an ``overload``.)"""
+    raise NotImplementedError("transpose_for_dot runs inside Numba kernels")
+
+
+@overload(transpose_for_dot, inline="always")
+def _transpose_for_dot_impl(W):
+    if W.dtype == types.float32:
+        return lambda W: np.ascontiguousarray(W.T)
+    return lambda W: W.T
+
+
 @njit(**NJIT_OPTS)
 def matmul_rows(A, B, out):
     """``out = A @ B`` by :func:`dot_rows` (the reversible cells' per-step products)."""

@@ -16,6 +16,7 @@ from numba import njit
 
 from ._options import NJIT_OPTS
 from .mathfn import sigmoid_, tanh_
+from .gemm import dot_step, transpose_for_dot
 
 
 @njit(**NJIT_OPTS)
@@ -42,13 +43,13 @@ def gru_forward(P, Wzr, Wn, b, hs, zr, n, rh):
         q = rh[t]
         c = n[t]
         ht = hs[t + 1]
-        np.dot(hp, Wzr, g)
+        dot_step(hp, Wzr, g)
         for i in range(B):
             for j in range(H2):
                 g[i, j] = sigmoid_(g[i, j] + P[t, i, j] + b[j])
             for j in range(H):
                 q[i, j] = g[i, H + j] * hp[i, j]
-        np.dot(q, Wn, c)
+        dot_step(q, Wn, c)
         for i in range(B):
             for j in range(H):
                 nn = tanh_(c[i, j] + P[t, i, H2 + j] + b[H2 + j])
@@ -82,6 +83,7 @@ def gru_backward(hs, zr, n, dH, Wzr, Wn, dh, dP, tmp):
     """
     k, B, H = dH.shape
     H2 = 2 * H
+    WnT, WzrT = transpose_for_dot(Wn), transpose_for_dot(Wzr)
     for t in range(k - 1, -1, -1):
         hp = hs[t]
         g = zr[t]
@@ -94,14 +96,14 @@ def gru_backward(hs, zr, n, dH, Wzr, Wn, dh, dP, tmp):
                 dh[i, j] = d * z
                 g[i, j] = d * (hp[i, j] - nn) * (z * (1.0 - z))
                 c[i, j] = d * (1.0 - z) * (1.0 - nn * nn)
-        np.dot(c, Wn.T, tmp)
+        dot_step(c, WnT, tmp)
         for i in range(B):
             for j in range(H):
                 r = g[i, H + j]
                 dq = tmp[i, j]
                 dh[i, j] += dq * r
                 g[i, H + j] = dq * hp[i, j] * (r * (1.0 - r))
-        np.dot(g, Wzr.T, tmp)
+        dot_step(g, WzrT, tmp)
         for i in range(B):
             for j in range(H):
                 dh[i, j] += tmp[i, j]

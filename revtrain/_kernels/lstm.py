@@ -17,6 +17,7 @@ from numba import njit
 
 from ._options import NJIT_OPTS
 from .mathfn import sigmoid_, tanh_
+from .gemm import dot_step, transpose_for_dot
 
 
 @njit(**NJIT_OPTS)
@@ -43,7 +44,7 @@ def lstm_forward(G, W_h, b, hs, cs, tc, Z):
     # Loops index views from 0 (j >= 0 is then known to LLVM, which vectorises
     # them; an offset index like a[H3 + j] would need a wraparound check).
     for t in range(k):
-        np.dot(hs[t], W_h, Z)
+        dot_step(hs[t], W_h, Z)
         for r in range(B):
             a = G[t, r]
             z = Z[r]
@@ -89,7 +90,7 @@ def lstm_backward(G, cs, tc, dH, W_h, dh, dc):
     """
     k, B, G4 = G.shape
     H = G4 // 4
-    WT = W_h.T
+    WT = transpose_for_dot(W_h)
     for t in range(k - 1, -1, -1):
         for r in range(B):
             a = G[t, r]
@@ -112,4 +113,4 @@ def lstm_backward(G, cs, tc, dH, W_h, dh, dc):
                 ao[j] = dht * th * o * (1.0 - o)
                 ag[j] = dct * i * (1.0 - g * g)
                 dcr[j] = dct * f
-        np.dot(G[t], WT, dh)
+        dot_step(G[t], WT, dh)

@@ -8,6 +8,7 @@ from numba import njit
 
 from ._options import NJIT_OPTS
 from .mathfn import tanh_
+from .gemm import dot_step, transpose_for_dot
 
 
 @njit(**NJIT_OPTS)
@@ -20,7 +21,7 @@ def rnn_forward(P, W, b, hs):
     k, B, H = P.shape
     for t in range(k):
         ht = hs[t + 1]
-        np.dot(hs[t], W, ht)
+        dot_step(hs[t], W, ht)
         for i in range(B):
             for j in range(H):
                 ht[i, j] = tanh_(ht[i, j] + P[t, i, j] + b[j])
@@ -36,6 +37,7 @@ def rnn_backward(hs, dH, W, dh, dA):
     dA : (k, B, H) output: dL/da_t, ``a_t`` the pre-activation (may alias nothing else).
     """
     k, B, H = dH.shape
+    WT = transpose_for_dot(W)
     for t in range(k - 1, -1, -1):
         ht = hs[t + 1]
         da = dA[t]
@@ -43,4 +45,4 @@ def rnn_backward(hs, dH, W, dh, dA):
             for j in range(H):
                 h = ht[i, j]
                 da[i, j] = (dh[i, j] + dH[t, i, j]) * (1.0 - h * h)
-        np.dot(da, W.T, dh)
+        dot_step(da, WT, dh)
