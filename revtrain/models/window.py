@@ -341,6 +341,22 @@ class WindowRun:
         dx = bw.dX.astype(np.float64, copy=False) if want_dx else None
         return bw.terms, grad, dstate0, dx
 
+    #: What :meth:`add_grads` still needs after :meth:`release`.
+    _KEEP = ("m", "L", "dt", "_acc")
+
+    def release(self):
+        """Drop the run's arrays (information buffer, parameter copies, workspaces) once its
+        backward pass is done, keeping only the float32 accumulators for :meth:`add_grads`:
+        the caller's gradient is then allocated and summed without them."""
+        bw = self.__dict__.get("_acc")
+        if bw is not None:                      # views of the float32 parameter copy
+            bw.g = bw.vs = bw.sn = bw.sp = bw.ds = bw.dPb = bw.Xb0 = bw.XbH = None
+            bw.htop = bw.work = bw.terms = bw.target = bw.dX = None
+            for key in [k for k in bw.cell if not k.endswith("s")]:
+                bw.cell[key] = None     # the cell's workspaces (Ob, tc, ...); "...s": accumulators
+        for key in [k for k in self.__dict__ if k not in self._KEEP]:
+            del self.__dict__[key]
+
     def add_grads(self, grad):
         """Add a float32 run's gradient accumulators to the float64 ``grad`` (size,), once.
 
@@ -441,6 +457,9 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     want_dx = want_inputs and not batch.tokens
     out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard", stores[i],
                                                 want_dx), len(runs))
+    del stores, gbatches
+    for run in runs:
+        run.release()                 # buffers, parameter copies: before the gradient's sum
     loss = fold_terms(np.concatenate([o[0] for o in out], axis=1), batch.scale)
     if out[0][1] is not None:                     # float64: each group's own gradient
         grad = out[0][1]
