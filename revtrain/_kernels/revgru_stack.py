@@ -40,7 +40,7 @@ from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
 from .quantize import quantise_convex, forget_add, forget_add_undo
 from .gemm import dot_rows
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
-                     chunk_input_grads)
+                     chunk_input_grads, copy_cols)
 
 #: Part indices in ``q``: h1, h2.
 H1, H2 = 0, 1
@@ -128,15 +128,6 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s, W2s,
 
 
 @njit(**NJIT_OPTS)
-def _copy_cols(src, c0, out):
-    """``out = src[:, c0:c0 + out.shape[1]]`` (a contiguous copy of a column block)."""
-    B, w = out.shape
-    for r in range(B):
-        for j in range(w):
-            out[r, j] = src[r, c0 + j]
-
-
-@njit(**NJIT_OPTS)
 def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s,
                    W2s, Wg2s, bs, m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin,
                    scale, inv_scale, floor, U, by, softmax, labels, target, lscale, per_step,
@@ -195,10 +186,10 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 ov = spl[H2] if half == 0 else snl[H1]
                 off = half * 3 * Hh
                 revgru_back1(g[GZ], g[GSZ], g[GG], spl[mine], floor, dsl[mine], dP, off)
-                _copy_cols(dP, off + 2 * Hh, dAg)
+                copy_cols(dP, off + 2 * Hh, dAg)
                 dot_rows(dAg, tr[4][l] if half == 0 else tr[6][l], dRO)       # Wg1.T, Wg2.T
                 revgru_back2(dRO, g[GR], ov, dP, off, do)
-                _copy_cols(dP, off, dAzr)
+                copy_cols(dP, off, dAzr)
                 dot_rows(dAzr, tr[3][l] if half == 0 else tr[5][l], tmp)      # W1.T, W2.T
                 do += tmp
                 dsl[other] += do

@@ -37,7 +37,7 @@ from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_ce
 from .quantize import forget_add, forget_add_undo
 from .gemm import dot_rows
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
-                     chunk_input_grads)
+                     chunk_input_grads, copy_cols)
 
 #: Part indices in ``q``: h1, h2, c1, c2.
 H1, H2, C1, C2 = 0, 1, 2, 3
@@ -190,10 +190,10 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                 off = half * 5 * Hh
                 revlstm_back(g[0], g[1], g[2], g[3], g[4], g[5], g[6], tc[half],
                              spl[C1 + half], spl[mine], floor, dsl[mine], dsl[C1 + half], dP, off)
-                dA = np.ascontiguousarray(dP[:, off:off + 5 * Hh])
+                copy_cols(dP, off, A)              # dL/dA of this half; A: free scratch here
                 WT = tr[3][l] if half == 0 else tr[4][l]       # W1.T, W2.T
                 Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
-                dot_rows(dA, WT, o)                # o: free scratch (B, Hh) here
+                dot_rows(A, WT, o)                 # o: free scratch (B, Hh) here
                 dsl[other] += o
             dPb[l, tt - t0] = dP
             pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,

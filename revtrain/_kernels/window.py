@@ -24,6 +24,15 @@ def to_float(qp, inv_scale, out):
 
 
 @njit(**NJIT_OPTS)
+def copy_cols(src, c0, out):
+    """``out = src[:, c0:c0 + out.shape[1]]`` (a contiguous copy of a column block)."""
+    B, w = out.shape
+    for r in range(B):
+        for j in range(w):
+            out[r, j] = src[r, c0 + j]
+
+
+@njit(**NJIT_OPTS)
 def h_float(ql, nh, inv_scale, out):
     """``out`` (B, nh * w) = the first ``nh`` fixed-point parts of ``ql`` side by side, as float."""
     B, w = ql.shape[1], ql.shape[2]
