@@ -6,7 +6,7 @@ import pytest
 import revtrain as rt
 from revtrain import _threads
 from revtrain._kernels.gemm import ROW_BLOCK, matmul_rows, matmul_into
-from revtrain.models.window import row_groups
+from revtrain.models.row_groups import row_groups
 
 CELLS = (rt.RevLSTM, rt.RevGRU, rt.MomentumRNN)
 

@@ -11,7 +11,6 @@ Two products per step, ``(B, H) x (H, 2H)`` for the gates and ``(B, H) x (H, H)`
 for the candidate (it needs ``r`` first); the backward pass has the two
 transposed products. Generic over float64 and complex128 (complex step).
 """
-import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS

@@ -12,7 +12,6 @@ by the caller. Everything else is elementwise over contiguous rows of ``H``
 or ``4H`` values (loops LLVM vectorises with the fast functions of
 :mod:`.mathfn`).
 """
-import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS

@@ -3,7 +3,6 @@
 Generic over float64 and complex128 (complex step). One ``(B, H) x (H, H)``
 product per step; everything else is elementwise.
 """
-import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS

@@ -14,7 +14,7 @@ import numpy as np
 
 from .base import RecurrentModel
 from .reversible_bptt import ReversibleBPTT
-from .window import run_window, window_loss, window_hidden
+from .window_calls import run_window, window_loss, window_hidden
 from .._checks import is_int, int_in_range
 from ..errors import FixedPointError, ReversalError
 from ..fixed_point import to_fixed

@@ -1,0 +1,145 @@
+"""A reversible stack's calls through the whole-window kernels: row groups on threads, combined.
+
+A batch is cut into row groups fixed by its size
+(:func:`~revtrain.models.row_groups.row_groups`); each runs as its own
+:class:`~revtrain.models.window.WindowRun` on one of
+:func:`revtrain.get_row_threads` threads, and their results are combined in
+group order (per-row loss terms folded in the per-step reference's order,
+gradients summed group after group), so the bits do not depend on the
+number of threads.
+"""
+import numpy as np
+
+from .._threads import run_groups
+from .row_groups import row_groups, group_batch, group_masks
+from .._kernels.head import softmax_xent_rows, mse_rows, sum_terms
+
+
+def fold_terms(terms, scale, forward=False):
+    """The loss from per-row terms (steps with a target, B): ``sum_t scale * sum_r terms[t, r]``,
+    rows in order, steps last to first (the backward pass's order) or first to last
+    (``forward``, a forward-only pass's): the per-step reference's order."""
+    loss = 0.0
+    n = terms.shape[0]
+    for i in (range(n) if forward else range(n - 1, -1, -1)):
+        loss += sum_terms(terms[i]) * scale
+    return loss
+
+
+def _group_runs(model, theta, x, tokens, state0, masks, run_class):
+    """One :class:`~revtrain.models.window.WindowRun` per row group of ``x`` (T, B, ...): ``[(r0, r1, run), ...]``."""
+    B = x.shape[1]
+    dt = np.dtype(getattr(model, "dtype", "float64"))
+    if dt != theta.dtype:
+        theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
+    out, shared = [], {}
+    for r0, r1 in row_groups(B):
+        whole = r0 == 0 and r1 == B
+        run = run_class(model, theta, x if whole else np.ascontiguousarray(x[:, r0:r1]), tokens,
+                        None if state0 is None else state0[r0:r1],
+                        masks if whole else group_masks(masks, r0, r1), shared)
+        run.row0, run.B_total = r0, B
+        out.append((r0, r1, run))
+    return out
+
+
+def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class):
+    """``(loss, grad, info)`` of a reversible stack's BPTT through ``run_class``'s kernels.
+
+    The batch's row groups (:func:`row_groups`) run as separate
+    :class:`~revtrain.models.window.WindowRun` s, side by side on threads.
+    """
+    B = batch.B
+    grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
+    runs = [run for _, _, run in grouped]
+    gbatches = ([batch] if len(runs) == 1
+                else [group_batch(batch, r0, r1) for r0, r1, _ in grouped])
+    T = batch.lead[0]
+    stores = [np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None
+              for run in runs]
+    run_groups(lambda i: runs[i].forward(stores[i]), len(runs))
+    final_state = np.concatenate([run.state() for run in runs])
+    info_bits = sum(run.buf.info_bits for run in runs)
+    mask_bytes = 0 if masks is None else sum(
+        a.nbytes for a in (masks.embed, masks.top) + tuple(masks.between) if a is not None)
+    if mode == "standard":
+        stored, buffer_bytes = sum(s.nbytes for s in stores) + mask_bytes, 0
+    else:
+        buffer_bytes = sum(run.buf.nbytes for run in runs)
+        stored = buffer_bytes + B * model.state_size * 8 + mask_bytes
+    want_dx = want_inputs and not batch.tokens
+    out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard", stores[i],
+                                                want_dx), len(runs))
+    stores = gbatches = None          # (the standard mode's stored states)
+    for run in runs:
+        run.release()                 # buffers, parameter copies: before the gradient's sum
+    loss = fold_terms(np.concatenate([o[0] for o in out], axis=1), batch.scale)
+    if out[0][1] is not None:                     # float64: each group's own gradient
+        grad = out[0][1]
+        for o in out[1:]:
+            grad += o[1]
+    else:                                         # float32: accumulators added in group order
+        grad = np.zeros(model.size)
+        for run in runs:
+            run.add_grads(grad)
+    info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
+            "final_state": final_state}
+    if want_inputs:
+        info["dstate0"] = np.concatenate([o[2] for o in out])
+        info["dx"] = np.concatenate([o[3] for o in out], axis=1) if want_dx else None
+    return loss, grad, info
+
+
+def window_loss(model, theta, batch, state0, masks, run_class):
+    """``(loss, None, info)`` of a forward pass through the kernels (nothing kept for a backward).
+
+    The row groups run on threads; each step's output layer runs on the step's
+    rows in the row blocks of :func:`~revtrain._kernels.gemm.dot_rows` and the
+    loss is folded from the per-row terms in the per-step reference's order, so
+    it is the bits of that reference's ``loss``.
+    """
+    runs = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
+    head = softmax_xent_rows if model.loss_kind == "softmax" else mse_rows
+    n_steps = batch.lead[0] if batch.per_step else 1
+    parts = []
+
+    def group_terms(i):
+        r0, r1, run = runs[i]
+        gb = batch if len(runs) == 1 else group_batch(batch, r0, r1)
+        B, T, dt = gb.B, gb.lead[0], run.dt
+        terms = np.zeros((n_steps, B))
+        work, dh = np.empty((B, model.n_out), dt), np.empty((B, model.n_hidden), dt)
+        gU, gby = np.zeros_like(run.U), np.zeros_like(run.by)
+        for t0, h in run.forward_top():
+            for j in range(h.shape[0]):
+                t = t0 + j
+                if gb.per_step:
+                    rows, row = slice(t * B, (t + 1) * B), t
+                elif t == T - 1:
+                    rows, row = slice(0, B), 0
+                else:
+                    continue
+                tgt = (gb.labels[rows] if model.loss_kind == "softmax"
+                       else gb.target[rows].astype(dt, copy=False))
+                head(np.ascontiguousarray(h[j]), run.U, run.by, tgt, gb.scale, work, dh, gU,
+                     gby, terms[row])
+        return terms
+
+    parts = run_groups(group_terms, len(runs))
+    final_state = np.concatenate([run.state() for _, _, run in runs])
+    loss = fold_terms(np.concatenate(parts, axis=1), batch.scale, forward=True)
+    return loss, None, {"stored_bytes": 0, "final_state": final_state}
+
+
+def window_hidden(model, theta, x, tokens, state0, run_class):
+    """``(hs, final_state)``: the top layer's hidden states (T, B, H) float64 and the last state
+    (the row groups on threads)."""
+    runs = _group_runs(model, theta, x, tokens, state0, None, run_class)
+    hs = np.empty((x.shape[0], x.shape[1], model.n_hidden))
+
+    def fill(i):
+        r0, r1, run = runs[i]
+        for t0, h in run.forward_top():
+            hs[t0:t0 + h.shape[0], r0:r1] = h
+    run_groups(fill, len(runs))
+    return hs, np.concatenate([run.state() for _, _, run in runs])
