@@ -6,8 +6,8 @@ float inputs; the median of ``--repeats`` runs after a warm-up call) for
 * LSTM, GRU, RNN at (B=32, n_in=64, H=256, T=100), (B=32, n_in=64, H=256,
   T=1000) and (B=1, n_in=64, H=128, T=1000), stored BPTT and, at T=1000,
   checkpointed BPTT (segments of ceil(sqrt(T)) steps);
-* MDRNN on a 32x32 grid, B=16, H=64, wavefront vs raster order (label of the
-  last cell);
+* MDRNN on a 32x32 grid, B=1 (the speed issue's target size) and B=16, H=64,
+  wavefront vs raster order (label of the last cell);
 * optionally PyTorch CPU (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` + ``nn.Linear``
   + cross-entropy, float64 and float32, ``torch.set_num_threads(2)``) in a
   separate worker process, asked case by case right after the same revtrain
@@ -44,7 +44,9 @@ SEQ_CONFIGS = [  # (B, n_in, H, T)
     (1, 64, 128, 1000),
 ]
 N_OUT = 64
-GRID = dict(rows=32, cols=32, B=16, n_in=8, H=64, n_out=10)
+GRID = dict(rows=32, cols=32, n_in=8, H=64, n_out=10)
+#: Batch sizes of the MDRNN rows.
+GRID_BATCHES = (1, 16)
 MEMORY_CONFIG = (32, 64, 256, 1000)
 
 
@@ -116,14 +118,14 @@ def bench_memory(rt, name, repeats):
     return out
 
 
-def bench_mdrnn(rt, repeats):
+def bench_mdrnn(rt, repeats, B):
     cls = getattr(rt, "MDRNN", None)
     if cls is None:
         return []
     g = GRID
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(g["rows"], g["cols"], g["B"], g["n_in"]))
-    y = rng.integers(0, g["n_out"], size=(g["B"],))
+    x = rng.normal(size=(g["rows"], g["cols"], B, g["n_in"]))
+    y = rng.integers(0, g["n_out"], size=(B,))
     rows = []
     for order in ("wavefront", "raster"):
         try:
@@ -264,11 +266,11 @@ def main(argv=None):
               f"{_fmt_ms(r['standard'])} | {_fmt_ms(r['checkpoint'])} | {_fmt_ms(t64)} | "
               f"{_fmt_ms(t32)} | {ratio} |")
 
-    if "MDRNN" in models:
-        md = bench_mdrnn(rt, repeats)
+    for B in (GRID_BATCHES if "MDRNN" in models else ()):
+        md = bench_mdrnn(rt, repeats, B)
         if md:
             g = GRID
-            print(f"\n## MDRNN {g['rows']}x{g['cols']} grid, B={g['B']}, n_in={g['n_in']}, "
+            print(f"\n## MDRNN {g['rows']}x{g['cols']} grid, B={B}, n_in={g['n_in']}, "
                   f"H={g['H']}, label of the last cell (ms, median)\n")
             print("| order | fwd+bwd | raster / this |")
             print("|---|---|---|")
