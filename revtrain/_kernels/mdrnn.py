@@ -42,107 +42,19 @@ complex128 arrays (the complex step) take the BLAS path: ``np.dot`` into a
 workspace, then an addition.
 """
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba.extending import overload
 
 from ._options import NJIT_OPTS, INLINE_OPTS
+from .simd import vload, vstore, vsplat, vfma, vadd
 from .mathfn import tanh_, _fma
 
 
 # ------------------------------------------------------------ 8-lane vectors
-class _F64x8Type(types.Type):
-    """Eight float64 lanes in a register (a kernel's local variable, never in an array)."""
-
-    def __init__(self):
-        super().__init__(name="revtrain.F64x8")
-
-
-_f64x8 = _F64x8Type()
-_V8 = ir.VectorType(ir.DoubleType(), 8)
-
-
-@register_model(_F64x8Type)
-class _F64x8Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _V8)
-
-
+# F64x8 (LLVM <8 x double>) loads, stores, broadcast, fma and add: revtrain._kernels.simd
 def _f64_matrix(a):
     return isinstance(a, types.Array) and a.dtype == types.float64 and a.ndim == 2 \
         and a.layout == "C"
-
-
-def _lane_pointer(context, builder, sig, args):
-    """Pointer (as ``<8 x double>*``) to ``a[i, j]`` of a C-contiguous float64 matrix."""
-    aryty = sig.args[0]
-    ary = context.make_array(aryty)(context, builder, args[0])
-    ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]],
-                                   wraparound=False)
-    return builder.bitcast(ptr, _V8.as_pointer())
-
-
-@intrinsic
-def _vload(typingctx, a, i, j):
-    """``a[i, j:j+8]`` as a vector (no bounds check: the caller keeps ``j + 8 <= a.shape[1]``)."""
-    if not (_f64_matrix(a) and isinstance(i, types.Integer) and isinstance(j, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.load(_lane_pointer(context, builder, sig, args), align=8)
-    return _f64x8(a, i, j), codegen
-
-
-@intrinsic
-def _vstore(typingctx, a, i, j, v):
-    """``a[i, j:j+8] = v``."""
-    if not (_f64_matrix(a) and isinstance(i, types.Integer) and isinstance(j, types.Integer)
-            and v == _f64x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        builder.store(args[3], _lane_pointer(context, builder, sig, args), align=8)
-        return context.get_dummy_value()
-    return types.none(a, i, j, v), codegen
-
-
-@intrinsic
-def _vsplat(typingctx, x):
-    """``x`` in all eight lanes."""
-    if x != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        undef = ir.Constant(_V8, ir.Undefined)
-        v = builder.insert_element(undef, args[0], ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), 8),
-                                                            [0] * 8))
-    return _f64x8(x), codegen
-
-
-@intrinsic
-def _vfma(typingctx, a, b, c):
-    """``a*b + c`` lane by lane with one rounding (``llvm.fma``, as :func:`mathfn._fma`)."""
-    if not (a == _f64x8 and b == _f64x8 and c == _f64x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3),
-                                            "llvm.fma.v8f64")
-        return builder.call(fn, args)
-    return _f64x8(a, b, c), codegen
-
-
-@intrinsic
-def _vadd(typingctx, a, b):
-    """``a + b`` lane by lane."""
-    if not (a == _f64x8 and b == _f64x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-    return _f64x8(a, b), codegen
 
 
 # ------------------------------------------------------- float64 products
@@ -169,79 +81,79 @@ def _rows_matmul_add_f64(C, c, A, a, n, W):
         q3 = a + min(r + 3, last)
         j = 0
         while j + 32 <= N:
-            c00 = _vload(C, p0, j)
-            c01 = _vload(C, p0, j + 8)
-            c02 = _vload(C, p0, j + 16)
-            c03 = _vload(C, p0, j + 24)
-            c10 = _vload(C, p1, j)
-            c11 = _vload(C, p1, j + 8)
-            c12 = _vload(C, p1, j + 16)
-            c13 = _vload(C, p1, j + 24)
-            c20 = _vload(C, p2, j)
-            c21 = _vload(C, p2, j + 8)
-            c22 = _vload(C, p2, j + 16)
-            c23 = _vload(C, p2, j + 24)
-            c30 = _vload(C, p3, j)
-            c31 = _vload(C, p3, j + 8)
-            c32 = _vload(C, p3, j + 16)
-            c33 = _vload(C, p3, j + 24)
+            c00 = vload(C, p0, j)
+            c01 = vload(C, p0, j + 8)
+            c02 = vload(C, p0, j + 16)
+            c03 = vload(C, p0, j + 24)
+            c10 = vload(C, p1, j)
+            c11 = vload(C, p1, j + 8)
+            c12 = vload(C, p1, j + 16)
+            c13 = vload(C, p1, j + 24)
+            c20 = vload(C, p2, j)
+            c21 = vload(C, p2, j + 8)
+            c22 = vload(C, p2, j + 16)
+            c23 = vload(C, p2, j + 24)
+            c30 = vload(C, p3, j)
+            c31 = vload(C, p3, j + 8)
+            c32 = vload(C, p3, j + 16)
+            c33 = vload(C, p3, j + 24)
             for k in range(K):
-                w0 = _vload(W, k, j)
-                w1 = _vload(W, k, j + 8)
-                w2 = _vload(W, k, j + 16)
-                w3 = _vload(W, k, j + 24)
-                x = _vsplat(A[q0, k])
-                c00 = _vfma(x, w0, c00)
-                c01 = _vfma(x, w1, c01)
-                c02 = _vfma(x, w2, c02)
-                c03 = _vfma(x, w3, c03)
-                x = _vsplat(A[q1, k])
-                c10 = _vfma(x, w0, c10)
-                c11 = _vfma(x, w1, c11)
-                c12 = _vfma(x, w2, c12)
-                c13 = _vfma(x, w3, c13)
-                x = _vsplat(A[q2, k])
-                c20 = _vfma(x, w0, c20)
-                c21 = _vfma(x, w1, c21)
-                c22 = _vfma(x, w2, c22)
-                c23 = _vfma(x, w3, c23)
-                x = _vsplat(A[q3, k])
-                c30 = _vfma(x, w0, c30)
-                c31 = _vfma(x, w1, c31)
-                c32 = _vfma(x, w2, c32)
-                c33 = _vfma(x, w3, c33)
-            _vstore(C, p0, j, c00)
-            _vstore(C, p0, j + 8, c01)
-            _vstore(C, p0, j + 16, c02)
-            _vstore(C, p0, j + 24, c03)
-            _vstore(C, p1, j, c10)
-            _vstore(C, p1, j + 8, c11)
-            _vstore(C, p1, j + 16, c12)
-            _vstore(C, p1, j + 24, c13)
-            _vstore(C, p2, j, c20)
-            _vstore(C, p2, j + 8, c21)
-            _vstore(C, p2, j + 16, c22)
-            _vstore(C, p2, j + 24, c23)
-            _vstore(C, p3, j, c30)
-            _vstore(C, p3, j + 8, c31)
-            _vstore(C, p3, j + 16, c32)
-            _vstore(C, p3, j + 24, c33)
+                w0 = vload(W, k, j)
+                w1 = vload(W, k, j + 8)
+                w2 = vload(W, k, j + 16)
+                w3 = vload(W, k, j + 24)
+                x = vsplat(A[q0, k])
+                c00 = vfma(x, w0, c00)
+                c01 = vfma(x, w1, c01)
+                c02 = vfma(x, w2, c02)
+                c03 = vfma(x, w3, c03)
+                x = vsplat(A[q1, k])
+                c10 = vfma(x, w0, c10)
+                c11 = vfma(x, w1, c11)
+                c12 = vfma(x, w2, c12)
+                c13 = vfma(x, w3, c13)
+                x = vsplat(A[q2, k])
+                c20 = vfma(x, w0, c20)
+                c21 = vfma(x, w1, c21)
+                c22 = vfma(x, w2, c22)
+                c23 = vfma(x, w3, c23)
+                x = vsplat(A[q3, k])
+                c30 = vfma(x, w0, c30)
+                c31 = vfma(x, w1, c31)
+                c32 = vfma(x, w2, c32)
+                c33 = vfma(x, w3, c33)
+            vstore(C, p0, j, c00)
+            vstore(C, p0, j + 8, c01)
+            vstore(C, p0, j + 16, c02)
+            vstore(C, p0, j + 24, c03)
+            vstore(C, p1, j, c10)
+            vstore(C, p1, j + 8, c11)
+            vstore(C, p1, j + 16, c12)
+            vstore(C, p1, j + 24, c13)
+            vstore(C, p2, j, c20)
+            vstore(C, p2, j + 8, c21)
+            vstore(C, p2, j + 16, c22)
+            vstore(C, p2, j + 24, c23)
+            vstore(C, p3, j, c30)
+            vstore(C, p3, j + 8, c31)
+            vstore(C, p3, j + 16, c32)
+            vstore(C, p3, j + 24, c33)
             j += 32
         while j + 8 <= N:
-            c00 = _vload(C, p0, j)
-            c10 = _vload(C, p1, j)
-            c20 = _vload(C, p2, j)
-            c30 = _vload(C, p3, j)
+            c00 = vload(C, p0, j)
+            c10 = vload(C, p1, j)
+            c20 = vload(C, p2, j)
+            c30 = vload(C, p3, j)
             for k in range(K):
-                w0 = _vload(W, k, j)
-                c00 = _vfma(_vsplat(A[q0, k]), w0, c00)
-                c10 = _vfma(_vsplat(A[q1, k]), w0, c10)
-                c20 = _vfma(_vsplat(A[q2, k]), w0, c20)
-                c30 = _vfma(_vsplat(A[q3, k]), w0, c30)
-            _vstore(C, p0, j, c00)
-            _vstore(C, p1, j, c10)
-            _vstore(C, p2, j, c20)
-            _vstore(C, p3, j, c30)
+                w0 = vload(W, k, j)
+                c00 = vfma(vsplat(A[q0, k]), w0, c00)
+                c10 = vfma(vsplat(A[q1, k]), w0, c10)
+                c20 = vfma(vsplat(A[q2, k]), w0, c20)
+                c30 = vfma(vsplat(A[q3, k]), w0, c30)
+            vstore(C, p0, j, c00)
+            vstore(C, p1, j, c10)
+            vstore(C, p2, j, c20)
+            vstore(C, p3, j, c30)
             j += 8
         for rr in range(r, min(r + 4, n)):
             for jj in range(j, N):
@@ -269,7 +181,7 @@ def _tn_matmul_add_f64(Out, X, x, D, e, n):
 @njit(**INLINE_OPTS)
 def _vadd_into(a, i, j, v):
     """``a[i, j:j+8] += v``."""
-    _vstore(a, i, j, _vadd(_vload(a, i, j), v))
+    vstore(a, i, j, vadd(vload(a, i, j), v))
 
 
 @njit(**NJIT_OPTS)
@@ -283,34 +195,34 @@ def _tn_chunk_f64(Out, X, x, D, e, n):
         k3 = min(k + 3, last)
         j = 0
         while j + 32 <= N:
-            z = _vsplat(0.0)
+            z = vsplat(0.0)
             c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
             c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = z
             for r in range(n):
-                d0 = _vload(D, e + r, j)
-                d1 = _vload(D, e + r, j + 8)
-                d2 = _vload(D, e + r, j + 16)
-                d3 = _vload(D, e + r, j + 24)
-                v = _vsplat(X[x + r, k])
-                c00 = _vfma(v, d0, c00)
-                c01 = _vfma(v, d1, c01)
-                c02 = _vfma(v, d2, c02)
-                c03 = _vfma(v, d3, c03)
-                v = _vsplat(X[x + r, k1])
-                c10 = _vfma(v, d0, c10)
-                c11 = _vfma(v, d1, c11)
-                c12 = _vfma(v, d2, c12)
-                c13 = _vfma(v, d3, c13)
-                v = _vsplat(X[x + r, k2])
-                c20 = _vfma(v, d0, c20)
-                c21 = _vfma(v, d1, c21)
-                c22 = _vfma(v, d2, c22)
-                c23 = _vfma(v, d3, c23)
-                v = _vsplat(X[x + r, k3])
-                c30 = _vfma(v, d0, c30)
-                c31 = _vfma(v, d1, c31)
-                c32 = _vfma(v, d2, c32)
-                c33 = _vfma(v, d3, c33)
+                d0 = vload(D, e + r, j)
+                d1 = vload(D, e + r, j + 8)
+                d2 = vload(D, e + r, j + 16)
+                d3 = vload(D, e + r, j + 24)
+                v = vsplat(X[x + r, k])
+                c00 = vfma(v, d0, c00)
+                c01 = vfma(v, d1, c01)
+                c02 = vfma(v, d2, c02)
+                c03 = vfma(v, d3, c03)
+                v = vsplat(X[x + r, k1])
+                c10 = vfma(v, d0, c10)
+                c11 = vfma(v, d1, c11)
+                c12 = vfma(v, d2, c12)
+                c13 = vfma(v, d3, c13)
+                v = vsplat(X[x + r, k2])
+                c20 = vfma(v, d0, c20)
+                c21 = vfma(v, d1, c21)
+                c22 = vfma(v, d2, c22)
+                c23 = vfma(v, d3, c23)
+                v = vsplat(X[x + r, k3])
+                c30 = vfma(v, d0, c30)
+                c31 = vfma(v, d1, c31)
+                c32 = vfma(v, d2, c32)
+                c33 = vfma(v, d3, c33)
             _vadd_into(Out, k, j, c00)
             _vadd_into(Out, k, j + 8, c01)
             _vadd_into(Out, k, j + 16, c02)
@@ -332,14 +244,14 @@ def _tn_chunk_f64(Out, X, x, D, e, n):
                 _vadd_into(Out, k3, j + 24, c33)
             j += 32
         while j + 8 <= N:
-            z = _vsplat(0.0)
+            z = vsplat(0.0)
             c00 = c10 = c20 = c30 = z
             for r in range(n):
-                d0 = _vload(D, e + r, j)
-                c00 = _vfma(_vsplat(X[x + r, k]), d0, c00)
-                c10 = _vfma(_vsplat(X[x + r, k1]), d0, c10)
-                c20 = _vfma(_vsplat(X[x + r, k2]), d0, c20)
-                c30 = _vfma(_vsplat(X[x + r, k3]), d0, c30)
+                d0 = vload(D, e + r, j)
+                c00 = vfma(vsplat(X[x + r, k]), d0, c00)
+                c10 = vfma(vsplat(X[x + r, k1]), d0, c10)
+                c20 = vfma(vsplat(X[x + r, k2]), d0, c20)
+                c30 = vfma(vsplat(X[x + r, k3]), d0, c30)
             _vadd_into(Out, k, j, c00)
             if k + 1 <= last:
                 _vadd_into(Out, k1, j, c10)
