@@ -91,6 +91,21 @@ def test_float32_arguments_and_limits():
     assert "dtype='float32'" in repr(RevLSTM(5, 8, 5, dtype="float32"))
 
 
+@pytest.mark.parametrize("cls", [RevLSTM, rt.LSTM])
+def test_float32_theta_beyond_float32_range_is_an_error(cls):
+    """A finite float64 value too large for float32 would become inf in the float32 copy:
+    refused up front, naming the index and block (float64 models accept it)."""
+    m = cls(5, 8, 5, dtype="float32")
+    theta = m.init_params(0)
+    theta[3] = 1e39
+    x, y = _data(np.random.default_rng(0), 6, 2)
+    for call in (lambda: m.loss_and_grad(theta, x, y), lambda: m.loss(theta, x, y),
+                 lambda: m.predict(theta, x)):
+        with pytest.raises(ValueError, match=r"theta\[3\] = 1e\+39 .* beyond float32's range"):
+            call()
+    assert np.isfinite(cls(5, 8, 5).loss(theta, x, y))             # float64 accepts it
+
+
 def test_float32_model_saves_and_resumes(tmp_path):
     m = RevLSTM(6, 8, 6, n_layers=2, embed_dim=4, dropout=0.1, dtype="float32")
     rng = np.random.default_rng(0)

@@ -106,3 +106,14 @@ def test_empty_and_float64_fallback():
     o = np.empty((2, 4))
     matmul_rows(A, W, o)
     assert np.array_equal(o, A @ W)
+
+
+def test_mismatched_shapes_are_an_error():
+    """float32 products check shapes as BLAS does for float64 (no silent or out-of-bounds use)."""
+    f = np.float32
+    with pytest.raises(ValueError, match="do not match"):
+        matmul_rows(np.ones((2, 3), f), np.ones((4, 5), f), np.empty((2, 5), f))
+    with pytest.raises(ValueError, match="do not match"):
+        matmul_rows(np.ones((4, 3), f), np.ones((3, 64), f), np.empty((2, 64), f))
+    with pytest.raises(ValueError, match="do not match"):
+        matmul_f32(np.ones((4, 3), f), np.ones((3, 64), f), np.empty((4, 65), f))

@@ -47,3 +47,23 @@ def test_all_kernel_modules_were_found():
     modules = {name.split(".")[0] for name in KERNELS}
     assert {"rnn", "lstm", "gru", "mdrnn", "revlstm", "revgru", "revmdrnn", "momentum_rnn",
             "head", "gemm", "inputs", "quantize", "mathfn", "sgd", "rans"} <= modules
+
+
+def test_cache_guard_deletes_caches_when_any_kernel_source_changes(tmp_path):
+    """A kernel's cache holds the code of what it calls from other modules, which Numba does
+    not check: the guard drops every cached kernel when any source of the folder changes."""
+    from revtrain._kernels import guard_cache, STAMP_NAME
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    for name in ("a.f-1.py311.nbi", "a.f-1.py311.1.nbc", "b.g-2.py311.nbi"):
+        (cache / name).write_bytes(b"old")
+    assert guard_cache(tmp_path)                       # no stamp yet: caches of unknown origin
+    assert not list(cache.glob("*.nb?")) and (cache / STAMP_NAME).exists()
+    (cache / "a.f-1.py311.nbi").write_bytes(b"new")
+    assert not guard_cache(tmp_path)                   # sources unchanged: caches kept
+    assert (cache / "a.f-1.py311.nbi").exists()
+    (tmp_path / "b.py").write_text("y = 3\n")          # another module changes
+    assert guard_cache(tmp_path)
+    assert not (cache / "a.f-1.py311.nbi").exists()

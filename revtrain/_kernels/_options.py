@@ -6,7 +6,10 @@ Use as ``@njit(**NJIT_OPTS)`` (loop kernels) or ``@njit(**INLINE_OPTS)``
 ``cache=True``
     The compiled machine code is cached on disk next to the module
     (``__pycache__/*.nbi``, ``*.nbc``), so a new process does not recompile
-    every kernel; the cache is invalidated when the module's source changes.
+    every kernel; Numba invalidates a kernel's cache when its own module's
+    source changes, and the cache guard of :mod:`revtrain._kernels` when any
+    kernel module does (a kernel's cache also holds the code of the functions
+    it calls from other modules).
 ``error_model="numpy"``
     Floating-point division by zero gives ``inf``/``nan`` as numpy does
     instead of raising ``ZeroDivisionError``, so Numba emits no exception

@@ -55,6 +55,9 @@ def matmul_f32(A, W, out):
     """
     M, K = A.shape
     N = W.shape[1]
+    if W.shape[0] != K or out.shape[0] != M or out.shape[1] != N:
+        raise ValueError("matmul_f32: the shapes of A (M, K), W (K, N) and out (M, N) "
+                         "do not match")
     M4 = M - M % 4
     for r in range(M4, M):
         _row_matmul_f32(A, W, out, r)

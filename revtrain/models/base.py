@@ -287,6 +287,19 @@ class RecurrentModel:
                 f"n_out={self.n_out}, loss={self.loss_kind!r}{self._stack_repr()})")
 
     # ----------------------------------------------------------------- checks
+    def _check_theta(self, theta):
+        """``layout.check(theta)``, and for a float32 model: every value within float32's range
+        (a larger one would become inf in the float32 copy and fail later, misleadingly)."""
+        theta = self.layout.check(theta)
+        if getattr(self, "dtype", "float64") == "float32":
+            big = np.abs(theta.real) > np.finfo(np.float32).max
+            if big.any():
+                i = int(np.flatnonzero(big)[0])
+                raise ValueError(f"theta[{i}] = {float(theta[i].real)!r} (in '{self.layout.name_of(i)}') is "
+                                 f"beyond float32's range (|value| <= 3.4e38) of this "
+                                 f"dtype='float32' model; use dtype='float64'")
+        return theta
+
     def _need_tokens(self, x):
         """An embedding model reads int token ids: say so before any shape check."""
         if self.embed_dim is None:
@@ -388,7 +401,7 @@ class RecurrentModel:
             Reversible BPTT: the undone steps did not reproduce the original
             bits (the message names the layer of a stack).
         """
-        theta = self.layout.check(theta)
+        theta = self._check_theta(theta)
         if not isinstance(input_grad, (bool, np.bool_)):
             raise ValueError(f"input_grad must be True or False, got {input_grad!r}")
         batch = self._batch(x, y)
@@ -423,7 +436,7 @@ class RecurrentModel:
 
         ``dropout_seed`` as in :meth:`loss_and_grad` (default: no dropout).
         """
-        theta = self.layout.check(theta)
+        theta = self._check_theta(theta)
         batch = self._batch(x, y)
         state0 = self._check_state(initial_state, batch.B)
         masks = self.dropout_masks(dropout_seed, batch.B)
@@ -449,7 +462,7 @@ class RecurrentModel:
 
     def grad_and_hvp(self, theta, x, y, v, initial_state=None, dropout_seed=None):
         """``(loss, grad, Hv)`` from one complex-step pass (``grad`` = its real part)."""
-        theta = self.layout.check(theta)
+        theta = self._check_theta(theta)
         v = self.layout.check(np.asarray(v, dtype=np.float64), name="v")
         batch = self._batch(x, y)
         state0 = self._check_state(initial_state, batch.B)
@@ -468,7 +481,7 @@ class RecurrentModel:
         out : ndarray of float64, shape (*lead, B, n_out)
             Softmax probabilities (``loss="softmax"``) or linear outputs (``"mse"``).
         """
-        theta = self.layout.check(theta)
+        theta = self._check_theta(theta)
         xx, tokens, lead, B = self._x(x)
         state0 = self._check_state(initial_state, B)
         with blas_threads():
@@ -481,7 +494,7 @@ class RecurrentModel:
 
     def final_state(self, theta, x, initial_state=None):
         """The recurrent state after the last step, float64 ``(B, state_size)``."""
-        theta = self.layout.check(theta)
+        theta = self._check_theta(theta)
         xx, tokens, lead, B = self._x(x)
         state0 = self._check_state(initial_state, B)
         with blas_threads():
