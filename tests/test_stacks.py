@@ -32,7 +32,7 @@ import pytest
 
 import revtrain as rt
 from revtrain import RNN, LSTM, GRU, MomentumRNN, RevGRU, RevLSTM, MDRNN, RevMDRNN
-from revtrain.models.base import InputGrads
+from revtrain.models.results import InputGrads
 from revtrain.models.dropout import DropoutMasks
 from revtrain.models.reversible import ReversibleModel
 from test_reversible import ref_step

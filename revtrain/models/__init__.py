@@ -1,5 +1,6 @@
 """Recurrent models: standard (stored or checkpointed BPTT) and reversible."""
-from .base import RecurrentModel, BPTTStats, InputGrads
+from .base import RecurrentModel
+from .results import BPTTStats, InputGrads
 from .dropout import DropoutMasks
 from .rnn import RNN
 from .gru import GRU

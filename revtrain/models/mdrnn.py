@@ -2,7 +2,8 @@
 import numpy as np
 
 from ..params import ParamSpec
-from .base import RecurrentModel, no_input_grad
+from .base import RecurrentModel
+from .results import no_input_grad
 from .sequence import project, project_grad
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.mdrnn import (mdrnn_wavefront_forward, mdrnn_wavefront_backward,

@@ -4,7 +4,7 @@ import numpy as np
 from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError, check_reversal
 from .momentum_rnn import MomentumCoupled
-from .base import no_input_grad
+from .results import no_input_grad
 from .reversible import REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
 from .._kernels.head import softmax_xent_head, mse_head
 from .._kernels.inputs import gather_rows, scatter_add_rows
