@@ -55,16 +55,15 @@ def stacked(arrays, dtype):
 def transposed(arrays, dtype):
     """The blocks ``arrays`` transposed, as a typed List, for the kernels' products ``dA @ W.T``.
 
-    float32: C-contiguous copies, which the vector kernels of
-    :mod:`~revtrain._kernels.gemm_f32` read row by row (the same bits as
-    ``W.T`` itself, which they copy; made once per call and shared by the
-    row groups). Other dtypes: the views ``W.T``, which BLAS reads
-    transposed, as the per-step reference does.
+    float32 and float64: C-contiguous copies, which the vector kernels
+    (:func:`~revtrain._kernels.gemm.dot_rows`) read row by row (the same bits
+    as ``W.T`` itself, which they copy; made once per call and shared by the
+    row groups). Other dtypes: the views ``W.T``, which BLAS reads transposed.
     """
     out = List()
     for a in arrays:
-        out.append(np.ascontiguousarray(a.T, dtype=dtype) if dtype == np.float32
-                   else a.astype(dtype, copy=False).T)
+        out.append(np.ascontiguousarray(a.T, dtype=dtype)
+                   if dtype in (np.float32, np.float64) else a.astype(dtype, copy=False).T)
     return out
 
 

@@ -1,18 +1,18 @@
-"""The float32 vector product kernel (revtrain._kernels.gemm_f32) against an exact reference.
+"""The vector product kernels (gemm_f32.matmul_f32, gemm.matmul_f64) against an exact reference.
 
-Element ``out[i, j]`` of ``matmul_f32`` is documented as the chain of fused
-multiply-adds ``acc = fma(A[i, k], W[k, j], acc)`` over ``k`` ascending from
-``acc = 0``, each rounded once to float32. The reference computes every fma
-exactly with fractions and rounds it to the nearest float32 (ties to even),
-so the kernel must agree bit for bit, whatever the block an element falls
-in (4x64, 4x16, scalar columns, a short last row block).
+Element ``out[i, j]`` is documented as the chain of fused multiply-adds
+``acc = fma(A[i, k], W[k, j], acc)`` over ``k`` ascending from ``acc = 0``,
+each rounded once (to float32, or float64). The reference computes every fma
+exactly with fractions and rounds it to the nearest value (ties to even), so
+the kernels must agree bit for bit, whatever the block an element falls in
+(4x64, 4x16, scalar columns, a short last row block).
 """
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from revtrain._kernels.gemm import matmul_rows
+from revtrain._kernels.gemm import matmul_rows, matmul_f64
 from revtrain._kernels.gemm_f32 import matmul_f32
 
 
@@ -99,12 +99,40 @@ def test_matmul_rows_reads_a_transposed_view_as_its_copy():
                        atol=1e-4)
 
 
-def test_empty_and_float64_fallback():
+def fma_chain_reference_f64(A, W):
+    """As :func:`fma_chain_reference`, rounding each fma to float64 (``float(Fraction)`` is
+    correctly rounded)."""
+    M, K = A.shape
+    N = W.shape[1]
+    out = np.empty((M, N))
+    for i in range(M):
+        for j in range(N):
+            acc = Fraction(0)
+            for k in range(K):
+                acc = Fraction(float(Fraction(float(A[i, k])) * Fraction(float(W[k, j])) + acc))
+            out[i, j] = float(acc)
+    return out
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (4, 7, 32), (5, 9, 41), (3, 16, 8), (13, 5, 70)])
+def test_matmul_f64_is_the_fma_chain(M, K, N):
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    A, W = rng.standard_normal((M, K)), rng.standard_normal((K, N))
+    out = np.full((M, N), np.nan)
+    matmul_f64(A, W, out)
+    assert np.array_equal(out, fma_chain_reference_f64(A, W))
+    via_rows = np.empty_like(out)
+    matmul_rows(A, np.ascontiguousarray(W.T).T, via_rows)       # a transposed view: copied
+    assert np.array_equal(via_rows, out)
+
+
+def test_empty_and_complex_fallback():
     out = np.empty((0, 5), dtype=np.float32)
     matmul_f32(np.empty((0, 3), np.float32), np.ones((3, 5), np.float32), out)
-    A, W = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4)
-    o = np.empty((2, 4))
-    matmul_rows(A, W, o)
+    A = np.arange(6.0).reshape(2, 3) * (1 + 1j)
+    W = np.arange(12.0).reshape(3, 4) + 0j
+    o = np.empty((2, 4), dtype=complex)
+    matmul_rows(A, W, o)                                         # complex: BLAS
     assert np.array_equal(o, A @ W)
 
 
@@ -117,3 +145,5 @@ def test_mismatched_shapes_are_an_error():
         matmul_rows(np.ones((4, 3), f), np.ones((3, 64), f), np.empty((2, 64), f))
     with pytest.raises(ValueError, match="do not match"):
         matmul_f32(np.ones((4, 3), f), np.ones((3, 64), f), np.empty((4, 65), f))
+    with pytest.raises(ValueError, match="do not match"):
+        matmul_rows(np.ones((2, 3)), np.ones((4, 5)), np.empty((2, 5)))
