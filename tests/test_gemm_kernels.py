@@ -1,4 +1,4 @@
-"""The vector product kernels (gemm_f32.matmul_f32, gemm.matmul_f64) against an exact reference.
+"""The vector product kernel (revtrain._kernels.gemm_vec) against an exact reference, both dtypes.
 
 Element ``out[i, j]`` is documented as the chain of fused multiply-adds
 ``acc = fma(A[i, k], W[k, j], acc)`` over ``k`` ascending from ``acc = 0``,
@@ -12,8 +12,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from revtrain._kernels.gemm import matmul_rows, matmul_f64
-from revtrain._kernels.gemm_f32 import matmul_f32
+from revtrain._kernels.gemm import matmul_rows
+from revtrain._kernels.gemm_vec import matmul_vec, rows_matmul_add
 
 
 def round_f32(x):
@@ -55,7 +55,7 @@ def test_matmul_f32_is_the_fma_chain(M, K, N):
     A = rng.standard_normal((M, K)).astype(np.float32)
     W = rng.standard_normal((K, N)).astype(np.float32)
     out = np.full((M, N), np.nan, dtype=np.float32)
-    matmul_f32(A, W, out)
+    matmul_vec(A, W, out)
     assert np.array_equal(out, fma_chain_reference(A, W))
 
 
@@ -68,7 +68,7 @@ def test_fma_chain_differs_from_separate_roundings():
     ref = fma_chain_reference(A, W)
     assert not np.array_equal(ref, separate_rounding_chain(A, W))
     out = np.empty_like(ref)
-    matmul_f32(A, W, out)
+    matmul_vec(A, W, out)
     assert not np.array_equal(out, separate_rounding_chain(A, W))
 
 
@@ -78,10 +78,10 @@ def test_rows_do_not_depend_on_the_other_rows():
     A = rng.standard_normal((23, 40)).astype(np.float32)
     W = rng.standard_normal((40, 150)).astype(np.float32)
     out = np.empty((23, 150), dtype=np.float32)
-    matmul_f32(A, W, out)
+    matmul_vec(A, W, out)
     for r0, r1 in [(0, 1), (5, 6), (22, 23), (3, 10), (16, 23)]:
         part = np.empty((r1 - r0, 150), dtype=np.float32)
-        matmul_f32(np.ascontiguousarray(A[r0:r1]), W, part)
+        matmul_vec(np.ascontiguousarray(A[r0:r1]), W, part)
         assert np.array_equal(part, out[r0:r1])
 
 
@@ -93,7 +93,7 @@ def test_matmul_rows_reads_a_transposed_view_as_its_copy():
     W = rng.standard_normal((48, 80)).astype(np.float32)
     via_view, via_copy = np.empty((16, 48), np.float32), np.empty((16, 48), np.float32)
     matmul_rows(A, W.T, via_view)
-    matmul_f32(A, np.ascontiguousarray(W.T), via_copy)
+    matmul_vec(A, np.ascontiguousarray(W.T), via_copy)
     assert np.array_equal(via_view, via_copy)
     assert np.allclose(via_view, A.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-5,
                        atol=1e-4)
@@ -119,7 +119,7 @@ def test_matmul_f64_is_the_fma_chain(M, K, N):
     rng = np.random.default_rng(M * 1000 + K * 10 + N)
     A, W = rng.standard_normal((M, K)), rng.standard_normal((K, N))
     out = np.full((M, N), np.nan)
-    matmul_f64(A, W, out)
+    matmul_vec(A, W, out)
     assert np.array_equal(out, fma_chain_reference_f64(A, W))
     via_rows = np.empty_like(out)
     matmul_rows(A, np.ascontiguousarray(W.T).T, via_rows)       # a transposed view: copied
@@ -128,7 +128,7 @@ def test_matmul_f64_is_the_fma_chain(M, K, N):
 
 def test_empty_and_complex_fallback():
     out = np.empty((0, 5), dtype=np.float32)
-    matmul_f32(np.empty((0, 3), np.float32), np.ones((3, 5), np.float32), out)
+    matmul_vec(np.empty((0, 3), np.float32), np.ones((3, 5), np.float32), out)
     A = np.arange(6.0).reshape(2, 3) * (1 + 1j)
     W = np.arange(12.0).reshape(3, 4) + 0j
     o = np.empty((2, 4), dtype=complex)
@@ -144,6 +144,32 @@ def test_mismatched_shapes_are_an_error():
     with pytest.raises(ValueError, match="do not match"):
         matmul_rows(np.ones((4, 3), f), np.ones((3, 64), f), np.empty((2, 64), f))
     with pytest.raises(ValueError, match="do not match"):
-        matmul_f32(np.ones((4, 3), f), np.ones((3, 64), f), np.empty((4, 65), f))
+        matmul_vec(np.ones((4, 3), f), np.ones((3, 64), f), np.empty((4, 65), f))
     with pytest.raises(ValueError, match="do not match"):
         matmul_rows(np.ones((2, 3)), np.ones((4, 5)), np.empty((2, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_matmul_add_accumulates_the_chain_from_the_old_value(dtype):
+    """``from_zero=False`` continues each element's chain from its old value (the MDRNN's
+    ``C += A @ W``), in place on a row range, also with ``C`` and ``A`` the same array."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((7, 9)).astype(dtype)
+    W = rng.standard_normal((9, 70)).astype(dtype)
+    C0 = rng.standard_normal((10, 70)).astype(dtype)
+    C = C0.copy()
+    rows_matmul_add(C, 2, A, 1, 5, W, False)
+    assert np.array_equal(C[:2], C0[:2]) and np.array_equal(C[7:], C0[7:])
+    ref = fma_chain_reference if dtype == np.float32 else fma_chain_reference_f64
+    # the chain from C0's value: prepend a column of ones in A and C0's rows in W
+    A1 = np.concatenate([np.ones((5, 1), dtype), A[1:6]], axis=1)
+    for i in range(5):
+        Wi = np.concatenate([C0[2 + i:3 + i], W], axis=0)
+        assert np.array_equal(C[2 + i], ref(A1[i:i + 1], Wi)[0])
+    both = np.zeros((10, 9), dtype)
+    both[:4] = A[:4]
+    W2 = rng.standard_normal((9, 9)).astype(dtype)
+    rows_matmul_add(both, 5, both, 0, 4, W2, True)
+    expect = np.empty((4, 9), dtype)
+    matmul_vec(np.ascontiguousarray(A[:4]), W2, expect)
+    assert np.array_equal(both[5:9], expect)

@@ -7,6 +7,7 @@ import pytest
 
 import revtrain as rt
 from revtrain._kernels import head as k_head, inputs as k_inputs, mdrnn as k_mdrnn
+from revtrain._kernels.gemm_vec import rows_matmul_add
 from revtrain.models.mdrnn import diagonal_order
 from test_rnn import (ref_head, fd_grad, max_rel, normwise, signature_counts, check_hvp,
                       assert_rejects)
@@ -345,7 +346,7 @@ def test_rows_matmul_add_f64(K, N):
         W = rng.normal(size=(K, N))
         c, a = 3, 2
         got = C.copy()
-        k_mdrnn._rows_matmul_add_f64(got, c, A, a, n, W)
+        rows_matmul_add(got, c, A, a, n, W, False)
         L = np.longdouble
         exact = C[c:c + n].astype(L) + A[a:a + n].astype(L) @ W.astype(L)
         mag = np.abs(C[c:c + n]) + np.abs(A[a:a + n]) @ np.abs(W)
@@ -354,17 +355,17 @@ def test_rows_matmul_add_f64(K, N):
         np.testing.assert_array_equal(got[c + n:], C[c + n:])
         one = C.copy()
         for r in range(n):                      # row by row
-            k_mdrnn._rows_matmul_add_f64(one, c + r, A, a + r, 1, W)
+            rows_matmul_add(one, c + r, A, a + r, 1, W, False)
         np.testing.assert_array_equal(one, got)
         for j in {0, N // 2, N - 1}:           # one column alone: the scalar path
             col = C[:, j:j + 1].copy()
-            k_mdrnn._rows_matmul_add_f64(col, c, A, a, n, np.ascontiguousarray(W[:, j:j + 1]))
+            rows_matmul_add(col, c, A, a, n, np.ascontiguousarray(W[:, j:j + 1]), False)
             np.testing.assert_array_equal(col[:, 0], got[:, j])
         if K == N:      # C and A one array (rows of the previous diagonal feed the next)
             both = np.zeros((2 * n + 1, N))
             both[:n] = A[a:a + n]
             both[n + 1:] = C[c:c + n]
-            k_mdrnn._rows_matmul_add_f64(both, n + 1, both, 0, n, W)
+            rows_matmul_add(both, n + 1, both, 0, n, W, False)
             np.testing.assert_array_equal(both[n + 1:], got[c:c + n])
 
 

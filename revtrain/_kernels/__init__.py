@@ -4,9 +4,9 @@ Cache guard
 -----------
 Numba checks a cached kernel against its own source file only. A kernel that
 calls or inlines a function of another module (``dot_rows`` ->
-``gemm_f32.matmul_f32``, ``quantize`` -> ``rans``, ...) keeps that function's
+``gemm_vec.matmul_vec``, ``quantize`` -> ``rans``, ...) keeps that function's
 old machine code in its cache entry when only the other module changes: after
-an edit to ``gemm_f32.py`` the window kernels ran the old product (measured).
+an edit to ``gemm_vec.py`` the window kernels ran the old product (measured).
 So on import the kernels' sources are hashed together and, when the hash
 differs from the one stored with the caches, every cached kernel of this
 folder is deleted (Numba then compiles afresh and caches again). An install

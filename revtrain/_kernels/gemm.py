@@ -22,7 +22,7 @@ its state and input gradients goes through :func:`dot_rows`, which computes
 it in fixed blocks of ``ROW_BLOCK`` rows: the same bits whether the batch is
 one group or several, on one thread or many. Real products (float32 and
 float64) run in register-blocked vector kernels instead
-(:func:`~revtrain._kernels.gemm_f32.matmul_f32`, :func:`matmul_f64`), where
+(:func:`~revtrain._kernels.gemm_vec.matmul_vec`), where
 each row is computed on its own, 3-4x faster (float32) and 1.3x (the whole
 float64 RevLSTM pass) than OpenBLAS's 16-row calls; complex products (the
 complex step) keep the BLAS blocks.
@@ -32,22 +32,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ._options import NJIT_OPTS
-from .gemm_f32 import matmul_f32
-from .mdrnn import _rows_matmul_add_f64
-
-
-@njit(**NJIT_OPTS)
-def matmul_f64(A, W, out):
-    """``out = A @ W`` for C-contiguous float64 arrays, in the register-blocked kernel of
-    the MDRNN (:func:`~revtrain._kernels.mdrnn._rows_matmul_add_f64`, from zero): element
-    ``out[i, j]`` is the fma chain over ``k`` ascending, so a row's bits do not depend on
-    the other rows (as :func:`~revtrain._kernels.gemm_f32.matmul_f32`)."""
-    M, K = A.shape
-    if W.shape[0] != K or out.shape[0] != M or out.shape[1] != W.shape[1]:
-        raise ValueError("matmul_f64: the shapes of A (M, K), W (K, N) and out (M, N) "
-                         "do not match")
-    out[:, :] = 0.0
-    _rows_matmul_add_f64(out, 0, A, 0, M, W)
+from .gemm_vec import matmul_vec
 
 #: Rows per block of the reversible cells' per-step products (and rows per thread group).
 ROW_BLOCK = 16
@@ -58,9 +43,9 @@ def dot_rows(A, B, out):
 
     A : (m, k).  B : (k, n) (may be a transposed view).  out : (m, n) C-contiguous.
 
-    float32 / float64: :func:`~revtrain._kernels.gemm_f32.matmul_f32` /
-    :func:`matmul_f64` (a ``B`` that is not C-contiguous, e.g. ``W.T``, is
-    copied first: pass a transposed copy made once where speed matters).
+    float32 / float64: :func:`~revtrain._kernels.gemm_vec.matmul_vec` (a ``B``
+    that is not C-contiguous, e.g. ``W.T``, is copied first: pass a transposed
+    copy made once where speed matters).
     complex128: BLAS in blocks of :data:`ROW_BLOCK` rows, one call per block.
     (Numba only: an ``overload``.)
     """
@@ -69,15 +54,10 @@ def dot_rows(A, B, out):
 
 @overload(dot_rows, inline="always")
 def _dot_rows_impl(A, B, out):
-    if A.dtype == types.float32 and B.dtype == types.float32:
+    if A.dtype == B.dtype and A.dtype in (types.float32, types.float64):
         if A.layout == "C" and B.layout == "C":
-            return lambda A, B, out: matmul_f32(A, B, out)
-        return lambda A, B, out: matmul_f32(np.ascontiguousarray(A), np.ascontiguousarray(B),
-                                            out)
-    if A.dtype == types.float64 and B.dtype == types.float64:
-        if A.layout == "C" and B.layout == "C":
-            return lambda A, B, out: matmul_f64(A, B, out)
-        return lambda A, B, out: matmul_f64(np.ascontiguousarray(A), np.ascontiguousarray(B),
+            return lambda A, B, out: matmul_vec(A, B, out)
+        return lambda A, B, out: matmul_vec(np.ascontiguousarray(A), np.ascontiguousarray(B),
                                             out)
 
     def blocked(A, B, out):
@@ -90,18 +70,16 @@ def _dot_rows_impl(A, B, out):
 
 def dot_step(A, B, out):
     """``out = A @ B`` for the standard cells' per-step products: float32 / float64
-    (C-contiguous operands) in :func:`~revtrain._kernels.gemm_f32.matmul_f32` /
-    :func:`matmul_f64`, anything else in one BLAS call. (Numba only: an ``overload``.)"""
+    (C-contiguous operands) in :func:`~revtrain._kernels.gemm_vec.matmul_vec`, anything
+    else in one BLAS call. (Numba only: an ``overload``.)"""
     raise NotImplementedError("dot_step runs inside Numba kernels")
 
 
 @overload(dot_step, inline="always")
 def _dot_step_impl(A, B, out):
-    if A.layout == "C" and B.layout == "C":
-        if A.dtype == types.float32 and B.dtype == types.float32:
-            return lambda A, B, out: matmul_f32(A, B, out)
-        if A.dtype == types.float64 and B.dtype == types.float64:
-            return lambda A, B, out: matmul_f64(A, B, out)
+    if (A.layout == "C" and B.layout == "C" and A.dtype == B.dtype
+            and A.dtype in (types.float32, types.float64)):
+        return lambda A, B, out: matmul_vec(A, B, out)
     return lambda A, B, out: np.dot(A, B, out)
 
 

@@ -27,7 +27,7 @@ A diagonal's products are small (``m B`` rows, at most ``min(rows, cols) B``;
 in call overhead and edge handling than in arithmetic (there, with
 ``H = 64`` on one core, the sweeps ran at about 30 GFLOP/s through OpenBLAS
 and at 80 forward, 100 backward with the kernels below). For float64 they run
-in the register-blocked kernels :func:`_rows_matmul_add_f64` (``C += A @ W``:
+in the register-blocked kernels :func:`~revtrain._kernels.gemm_vec.rows_matmul_add` (``C += A @ W``:
 forward pre-activations, dL/dh of the previous diagonal) and
 :func:`_tn_matmul_add_f64` (``Out += X^T D``: weight gradients), written
 with 8-lane vectors of float64 (``F64x8``: an LLVM ``<8 x double>``, one
@@ -47,6 +47,7 @@ from numba.extending import overload
 
 from ._options import NJIT_OPTS, INLINE_OPTS
 from .simd import vload, vstore, vsplat, vfma, vadd
+from .gemm_vec import rows_matmul_add
 from .mathfn import tanh_, _fma
 
 
@@ -58,111 +59,6 @@ def _f64_matrix(a):
 
 
 # ------------------------------------------------------- float64 products
-@njit(**NJIT_OPTS)
-def _rows_matmul_add_f64(C, c, A, a, n, W):
-    """``C[c+r] += A[a+r] @ W`` for ``r < n``, float64, C-contiguous (``C`` and ``A`` may be
-    the same array if the row ranges do not overlap).
-
-    ``W`` : (K, N). Element ``C[c+r, j]`` is the chain ``fma(A[a+r, K-1], W[K-1, j], ...
-    fma(A[a+r, 0], W[0, j], C[c+r, j]))``. Blocks of 4 rows by 32 columns (16 vector
-    accumulators), then 4 rows by 8, then scalar columns; a last block of fewer than 4 rows
-    repeats its last row (the copies compute and store the same values).
-    """
-    K, N = W.shape
-    last = n - 1
-    for r in range(0, n, 4):
-        p0 = c + r
-        p1 = c + min(r + 1, last)
-        p2 = c + min(r + 2, last)
-        p3 = c + min(r + 3, last)
-        q0 = a + r
-        q1 = a + min(r + 1, last)
-        q2 = a + min(r + 2, last)
-        q3 = a + min(r + 3, last)
-        j = 0
-        while j + 32 <= N:
-            c00 = vload(C, p0, j)
-            c01 = vload(C, p0, j + 8)
-            c02 = vload(C, p0, j + 16)
-            c03 = vload(C, p0, j + 24)
-            c10 = vload(C, p1, j)
-            c11 = vload(C, p1, j + 8)
-            c12 = vload(C, p1, j + 16)
-            c13 = vload(C, p1, j + 24)
-            c20 = vload(C, p2, j)
-            c21 = vload(C, p2, j + 8)
-            c22 = vload(C, p2, j + 16)
-            c23 = vload(C, p2, j + 24)
-            c30 = vload(C, p3, j)
-            c31 = vload(C, p3, j + 8)
-            c32 = vload(C, p3, j + 16)
-            c33 = vload(C, p3, j + 24)
-            for k in range(K):
-                w0 = vload(W, k, j)
-                w1 = vload(W, k, j + 8)
-                w2 = vload(W, k, j + 16)
-                w3 = vload(W, k, j + 24)
-                x = vsplat(A[q0, k])
-                c00 = vfma(x, w0, c00)
-                c01 = vfma(x, w1, c01)
-                c02 = vfma(x, w2, c02)
-                c03 = vfma(x, w3, c03)
-                x = vsplat(A[q1, k])
-                c10 = vfma(x, w0, c10)
-                c11 = vfma(x, w1, c11)
-                c12 = vfma(x, w2, c12)
-                c13 = vfma(x, w3, c13)
-                x = vsplat(A[q2, k])
-                c20 = vfma(x, w0, c20)
-                c21 = vfma(x, w1, c21)
-                c22 = vfma(x, w2, c22)
-                c23 = vfma(x, w3, c23)
-                x = vsplat(A[q3, k])
-                c30 = vfma(x, w0, c30)
-                c31 = vfma(x, w1, c31)
-                c32 = vfma(x, w2, c32)
-                c33 = vfma(x, w3, c33)
-            vstore(C, p0, j, c00)
-            vstore(C, p0, j + 8, c01)
-            vstore(C, p0, j + 16, c02)
-            vstore(C, p0, j + 24, c03)
-            vstore(C, p1, j, c10)
-            vstore(C, p1, j + 8, c11)
-            vstore(C, p1, j + 16, c12)
-            vstore(C, p1, j + 24, c13)
-            vstore(C, p2, j, c20)
-            vstore(C, p2, j + 8, c21)
-            vstore(C, p2, j + 16, c22)
-            vstore(C, p2, j + 24, c23)
-            vstore(C, p3, j, c30)
-            vstore(C, p3, j + 8, c31)
-            vstore(C, p3, j + 16, c32)
-            vstore(C, p3, j + 24, c33)
-            j += 32
-        while j + 8 <= N:
-            c00 = vload(C, p0, j)
-            c10 = vload(C, p1, j)
-            c20 = vload(C, p2, j)
-            c30 = vload(C, p3, j)
-            for k in range(K):
-                w0 = vload(W, k, j)
-                c00 = vfma(vsplat(A[q0, k]), w0, c00)
-                c10 = vfma(vsplat(A[q1, k]), w0, c10)
-                c20 = vfma(vsplat(A[q2, k]), w0, c20)
-                c30 = vfma(vsplat(A[q3, k]), w0, c30)
-            vstore(C, p0, j, c00)
-            vstore(C, p1, j, c10)
-            vstore(C, p2, j, c20)
-            vstore(C, p3, j, c30)
-            j += 8
-        for rr in range(r, min(r + 4, n)):
-            for jj in range(j, N):
-                s = C[c + rr, jj]
-                for k in range(K):
-                    s = _fma(A[a + rr, k], W[k, jj], s)
-                C[c + rr, jj] = s
-
-
 @njit(**NJIT_OPTS)
 def _tn_matmul_add_f64(Out, X, x, D, e, n):
     """``Out += X[x:x+n]^T @ D[e:e+n]``, float64, C-contiguous.
@@ -270,7 +166,7 @@ def _tn_chunk_f64(Out, X, x, D, e, n):
 
 # ------------------------------------------------ products, any dtype
 def _rows_matmul_add(C, c, A, a, n, W, tmp):
-    """``C[c:c+n] += A[a:a+n] @ W`` (float64: :func:`_rows_matmul_add_f64`; else BLAS
+    """``C[c:c+n] += A[a:a+n] @ W`` (float64: :func:`~revtrain._kernels.gemm_vec.rows_matmul_add`; else BLAS
     into ``tmp`` (>= n rows) and an addition)."""
     raise NotImplementedError
 
@@ -285,7 +181,7 @@ def _tn_matmul_add(Out, X, x, D, e, n, tmp):
 def _rows_matmul_add_impl(C, c, A, a, n, W, tmp):
     if _f64_matrix(C) and _f64_matrix(A) and _f64_matrix(W):
         def impl(C, c, A, a, n, W, tmp):
-            _rows_matmul_add_f64(C, c, A, a, n, W)
+            rows_matmul_add(C, c, A, a, n, W, False)
         return impl
 
     def impl(C, c, A, a, n, W, tmp):
@@ -361,7 +257,7 @@ def mdrnn_wavefront_forward(S, Wn, Ww, b, off, i0s, d_first, d_last, base, tmp):
     -----
     A cell's pre-activation is ``P``, plus ``h_north @ Wn``, plus ``h_west @ Ww``; in
     float64 each element is one FMA chain (``P``, then the north terms, then the west
-    terms, see :func:`_rows_matmul_add_f64`), then ``+ b`` and ``tanh``.
+    terms, see :func:`~revtrain._kernels.gemm_vec.rows_matmul_add`), then ``+ b`` and ``tanh``.
     """
     N, B, H = S.shape
     S2 = S.reshape(N * B, H)
