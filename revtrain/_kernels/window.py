@@ -92,7 +92,7 @@ def _add_h(dsl, nh, d, m):
 def head_step(t, i, T, per_step, snl, nh, m_top, U, UT, by, softmax, labels, target, lscale,
               Hb, Zb, dH, dsl, terms):
     """Output layer of step ``t`` (row ``i`` of its chunk) on the top layer's (masked) ``h``;
-    adds dL/dh to ``dsl``. ``UT``: ``U.T`` (a transposed copy in float32, see
+    adds dL/dh to ``dsl``. ``UT``: ``U.T`` (a transposed copy for real dtypes, see
     :func:`revtrain.models.window.transposed`).
 
     The masked ``h`` goes to rows ``i*B .. (i+1)*B`` of ``Hb`` (chunk rows, H)
@@ -100,7 +100,8 @@ def head_step(t, i, T, per_step, snl, nh, m_top, U, UT, by, softmax, labels, tar
     target): :func:`chunk_head_grads` adds the output layer's weight gradients
     once per chunk. The step's per-row loss terms go to ``terms[t]``
     (``terms[0]`` when only the last step has a target; nothing when step ``t``
-    has none): the loss is ``lscale * sum_terms(terms[t])`` (:func:`revtrain.models.window_calls.fold_terms`).
+    has none): the loss is ``lscale * sum_terms(terms[t])``
+    (:func:`revtrain.models.window_calls.fold_terms`).
     """
     B, w = snl.shape[1], snl.shape[2]
     htop = Hb[i * B:(i + 1) * B]

@@ -12,9 +12,10 @@ RevLSTM float32, T=1000, B=32, H=256, one ``loss_and_grad``: 1.53 s on one
 thread, 0.80 s on two.
 
 * Reversible cells (:mod:`revtrain.models.window`) compute every product
-  that sets their trajectory, loss or state gradients in the same 16-row
-  blocks (:func:`revtrain._kernels.gemm.dot_rows`) and sum the loss per row in
-  row order, so they also equal the per-step reference over all rows bit for bit.
+  that sets their trajectory, loss or state gradients row by row (real
+  dtypes) or in the same 16-row blocks (complex), through
+  :func:`revtrain._kernels.gemm.dot_rows`, and sum the loss per row in row
+  order, so they also equal the per-step reference over all rows bit for bit.
 * Standard cells (:mod:`revtrain.models.sequence`) run each group as a
   batch of its own; the loss is the groups' losses added in group order.
 """

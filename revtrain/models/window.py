@@ -134,9 +134,7 @@ class WindowRun:
         p = self.p = m.layout.views(theta)
         pl = self.pl = m.layer_params(p)
         self.V0 = pl[0]["V"].astype(dt, copy=False)
-        # a one-layer stack never reads Vs: a (1, G) stand-in
-        self.Vs = stacked([pl[l]["V"] for l in range(1, L)] if L > 1
-                          else [np.zeros((1, G), dtype=dt)], dt)
+        self.Vs = stacked(self._upper_v(pl), dt)
         self.E = (p["embed"].astype(dt, copy=False) if m.embed_dim is not None
                   else np.zeros((1, 1), dtype=dt))
         self.U, self.by = p["U"].astype(dt, copy=False), p["b_y"].astype(dt, copy=False)
@@ -275,7 +273,8 @@ class WindowRun:
         """Undo (or reload) every step top-down, recompute, backpropagate.
 
         Returns ``(terms, grad, dstate0, dx)``: ``terms`` float64 (steps with a
-        target, B) the per-row loss terms (the loss is :func:`~revtrain.models.window_calls.fold_terms`);
+        target, B) the per-row loss terms (the loss is
+        :func:`~revtrain.models.window_calls.fold_terms`);
         ``grad`` the float64 gradient, or None in float32, where the run keeps
         its float32 accumulators until :meth:`add_grads` adds them to the
         caller's gradient (the row groups of a call share one float64 gradient).
@@ -293,20 +292,20 @@ class WindowRun:
         sn = (self.q * m.inv_scale).astype(dt)
         G = m._n_proj
         gE = g["embed"] if m.embed_dim is not None else np.zeros((1, 1))
-        vs = [gl[l]["V"] for l in range(1, L)] if L > 1 else [np.zeros((1, G))]
+        vs = self._upper_v(gl)
         bw = SimpleNamespace(
-            g=g, sn=sn, sp=np.empty_like(sn), ds=np.zeros_like(sn),
+            sn=sn, sp=np.empty_like(sn), ds=np.zeros_like(sn),
             gU=g["U"] if f64 else np.zeros_like(self.U),
             gby=g["b_y"] if f64 else np.zeros_like(self.by),
             gE=gE if f64 else np.zeros_like(self.E),
-            gV0=gl[0]["V"] if f64 else np.zeros_like(self.V0), vs=vs,
-            gVs=accumulators(vs, dt),
+            gV0=gl[0]["V"] if f64 else np.zeros_like(self.V0), gVs=accumulators(vs, dt),
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
             want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
             dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
             # the output layer's inputs and dL/dz over a chunk's rows (one weight product per chunk)
             htop=np.empty((self.chunk * B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
-            work=np.empty((self.chunk * B, m.n_out), dtype=dt), dPb=np.empty((L, self.chunk, B, G), dtype=dt),
+            work=np.empty((self.chunk * B, m.n_out), dtype=dt),
+            dPb=np.empty((L, self.chunk, B, G), dtype=dt),
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
             target=batch.target.astype(dt, copy=False),
@@ -323,8 +322,10 @@ class WindowRun:
             t, l, part, code = self._backward_chunk(t0, t1, reverse, st, batch, bw)
             if code >= 0:
                 self._reversal_failed(t, l, part, code)
-        if not f64:
-            self._acc = bw               # until add_grads
+        if not f64:        # the float32 accumulators ("...s" of the cell's) wait for add_grads
+            self._acc = SimpleNamespace(
+                cell={k: a for k, a in bw.cell.items() if k.endswith("s")}, gU=bw.gU,
+                gby=bw.gby, gVs=bw.gVs, gV0=bw.gV0, gE=bw.gE)
         if hook is not None:
             hook("after", self)
         if reverse:
@@ -339,18 +340,12 @@ class WindowRun:
         return bw.terms, grad, dstate0, dx
 
     #: What :meth:`add_grads` still needs after :meth:`release`.
-    _KEEP = ("m", "L", "dt", "_acc")
+    _KEEP = ("m", "L", "_acc")
 
     def release(self):
         """Drop the run's arrays (information buffer, parameter copies, workspaces) once its
         backward pass is done, keeping only the float32 accumulators for :meth:`add_grads`:
         the caller's gradient is then allocated and summed without them."""
-        bw = self.__dict__.get("_acc")
-        if bw is not None:                      # views of the float32 parameter copy
-            bw.g = bw.vs = bw.sn = bw.sp = bw.ds = bw.dPb = bw.Xb0 = bw.XbH = None
-            bw.htop = bw.work = bw.terms = bw.target = bw.dX = None
-            for key in [k for k in bw.cell if not k.endswith("s")]:
-                bw.cell[key] = None     # the cell's workspaces (Ob, tc, ...); "...s": accumulators
         for key in [k for k in self.__dict__ if k not in self._KEEP]:
             del self.__dict__[key]
 
@@ -368,11 +363,17 @@ class WindowRun:
         self._add_cell_grads(gl, bw.cell, grad)
         g["U"][...] += bw.gU
         g["b_y"][...] += bw.gby
-        L, G = self.L, m._n_proj
-        add_back([gl[l]["V"] for l in range(1, L)] if L > 1 else [np.zeros((1, G))], bw.gVs)
+        add_back(self._upper_v(gl), bw.gVs)
         gl[0]["V"][...] += bw.gV0
         if m.embed_dim is not None:
             g["embed"][...] += bw.gE
+
+    def _upper_v(self, views):
+        """The ``V`` blocks of layers ``1 .. L-1`` in the per-layer ``views`` (a one-layer
+        stack never reads them: one (1, G) stand-in)."""
+        if self.L > 1:
+            return [views[l]["V"] for l in range(1, self.L)]
+        return [np.zeros((1, self.m._n_proj))]
 
     def _reversal_failed(self, t, l, part, code):
         """Raise the ReversalError of a failed undo, blaming the lowest corrupted layer."""

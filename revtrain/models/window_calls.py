@@ -27,7 +27,8 @@ def fold_terms(terms, scale, forward=False):
 
 
 def _group_runs(model, theta, x, tokens, state0, masks, run_class):
-    """One :class:`~revtrain.models.window.WindowRun` per row group of ``x`` (T, B, ...): ``[(r0, r1, run), ...]``."""
+    """One :class:`~revtrain.models.window.WindowRun` per row group of ``x`` (T, B, ...):
+    ``[(r0, r1, run), ...]``."""
     B = x.shape[1]
     dt = np.dtype(getattr(model, "dtype", "float64"))
     if dt != theta.dtype:
