@@ -28,19 +28,7 @@ from numba.extending import overload
 
 from ._options import NJIT_OPTS
 from .mathfn import _fma
-from .simd import vload, vstore, vsplat, vfma
-
-
-def lanes(a):
-    """Lanes of the vectors of ``a``'s float type: 16 for float32, 8 for float64 (a
-    compile-time constant; Numba only)."""
-    raise NotImplementedError
-
-
-@overload(lanes, inline="always")
-def _lanes_impl(a):
-    n = 16 if a.dtype == types.float32 else 8
-    return lambda a: n
+from .simd import vload, vstore, vsplat, vfma, lanes
 
 
 def zero_of(a):

@@ -20,11 +20,13 @@ is a kernel's local variable, never stored in an array.
     ``a*b + c`` lane by lane with one rounding (``llvm.fma``).
 ``vadd(a, b)``
     ``a + b`` lane by lane.
+``lanes(a)``
+    the lanes of the vectors of matrix ``a`` (a compile-time constant).
 """
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, overload, register_model
 
 
 class _VectorType(types.Type):
@@ -39,6 +41,21 @@ F64x8 = _VectorType(types.float64, 8)
 F32x16 = _VectorType(types.float32, 16)
 #: The vector type of each float type.
 _BY_DTYPE = {types.float64: F64x8, types.float32: F32x16}
+
+
+def lanes(a):
+    """Lanes of the vector type of array ``a``'s float type (16 for float32, 8 for
+    float64), a compile-time constant. (Numba only: an ``overload``.)"""
+    raise NotImplementedError("lanes runs inside Numba kernels")
+
+
+@overload(lanes, inline="always")
+def _lanes_impl(a):
+    vt = _BY_DTYPE.get(getattr(a, "dtype", None))
+    if vt is None:
+        return None
+    n = vt.lanes
+    return lambda a: n
 
 
 def _ir_type(vt):
