@@ -6,7 +6,7 @@ import pytest
 from numba.core.registry import CPUDispatcher
 
 import revtrain._kernels as kernels
-from revtrain._kernels._options import NJIT_OPTS, INLINE_OPTS, BUFFER_KERNEL_OPTS
+from revtrain._kernels._options import NJIT_OPTS, INLINE_OPTS, ELEMENT_OPTS, BUFFER_KERNEL_OPTS
 
 #: Integer bit tricks that keep Numba's default error model on purpose.
 DEFAULT_ERROR_MODEL = {"bits.trailing_zeros", "bits.bit_length", "rans.small_floordiv"}
@@ -27,6 +27,7 @@ KERNELS = dict(_dispatchers())
 def test_the_options_say_what_the_docstring_says():
     assert NJIT_OPTS == {"cache": True, "error_model": "numpy", "nogil": True}
     assert INLINE_OPTS == {**NJIT_OPTS, "inline": "always"}
+    assert ELEMENT_OPTS == {**NJIT_OPTS, "_nrt": False}
     assert BUFFER_KERNEL_OPTS == {"cache": True, "_nrt": False}
 
 
@@ -35,8 +36,8 @@ def test_kernel_is_cached_on_disk_and_uses_the_shared_error_model(name):
     disp = KERNELS[name]
     assert type(disp._cache).__name__ == "FunctionCache", f"{name} is not cache=True"
     opts = disp.targetoptions
-    if name in DEFAULT_ERROR_MODEL or opts.get("_nrt") is False:
-        assert "error_model" not in opts
+    if name in DEFAULT_ERROR_MODEL or (opts.get("_nrt") is False and not opts.get("nogil")):
+        assert "error_model" not in opts          # integer code: bit tricks, buffer kernels
     else:
         assert opts.get("error_model") == "numpy", f"{name}: {opts}"
         # the row groups of a batch run the window kernels on threads at once

@@ -23,13 +23,20 @@ Use as ``@njit(**NJIT_OPTS)`` (loop kernels) or ``@njit(**INLINE_OPTS)``
     The routine is inlined into its caller at the Numba IR level, so a
     per-element call costs nothing.
 
-``_nrt=False`` (:data:`BUFFER_KERNEL_OPTS`, :data:`BUFFER_OP_OPTS`)
+``_nrt=False`` (:data:`ELEMENT_OPTS`, :data:`BUFFER_KERNEL_OPTS`, :data:`BUFFER_OP_OPTS`)
     Compiled without the Numba runtime (NRT): no reference counting of the
     array arguments, which for the information-buffer routines called per
     element would cost several times their work. Such code must not allocate.
     Used through the decorators ``buffer_kernel`` and ``buffer_op`` of
     :mod:`revtrain._kernels.rans` (see there); they keep Numba's default
-    error model (integer arithmetic only).
+    error model (integer arithmetic only). :data:`ELEMENT_OPTS` is
+    :data:`NJIT_OPTS` without the runtime, for the float routines a window
+    kernel calls per step (cell element kernels, the product kernel, the
+    per-layer step of the RevLSTM backward): every view of an array a
+    runtime-compiled kernel takes, and every array it passes, costs an atomic
+    increment and decrement of a reference count, which at ``B = 1`` was a
+    seventh of a RevLSTM pass. They must not allocate (so copies are written
+    as loops, :func:`~revtrain._kernels.window.copy_rows`).
 """
 
 #: Options for loop kernels: ``@njit(**NJIT_OPTS)``.
@@ -43,3 +50,6 @@ BUFFER_KERNEL_OPTS = dict(cache=True, _nrt=False)
 
 #: Options of ``rans.buffer_op``: per-element buffer routines, inlined.
 BUFFER_OP_OPTS = dict(BUFFER_KERNEL_OPTS, inline="always")
+
+#: Runtime-free float routines called per step by the window kernels (no allocation inside).
+ELEMENT_OPTS = dict(NJIT_OPTS, _nrt=False)

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._options import NJIT_OPTS
+from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .mathfn import _fma
 from .simd import vload, vstore, vsplat, vfma, lanes
 
@@ -43,7 +43,7 @@ def _zero_of_impl(a):
     return lambda a: 0.0
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def rows_matmul_add(C, c, A, a, n, W, from_zero):
     """``C[c+r] = (0 if from_zero else C[c+r]) + A[a+r] @ W`` for ``r < n``.
 
@@ -58,7 +58,7 @@ def rows_matmul_add(C, c, A, a, n, W, from_zero):
         _row1(C, c + r, A, a + r, W, from_zero)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def _block4(C, p, A, q, W, from_zero):
     """Rows ``p .. p+3`` of ``C`` from rows ``q .. q+3`` of ``A``: blocks of 4 vectors
     (16 accumulators), then of 1, then scalar columns."""
@@ -142,7 +142,7 @@ def _block4(C, p, A, q, W, from_zero):
         _columns(C, p + i, A, q + i, W, from_zero, j)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def _row1(C, p, A, q, W, from_zero):
     """Row ``p`` of ``C`` from row ``q`` of ``A`` alone: blocks of 8 vectors, then 4, then 1,
     then scalar columns."""
@@ -203,7 +203,7 @@ def _row1(C, p, A, q, W, from_zero):
     _columns(C, p, A, q, W, from_zero, j)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def _columns(C, p, A, q, W, from_zero, j0):
     """Columns ``j0 ..`` of row ``p``, one scalar chain each."""
     K, N = W.shape
@@ -214,7 +214,7 @@ def _columns(C, p, A, q, W, from_zero, j0):
         C[p, j] = s
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def matmul_vec(A, W, out):
     """``out = A @ W``: A (M, K), W (K, N), out (M, N), C-contiguous, all float32 or all
     float64 (:func:`rows_matmul_add` from zero)."""

@@ -20,12 +20,12 @@ the added terms are rounded; ``tanh(c_k)`` is taken of the updated fixed-point
 """
 from numba import njit
 
-from ._options import NJIT_OPTS
+from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .mathfn import tanh_, sigmoid_
 from .quantize import quant_gate, fixed_inc, snap_
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revlstm_gates(A, P, b, off, floor, gi, gf, sf, go, gp, sp, gg):
     """Gates of one half: ``A`` = o @ W_k (B, 5Hh); the half's projections and biases
     are columns ``off .. off + 5Hh`` of ``P`` (B, 5H) and ``b`` (5H,).
@@ -52,7 +52,7 @@ def revlstm_gates(A, P, b, off, floor, gi, gf, sf, go, gp, sp, gg):
             gg[r, j] = tanh_(A[r, 4 * Hh + j] + P[r, off + 4 * Hh + j] + b[off + 4 * Hh + j])
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revlstm_quant_c(gi, gf, gg, D, nmin, scale, n, inc):
     """Fixed-point ``c`` update: ``n = quant(f)``, ``inc = rint(i * g * 2**F)`` (int64 (B, Hh) outputs)."""
     B, Hh = gi.shape
@@ -62,7 +62,7 @@ def revlstm_quant_c(gi, gf, gg, D, nmin, scale, n, inc):
             inc[r, j] = fixed_inc(gi[r, j] * gg[r, j], scale)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revlstm_quant_h(cq, inv_scale, go, gp, D, nmin, scale, n, inc):
     """Fixed-point ``h`` update from the updated ``c`` (int64 ``cq``).
 
@@ -76,7 +76,7 @@ def revlstm_quant_h(cq, inv_scale, go, gp, D, nmin, scale, n, inc):
                                   scale)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revlstm_cell(c_prev, h_prev, gi, gf, go, gp, gg, c_new, h_new, tc):
     """Float update of one half along the fixed-point trajectory.
 
@@ -95,7 +95,7 @@ def revlstm_cell(c_prev, h_prev, gi, gf, go, gp, gg, c_new, h_new, tc):
                                 + (1.0 - gp[r, j]) * go[r, j] * t)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revlstm_back(gi, gf, sf, go, gp, sp, gg, tc, c_old, h_old, floor, dh, dc, dP, off):
     """Backpropagate through the elementwise part of one half.
 

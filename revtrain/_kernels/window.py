@@ -9,12 +9,12 @@ same shape; inputs ``xtok`` / ``xflt`` with ``mode_in`` 0 (one-hot), 1
 import numpy as np
 from numba import njit
 
-from ._options import NJIT_OPTS
+from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .head import xent_dz, mse_dz
 from .gemm import dot_rows
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def to_float(qp, inv_scale, out):
     """``out = qp * 2**-F`` (B, w)."""
     B, w = qp.shape
@@ -23,7 +23,7 @@ def to_float(qp, inv_scale, out):
             out[r, j] = qp[r, j] * inv_scale
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def copy_cols(src, c0, out):
     """``out = src[:, c0:c0 + out.shape[1]]`` (a contiguous copy of a column block)."""
     B, w = out.shape
@@ -32,7 +32,23 @@ def copy_cols(src, c0, out):
             out[r, j] = src[r, c0 + j]
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
+def copy_rows(src, out):
+    """``out[...] = src`` for 2-d arrays of one shape (a loop: no Numba runtime needed)."""
+    for r in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            out[r, j] = src[r, j]
+
+
+@njit(**ELEMENT_OPTS)
+def add_rows(src, out):
+    """``out += src`` for 2-d arrays of one shape."""
+    for r in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            out[r, j] += src[r, j]
+
+
+@njit(**ELEMENT_OPTS)
 def h_float(ql, nh, inv_scale, out):
     """``out`` (B, nh * w) = the first ``nh`` fixed-point parts of ``ql`` side by side, as float."""
     B, w = ql.shape[1], ql.shape[2]
@@ -78,7 +94,7 @@ def project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, nh, m_btw, inv_scale
     dot_rows(inpH, Vs[l - 1], P)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def _add_h(dsl, nh, d, m):
     """``dsl[k] += d[:, k*w:(k+1)*w] * m[...]`` for the ``nh`` hidden parts."""
     B, w = dsl.shape[1], dsl.shape[2]
@@ -88,7 +104,7 @@ def _add_h(dsl, nh, d, m):
                 dsl[k, r, j] += d[r, k * w + j] * m[r, k * w + j]
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def head_step(t, i, T, per_step, snl, nh, m_top, U, UT, by, softmax, labels, target, lscale,
               Hb, Zb, dH, dsl, terms):
     """Output layer of step ``t`` (row ``i`` of its chunk) on the top layer's (masked) ``h``;
