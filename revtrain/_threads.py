@@ -81,9 +81,13 @@ def set_row_threads(n):
     The reversible cells cut a batch into groups of ``ROW_BLOCK = 16`` rows
     (:mod:`revtrain.models.window`) whose kernels run side by side, one
     thread each, BLAS on one thread inside each. ``n``: a positive int, or
-    None for the default (the cores this process may use). Results do not
-    depend on it: the groups are fixed by the batch size alone and computed
-    the same way on any number of threads. Returns the previous setting.
+    None for the default (the cores this process may use). With ``n >= 2``
+    a batch of one group (``B <= 16``) runs its reversible backward as a
+    two-stage pipeline instead (the undo of a chunk on a second thread while
+    the previous chunk backpropagates, :meth:`~revtrain.models.window.WindowRun.backward`).
+    Results do not depend on it: the groups are fixed by the batch size alone
+    and computed the same way on any number of threads. Returns the previous
+    setting.
     """
     n = positive_int(n, "n", none_ok=True)
     old = _state["row_threads"]

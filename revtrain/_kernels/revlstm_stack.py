@@ -4,6 +4,11 @@ One call runs steps ``t0 .. t1-1`` of every layer forward in fixed point
 (:func:`stack_forward`), or undoes them top-down, recomputes them in float and
 backpropagates (:func:`stack_backward`). Python validates, allocates the
 workspaces and the buffer room for a chunk of steps, and reads the results.
+A run alone in its call splits the backward into two stages that run on two
+threads, chunk after chunk (:meth:`revtrain.models.window.WindowRun.backward`):
+:func:`stack_undo` undoes a chunk and keeps its gates, states and inputs,
+:func:`stack_backprop` backpropagates the chunk before it from what was kept,
+with the same operations as :func:`stack_backward`.
 
 Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
 
@@ -188,7 +193,6 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, W1T, W2T, fl
     ``spl`` receives the state before the step, ``snl`` (the state after it on entry) too
     on exit. Returns ``(part, code)``.
     """
-    Hh = ql.shape[2]
     if reverse:
         part, code = layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd,
                                 inf, log2, o, A, g1, g2, n, inc)
@@ -199,6 +203,20 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, W1T, W2T, fl
             copy_rows(st0[k], ql[k])
         _half_gates(1, st1, P, W2, b, floor, inv_scale, o, A, g2)
         _half_gates(0, ql, P, W1, b, floor, inv_scale, o, A, g1)
+    _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl, dsl, m_top, U,
+                      UT, by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
+                      dP, Obl, W1T, W2T, o, A)
+    return 0, -1
+
+
+@njit(**ELEMENT_OPTS)
+def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl, dsl, m_top, U,
+                      UT, by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
+                      dP, Obl, W1T, W2T, o, A):
+    """The float part of a layer's backward step: from the fixed-point state before the step
+    ``ql`` and the step's gates ``g1``, ``g2`` (7, B, Hh), recompute the step in float, run the
+    output layer when ``top``, backpropagate into ``dsl`` and ``dP``; ``o``, ``A``: scratch."""
+    Hh = ql.shape[2]
     for k in range(4):
         to_float(ql[k], inv_scale, spl[k])
     # float recompute (real: the fixed-point results stand; tanh(c_new) is kept)
@@ -223,7 +241,73 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, W1T, W2T, fl
         add_rows(o, dsl[other])
     for k in range(4):
         copy_rows(spl[k], snl[k])
-    return 0, -1
+
+
+@njit(**NJIT_OPTS)
+def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_btw, q, bst, bct,
+               bwd, binf, log2, D, nmin, scale, inv_scale, floor, inp0, inpH, P, o, A, n, inc,
+               Gs, Qs, X0s, XHs):
+    """The undo side of a pipelined backward (:meth:`~revtrain.models.window.WindowRun.backward`):
+    steps ``t1-1 .. t0``, layers top-down, undone exactly, keeping what
+    :func:`stack_backprop` needs of step ``tt`` (``i = tt - t0``) and layer ``l``:
+    its gates in ``Gs[l, i]`` (2, 7, B, Hh), the fixed-point state before it in
+    ``Qs[l, i]`` (4, B, Hh) int64 and the layer's float input in ``X0s[i]``
+    (layer 0, float or embedding inputs) or ``XHs[l - 1, i]``.
+
+    The same operations as the undo of :func:`stack_backward`. Returns ``(t, layer, part, code)``.
+    """
+    L, B = q.shape[0], q.shape[2]
+    for tt in range(t1 - 1, t0 - 1, -1):
+        i = tt - t0
+        for l in range(L - 1, -1, -1):
+            project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
+                    inpH, P)
+            s0, s1 = l * B, (l + 1) * B
+            part, code = layer_undo(q[l], P, W1s[l], W2s[l], bs[l], floor, D, nmin, scale,
+                                    inv_scale, bst[s0:s1], bct[s0:s1], bwd[s0:s1], binf[s0:s1],
+                                    log2, o, A, Gs[l, i, 0], Gs[l, i, 1], n, inc)
+            if code >= 0:
+                return tt, l, part, code
+            _keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
+    return t0, 0, 0, -1
+
+
+@njit(**ELEMENT_OPTS)
+def _keep_step(l, mode_in, ql, inp0, inpH, Q, X0, XH):
+    """Copy layer ``l``'s state ``ql`` to ``Q`` and its float input to ``X0`` (layer 0, unless
+    one-hot) or ``XH`` (layers 1..)."""
+    for k in range(4):
+        copy_rows(ql[k], Q[k])
+    if l > 0:
+        copy_rows(inpH, XH)
+    elif mode_in != 0:
+        copy_rows(inp0, X0)
+
+
+@njit(**NJIT_OPTS)
+def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
+                   softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
+                   gW2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, o, A, tc, htop, dH, work, Ob,
+                   dPb, Xb0, XbH, terms, tr, Gs, Qs, X0s, XHs):
+    """The backpropagation side of a pipelined backward: steps ``t1-1 .. t0`` of
+    :func:`stack_backward` from the gates, states and inputs :func:`stack_undo` kept, on
+    another thread meanwhile undoing the chunk before. The same operations in the same
+    order as :func:`stack_backward`, so the same bits."""
+    L, B = sn.shape[0], sn.shape[2]
+    for tt in range(t1 - 1, t0 - 1, -1):
+        i = tt - t0
+        for l in range(L - 1, -1, -1):
+            _layer_float_back(tt, i, T, l == L - 1, Qs[l, i], Gs[l, i, 0], Gs[l, i, 1], floor,
+                              inv_scale, tc, sp[l], sn[l], ds[l], m_top, U, tr[0], by, softmax,
+                              labels, target, lscale, per_step, htop, work, dH, terms, dP, Ob[l],
+                              tr[3][l], tr[4][l], o, A)
+            dPb[l, i] = dP
+            pass_down(tt, i, l, mode_in, xtok, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+                      m_emb, m_btw, 2, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
+    _chunk_weight_grads(t1 - t0, Ob, dPb, gW1s, gW2s, gbs)
+    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
+    return t0, 0, 0, -1
 
 
 @njit(**NJIT_OPTS)

@@ -32,6 +32,8 @@ from ..buffer import InfoBuffer
 from numba.typed import List
 
 from ..errors import ReversalError, check_reversal
+from .._threads import get_row_threads
+from .pipeline import run_pipeline
 
 #: Most steps per kernel call (the buffer gets room for a call's steps before it).
 CHUNK = 32
@@ -272,6 +274,9 @@ class WindowRun:
     def backward(self, batch, reverse, store, want_dx):
         """Undo (or reload) every step top-down, recompute, backpropagate.
 
+        A reversible run alone in its call, with two row threads or more, runs
+        as a two-stage pipeline (:meth:`_pipelined_backward`), with the same bits.
+
         Returns ``(terms, grad, dstate0, dx)``: ``terms`` float64 (steps with a
         target, B) the per-row loss terms (the loss is
         :func:`~revtrain.models.window_calls.fold_terms`);
@@ -315,13 +320,16 @@ class WindowRun:
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
         if hook is not None:
             hook("before", self)
-        for t0 in reversed(range(0, T, self.chunk)):
-            t1 = min(T, t0 + self.chunk)
-            if reverse:
-                self._reserve(t1 - t0)
-            t, l, part, code = self._backward_chunk(t0, t1, reverse, st, batch, bw)
-            if code >= 0:
-                self._reversal_failed(t, l, part, code)
+        chunks = [(t0, min(T, t0 + self.chunk)) for t0 in reversed(range(0, T, self.chunk))]
+        if reverse and self._pipelined():
+            self._pipelined_backward(chunks, batch, bw)
+        else:
+            for t0, t1 in chunks:
+                if reverse:
+                    self._reserve(t1 - t0)
+                t, l, part, code = self._backward_chunk(t0, t1, reverse, st, batch, bw)
+                if code >= 0:
+                    self._reversal_failed(t, l, part, code)
         if not f64:        # the float32 accumulators ("...s" of the cell's) wait for add_grads
             self._acc = SimpleNamespace(
                 cell={k: a for k, a in bw.cell.items() if k.endswith("s")}, gU=bw.gU,
@@ -338,6 +346,42 @@ class WindowRun:
             dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
         dx = bw.dX.astype(np.float64, copy=False) if want_dx else None
         return bw.terms, grad, dstate0, dx
+
+    # ------------------------------------------------------------ pipelined backward
+    def _undo_slot(self):
+        """Arrays :meth:`_undo_chunk` fills for :meth:`_backprop_chunk` (a cell that pipelines
+        its backward returns them; None: the cell does not)."""
+        return None
+
+    def _undo_chunk(self, t0, t1, slot):
+        """Undo steps ``t1-1 .. t0`` into ``slot``; return ``(t, layer, part, code)``."""
+        raise NotImplementedError
+
+    def _backprop_chunk(self, t0, t1, batch, bw, slot):
+        """Backpropagate steps ``t1-1 .. t0`` from what :meth:`_undo_chunk` kept in ``slot``."""
+        raise NotImplementedError
+
+    def _pipelined(self):
+        """Whether the reversible backward runs as a pipeline on two threads: a run alone in
+        its call (one row group: no other group keeps a second core busy), with
+        :func:`~revtrain.get_row_threads` ``>= 2`` and a cell that supports it."""
+        return (self.B == self.B_total and get_row_threads() >= 2
+                and type(self)._undo_slot is not WindowRun._undo_slot)
+
+    def _pipelined_backward(self, chunks, batch, bw):
+        """The reversible backward over ``chunks`` (last first) as a two-stage pipeline
+        (:func:`~revtrain.models.pipeline.run_pipeline`)."""
+        def undo(k, t0, t1, slot):
+            self._reserve(t1 - t0)
+            return self._undo_chunk(t0, t1, slot)
+
+        def backprop(k, t0, t1, slot, code):
+            t, l, part, c = code
+            if c >= 0:
+                self._reversal_failed(t, l, part, c)
+            self._backprop_chunk(t0, t1, batch, bw, slot)
+
+        run_pipeline(chunks, [self._undo_slot(), self._undo_slot()], undo, backprop)
 
     #: What :meth:`add_grads` still needs after :meth:`release`.
     _KEEP = ("m", "L", "_acc")

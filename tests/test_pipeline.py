@@ -1,0 +1,144 @@
+"""The pipelined reversible backward: a run alone in its call (one row group) undoes its
+steps on a second thread while this one backpropagates, with the serial loop's bits."""
+import threading
+
+import numpy as np
+import pytest
+
+import revtrain as rt
+from revtrain import _threads
+from revtrain.models.revlstm_window import RevLSTMWindow
+
+
+@pytest.fixture
+def threads():
+    """Restore the row-thread setting after a test."""
+    old = _threads.set_row_threads(None)
+    _threads.set_row_threads(old)
+    yield _threads.set_row_threads
+    _threads.set_row_threads(old)
+
+
+@pytest.fixture
+def stages(monkeypatch):
+    """Count the pipeline's backpropagation-stage calls."""
+    calls = []
+    orig = RevLSTMWindow._backprop_chunk
+
+    def spy(self, *a):
+        calls.append(a[0])
+        return orig(self, *a)
+    monkeypatch.setattr(RevLSTMWindow, "_backprop_chunk", spy)
+    return calls
+
+
+def _undo_threads():
+    return [t for t in threading.enumerate() if t.name == "revtrain-undo"]
+
+
+CASES = {
+    # one row, one-hot input, T not a multiple of the chunk
+    "B1-onehot": dict(B=1, T=70, n_layers=1, embed_dim=None, dropout=0.0, floats=False),
+    # a stack with an embedding and dropout masks
+    "B5-embed-dropout": dict(B=5, T=45, n_layers=2, embed_dim=4, dropout=0.3, floats=False),
+    # float inputs: input gradients, an initial state
+    "B3-floats": dict(B=3, T=33, n_layers=2, embed_dim=None, dropout=0.0, floats=True),
+}
+
+
+def _call(case, dtype):
+    c = CASES[case]
+    m = rt.RevLSTM(6, 10, 6, n_layers=c["n_layers"], embed_dim=c["embed_dim"],
+                   dropout=c["dropout"], dtype=dtype)
+    theta = m.init_params(seed=1)
+    rng = np.random.default_rng(2)
+    T, B = c["T"], c["B"]
+    x = rng.standard_normal((T, B, 6)) if c["floats"] else rng.integers(0, 6, (T, B))
+    y = rng.integers(0, 6, (T, B))
+    s0 = rng.uniform(-0.5, 0.5, (B, m.state_size))
+    kw = dict(dropout_seed=3) if c["dropout"] else {}
+    return m.loss_and_grad(theta, x, y, initial_state=s0, return_stats=True, input_grad=True,
+                           **kw)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_pipelined_backward_gives_the_serial_bits(case, dtype, threads, stages):
+    """One thread: the serial loop; two: the pipeline (its stage ran). Every output is the
+    same bits: loss, parameter gradient, final state, state and input gradients."""
+    threads(1)
+    serial = _call(case, dtype)
+    assert stages == []
+    threads(2)
+    piped = _call(case, dtype)
+    assert len(stages) > 1                  # several chunks went through both stages
+    (l1, g1, i1, s1), (l2, g2, i2, s2) = serial, piped
+    assert l1 == l2
+    assert np.array_equal(g1, g2)
+    assert np.array_equal(s1.final_state, s2.final_state)
+    assert s1.stored_bytes == s2.stored_bytes
+    assert np.array_equal(i1.initial_state, i2.initial_state)
+    if CASES[case]["floats"]:
+        assert np.array_equal(i1.x, i2.x)
+    assert _undo_threads() == []
+
+
+def test_only_a_run_alone_in_its_call_is_pipelined(threads, stages):
+    """B = 20 is two row groups, which keep the two threads busy already: no pipeline."""
+    threads(2)
+    m = rt.RevLSTM(5, 8, 5)
+    rng = np.random.default_rng(0)
+    m.loss_and_grad(m.init_params(0), rng.integers(0, 5, (12, 20)), rng.integers(0, 5, (12, 20)))
+    assert stages == []
+    m.loss_and_grad(m.init_params(0), rng.integers(0, 5, (12, 4)), rng.integers(0, 5, (12, 4)))
+    assert len(stages) > 0
+
+
+def _single_row():
+    m = rt.RevLSTM(5, 8, 5)
+    rng = np.random.default_rng(1)
+    return m, m.init_params(0), rng.integers(0, 5, (200, 1)), rng.integers(0, 5, (200, 1))
+
+
+def test_a_corrupted_state_is_reported_as_without_the_pipeline(threads):
+    """A flipped bit in the kept final state: the same ReversalError on 1 and 2 threads."""
+    m, theta, x, y = _single_row()
+
+    def hook(when, run):
+        if when == "before":
+            run.layer_q(0)["h2"][0, 3] ^= 1 << 40
+    m._fault_hook = hook
+    msgs = []
+    for n in (1, 2):
+        threads(n)
+        with pytest.raises(rt.ReversalError) as err:
+            m.loss_and_grad(theta, x, y)
+        msgs.append(str(err.value))
+    assert msgs[0] == msgs[1]
+    assert _undo_threads() == []
+
+
+@pytest.mark.parametrize("stage", ["_undo_chunk", "_backprop_chunk"])
+def test_an_error_in_either_stage_stops_both(stage, threads, monkeypatch):
+    """An exception in the third chunk of either stage is raised by loss_and_grad, and the
+    undo thread has ended; the next call works."""
+    threads(2)
+    m, theta, x, y = _single_row()
+    orig = getattr(RevLSTMWindow, stage)
+    seen = []
+
+    def failing(self, *a):
+        seen.append(a[0])
+        if len(seen) == 3:
+            raise RuntimeError(f"stage {stage} failed")
+        return orig(self, *a)
+    monkeypatch.setattr(RevLSTMWindow, stage, failing)
+    with pytest.raises(RuntimeError, match=f"stage {stage} failed"):
+        m.loss_and_grad(theta, x, y)
+    assert _undo_threads() == []
+    monkeypatch.setattr(RevLSTMWindow, stage, orig)
+    threads(1)
+    want = m.loss_and_grad(theta, x, y)
+    threads(2)
+    got = m.loss_and_grad(theta, x, y)
+    assert want[0] == got[0] and np.array_equal(want[1], got[1])
