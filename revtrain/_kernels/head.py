@@ -116,6 +116,18 @@ def sum_terms(terms):
 
 
 @njit(**NJIT_OPTS)
+def fold_rows(terms, scale, forward):
+    """``sum_i scale * sum_terms(terms[i])`` over the rows of ``terms`` (n, B) float64, last
+    to first (first to last when ``forward``), one float64 add after the other."""
+    loss = 0.0
+    n = terms.shape[0]
+    for k in range(n):
+        i = k if forward else n - 1 - k
+        loss += sum_terms(terms[i]) * scale
+    return loss
+
+
+@njit(**NJIT_OPTS)
 def softmax_xent_head(h, U, by, labels, scale, work, dh, dU, dby):
     """Softmax cross-entropy summed over rows, times ``scale``; gradients added.
 

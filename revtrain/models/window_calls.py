@@ -12,18 +12,16 @@ import numpy as np
 
 from .._threads import run_groups
 from .row_groups import row_groups, group_batch, group_masks
-from .._kernels.head import softmax_xent_rows, mse_rows, sum_terms
+from .._kernels.head import softmax_xent_rows, mse_rows, fold_rows
 
 
 def fold_terms(terms, scale, forward=False):
     """The loss from per-row terms (steps with a target, B): ``sum_t scale * sum_r terms[t, r]``,
     rows in order, steps last to first (the backward pass's order) or first to last
-    (``forward``, a forward-only pass's): the per-step reference's order."""
-    loss = 0.0
-    n = terms.shape[0]
-    for i in (range(n) if forward else range(n - 1, -1, -1)):
-        loss += sum_terms(terms[i]) * scale
-    return loss
+    (``forward``, a forward-only pass's): the per-step reference's order, in one kernel
+    call (a Python loop over the steps cost 0.7 ms at T = 1000)."""
+    return float(fold_rows(np.ascontiguousarray(terms, dtype=np.float64), float(scale),
+                           bool(forward)))
 
 
 def _group_runs(model, theta, x, tokens, state0, masks, run_class):
