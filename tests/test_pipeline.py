@@ -7,7 +7,6 @@ import pytest
 
 import revtrain as rt
 from revtrain import _threads
-from revtrain.models.revlstm_window import RevLSTMWindow
 
 
 @pytest.fixture
@@ -19,16 +18,21 @@ def threads():
     _threads.set_row_threads(old)
 
 
+CELLS = (rt.RevLSTM, rt.RevGRU, rt.MomentumRNN)
+
+
 @pytest.fixture
 def stages(monkeypatch):
-    """Count the pipeline's backpropagation-stage calls."""
+    """Count the pipeline's backpropagation-stage calls (of every pipelined cell)."""
     calls = []
-    orig = RevLSTMWindow._backprop_chunk
+    for cls in CELLS:
+        win = cls.window_class
+        orig = win._backprop_chunk
 
-    def spy(self, *a):
-        calls.append(a[0])
-        return orig(self, *a)
-    monkeypatch.setattr(RevLSTMWindow, "_backprop_chunk", spy)
+        def spy(self, *a, _orig=orig):
+            calls.append(a[0])
+            return _orig(self, *a)
+        monkeypatch.setattr(win, "_backprop_chunk", spy)
     return calls
 
 
@@ -46,9 +50,9 @@ CASES = {
 }
 
 
-def _call(case, dtype):
+def _call(cls, case, dtype):
     c = CASES[case]
-    m = rt.RevLSTM(6, 10, 6, n_layers=c["n_layers"], embed_dim=c["embed_dim"],
+    m = cls(6, 10, 6, n_layers=c["n_layers"], embed_dim=c["embed_dim"],
                    dropout=c["dropout"], dtype=dtype)
     theta = m.init_params(seed=1)
     rng = np.random.default_rng(2)
@@ -61,16 +65,17 @@ def _call(case, dtype):
                            **kw)
 
 
+@pytest.mark.parametrize("cls", CELLS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_pipelined_backward_gives_the_serial_bits(case, dtype, threads, stages):
+def test_pipelined_backward_gives_the_serial_bits(cls, case, dtype, threads, stages):
     """One thread: the serial loop; two: the pipeline (its stage ran). Every output is the
     same bits: loss, parameter gradient, final state, state and input gradients."""
     threads(1)
-    serial = _call(case, dtype)
+    serial = _call(cls, case, dtype)
     assert stages == []
     threads(2)
-    piped = _call(case, dtype)
+    piped = _call(cls, case, dtype)
     assert len(stages) > 1                  # several chunks went through both stages
     (l1, g1, i1, s1), (l2, g2, i2, s2) = serial, piped
     assert l1 == l2
@@ -94,19 +99,20 @@ def test_only_a_run_alone_in_its_call_is_pipelined(threads, stages):
     assert len(stages) > 0
 
 
-def _single_row():
-    m = rt.RevLSTM(5, 8, 5)
+def _single_row(cls=rt.RevLSTM):
+    m = cls(5, 8, 5)
     rng = np.random.default_rng(1)
     return m, m.init_params(0), rng.integers(0, 5, (200, 1)), rng.integers(0, 5, (200, 1))
 
 
-def test_a_corrupted_state_is_reported_as_without_the_pipeline(threads):
+@pytest.mark.parametrize("cls", CELLS)
+def test_a_corrupted_state_is_reported_as_without_the_pipeline(cls, threads):
     """A flipped bit in the kept final state: the same ReversalError on 1 and 2 threads."""
-    m, theta, x, y = _single_row()
+    m, theta, x, y = _single_row(cls)
 
     def hook(when, run):
         if when == "before":
-            run.layer_q(0)["h2"][0, 3] ^= 1 << 40
+            run.layer_q(0)[run.parts[-1]][0, 3] ^= 1 << 40      # h2 or v
     m._fault_hook = hook
     msgs = []
     for n in (1, 2):
@@ -118,13 +124,15 @@ def test_a_corrupted_state_is_reported_as_without_the_pipeline(threads):
     assert _undo_threads() == []
 
 
+@pytest.mark.parametrize("cls", CELLS)
 @pytest.mark.parametrize("stage", ["_undo_chunk", "_backprop_chunk"])
-def test_an_error_in_either_stage_stops_both(stage, threads, monkeypatch):
+def test_an_error_in_either_stage_stops_both(cls, stage, threads, monkeypatch):
     """An exception in the third chunk of either stage is raised by loss_and_grad, and the
     undo thread has ended; the next call works."""
     threads(2)
-    m, theta, x, y = _single_row()
-    orig = getattr(RevLSTMWindow, stage)
+    m, theta, x, y = _single_row(cls)
+    win = cls.window_class
+    orig = getattr(win, stage)
     seen = []
 
     def failing(self, *a):
@@ -132,11 +140,11 @@ def test_an_error_in_either_stage_stops_both(stage, threads, monkeypatch):
         if len(seen) == 3:
             raise RuntimeError(f"stage {stage} failed")
         return orig(self, *a)
-    monkeypatch.setattr(RevLSTMWindow, stage, failing)
+    monkeypatch.setattr(win, stage, failing)
     with pytest.raises(RuntimeError, match=f"stage {stage} failed"):
         m.loss_and_grad(theta, x, y)
     assert _undo_threads() == []
-    monkeypatch.setattr(RevLSTMWindow, stage, orig)
+    monkeypatch.setattr(win, stage, orig)
     threads(1)
     want = m.loss_and_grad(theta, x, y)
     threads(2)

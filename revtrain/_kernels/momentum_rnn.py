@@ -20,11 +20,11 @@ recompute and backward pass.
 import numpy as np
 from numba import njit, int64
 
-from ._options import NJIT_OPTS
+from ._options import ELEMENT_OPTS
 from .mathfn import tanh_, sigmoid_
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def momentum_gates(A, P, b, bg, floor, gamma, learned, g, gam, sig):
     """Candidate and momentum gate of one step.
 
@@ -47,7 +47,7 @@ def momentum_gates(A, P, b, bg, floor, gamma, learned, g, gam, sig):
                 gam[i, j] = gamma
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def momentum_snap(h_prev, v_prev, g, gam, h_decay, v_weight, h_new, v_new):
     """Give ``h_new``, ``v_new`` (complex, real part = fixed-point values) the imaginary part
     of the float update ``v = gam v_prev + (1 - gam) g``, ``h = h_decay h_prev + v_weight v``.
@@ -64,7 +64,7 @@ def momentum_snap(h_prev, v_prev, g, gam, h_decay, v_weight, h_new, v_new):
             h_new[i, j] = complex(h_new[i, j].real, hf.imag)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def momentum_back(g, gam, sig, v_prev, floor, learned, h_decay, v_weight, dh, dv, dA):
     """Backpropagate through one step of ``v = gam v + (1 - gam) g``, ``h = h_decay h + v_weight v``.
 
@@ -92,7 +92,7 @@ def momentum_back(g, gam, sig, v_prev, floor, learned, h_decay, v_weight, dh, dv
 # MomentumRNN's h_t = beta h_{t-1} + (1 - beta) v_t needs its increment in fixed point
 # (RevMDRNN's h = h + v adds v itself).
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def leaky_h_inc(v, c, inc):
     """Increments of ``h <- (n_b/D) h + (1 - n_b/D) v`` in fixed point.
 

@@ -32,18 +32,19 @@ when fine, else the flat ``(row, unit)`` index of the element; ``part`` is
 import numpy as np
 from numba import njit
 
-from ._options import NJIT_OPTS
+from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .momentum_rnn import momentum_gates, leaky_h_inc, momentum_back
 from .quantize import quantise_convex, forget_add, forget_add_undo
 from .gemm import dot_rows
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
-                     chunk_input_grads)
+                     chunk_input_grads, copy_rows,
+                     add_rows, keep_step)
 
 #: Part indices in ``q``: h, v.
 PH, PV = 0, 1
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def _gates(hq, P, W, b, bg, floor, gamma, learned, inv_scale, hf, A, gt):
     """Candidate and gate of a step from the fixed-point ``h`` before it (``hq``) and ``P``.
 
@@ -54,7 +55,7 @@ def _gates(hq, P, W, b, bg, floor, gamma, learned, inv_scale, hf, A, gt):
     momentum_gates(A, P, b, bg, floor, gamma, learned, gt[0], gt[1], gt[2])
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def _h_update(v, nbeta, cbeta, n, inc):
     """Ratios ``n_beta`` and increments ``rint((1 - n_beta/D) v_t)`` of the ``h`` update."""
     leaky_h_inc(v, cbeta, inc)
@@ -64,7 +65,7 @@ def _h_update(v, nbeta, cbeta, n, inc):
             n[r, j] = nbeta
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def layer_forward(ql, P, W, b, bg, floor, gamma, learned, nbeta, cbeta, D, nmin, scale,
                   inv_scale, st, ct, wd, inf, log2, hf, A, gt, n, inc):
     """One fixed-point step of one layer (``v``, then ``h``); returns ``(part, code)``."""
@@ -80,7 +81,7 @@ def layer_forward(ql, P, W, b, bg, floor, gamma, learned, nbeta, cbeta, D, nmin,
     return 0, -1
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def layer_undo(ql, P, W, b, bg, floor, gamma, learned, nbeta, cbeta, D, nmin, scale, inv_scale,
                st, ct, wd, inf, log2, hf, A, gt, n, inc):
     """Undo one step of one layer exactly (``h`` from the kept ``v_t``, then ``v`` from the
@@ -158,36 +159,115 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
         for l in range(L - 1, -1, -1):
             project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 1, m_btw, inv_scale, inp0,
                     inpH, P)
-            W = Ws[l]
-            ql = q[l]
-            if reverse:
-                r0, r1 = l * B, (l + 1) * B
-                part, code = layer_undo(ql, P, W, bs[l], bgs[l], floor, gamma, learned, nbeta,
-                                        cbeta, D, nmin, scale, inv_scale, bst[r0:r1],
-                                        bct[r0:r1], bwd[r0:r1], binf[r0:r1], log2, hf, A, gt,
-                                        n, inc)
-                if code >= 0:
-                    return tt, l, part, code
-            else:
-                ql[:] = store[tt, l]
-                _gates(ql[PH], P, W, bs[l], bgs[l], floor, gamma, learned, inv_scale, hf, A, gt)
-            spl, snl = sp[l], sn[l]
-            to_float(ql[PH], inv_scale, spl[PH])
-            to_float(ql[PV], inv_scale, spl[PV])
-            dsl = ds[l]
-            if l == L - 1:
-                head_step(tt, tt - t0, T, per_step, snl, 1, m_top, U, tr[0], by, softmax, labels,
-                          target, lscale, htop, work, dH, dsl, terms)
-            momentum_back(gt[0], gt[1], gt[2], spl[PV], floor, learned, beta, vweight,
-                          dsl[PH], dsl[PV], dP)
-            Ob[l, tt - t0] = spl[PH]                # weight gradients: one product per chunk
-            dot_rows(dP, tr[3][l], hf)             # W.T; hf: free scratch (B, H) here
-            dsl[PH] += hf
+            r0, r1 = l * B, (l + 1) * B
+            st0 = store[tt, l] if not reverse else q[l]
+            part, code = _layer_back(
+                tt, tt - t0, T, l == L - 1, reverse, q[l], st0, P, Ws[l], bs[l], bgs[l],
+                tr[3][l], floor, gamma, learned, nbeta, cbeta, beta, vweight, D, nmin, scale,
+                inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1], binf[r0:r1], log2, hf, A, gt, n,
+                inc, hf, sp[l], sn[l], ds[l], m_top, U, tr[0], by, softmax, labels, target,
+                lscale, per_step, htop, work, dH, terms, dP, Ob[l])
+            if code >= 0:
+                return tt, l, part, code
             dPb[l, tt - t0] = dP
             pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,
                       1, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
-            snl[PH] = spl[PH]
-            snl[PV] = spl[PV]
+    _chunk_weight_grads(t1 - t0, Ob, dPb, gWs, gbs)
+    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
+    return t0, 0, 0, -1
+
+
+@njit(**ELEMENT_OPTS)
+def _layer_back(tt, i, T, top, reverse, ql, st0, P, W, b, bg, WT, floor, gamma, learned, nbeta,
+                cbeta, beta, vweight, D, nmin, scale, inv_scale, st, ct, wd, inf, log2, hf, A, gt,
+                n, inc, scratch, spl, snl, dsl, m_top, U, UT, by, softmax, labels, target,
+                lscale, per_step, htop, work, dH, terms, dP, Obl):
+    """One layer of :func:`stack_backward` at step ``tt`` (row ``i`` of the chunk): undo it
+    (``reverse``) or load it (``st0``: the stored state before it) with its gates in ``gt``,
+    then :func:`_layer_float_back` (``scratch`` (B, H): its free scratch). Compiled without
+    the Numba runtime (see :data:`~revtrain._kernels._options.ELEMENT_OPTS`).
+    Returns ``(part, code)``."""
+    if reverse:
+        part, code = layer_undo(ql, P, W, b, bg, floor, gamma, learned, nbeta, cbeta, D, nmin,
+                                scale, inv_scale, st, ct, wd, inf, log2, hf, A, gt, n, inc)
+        if code >= 0:
+            return part, code
+    else:
+        for k in range(2):
+            copy_rows(st0[k], ql[k])
+        _gates(ql[PH], P, W, b, bg, floor, gamma, learned, inv_scale, hf, A, gt)
+    _layer_float_back(tt, i, T, top, ql, gt, floor, learned, beta, vweight, inv_scale, scratch,
+                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale, per_step,
+                      htop, work, dH, terms, dP, Obl, WT)
+    return 0, -1
+
+
+@njit(**ELEMENT_OPTS)
+def _layer_float_back(tt, i, T, top, ql, gt, floor, learned, beta, vweight, inv_scale, scratch,
+                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale, per_step,
+                      htop, work, dH, terms, dP, Obl, WT):
+    """The float part of a layer's backward step from the fixed-point state before it ``ql``
+    and its gates ``gt`` (3, B, H): output layer when ``top``, backpropagation into ``dsl``
+    and ``dP``."""
+    to_float(ql[PH], inv_scale, spl[PH])
+    to_float(ql[PV], inv_scale, spl[PV])
+    if top:
+        head_step(tt, i, T, per_step, snl, 1, m_top, U, UT, by, softmax, labels, target, lscale,
+                  htop, work, dH, dsl, terms)
+    momentum_back(gt[0], gt[1], gt[2], spl[PV], floor, learned, beta, vweight, dsl[PH],
+                  dsl[PV], dP)
+    copy_rows(spl[PH], Obl[i])              # weight gradients: one product per chunk
+    dot_rows(dP, WT, scratch)               # W.T
+    add_rows(scratch, dsl[PH])
+    copy_rows(spl[PH], snl[PH])
+    copy_rows(spl[PV], snl[PV])
+
+
+@njit(**NJIT_OPTS)
+def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs, m_btw, q, bst, bct,
+               bwd, binf, log2, D, nmin, scale, inv_scale, floor, gamma, learned, nbeta, cbeta,
+               inp0, inpH, P, hf, A, n, inc, Gs, Qs, X0s, XHs):
+    """The undo stage of a pipelined backward (see
+    :func:`revtrain._kernels.revlstm_stack.stack_undo`): steps ``t1-1 .. t0`` undone, the
+    gates of step ``tt`` (``i = tt - t0``) and layer ``l`` kept in ``Gs[l, i]`` (3, B, H),
+    the state before it in ``Qs[l, i]`` (2, B, H), the layer's input in ``X0s[i]`` /
+    ``XHs[l - 1, i]``. Returns ``(t, layer, part, code)``."""
+    L, B = q.shape[0], q.shape[2]
+    for tt in range(t1 - 1, t0 - 1, -1):
+        i = tt - t0
+        for l in range(L - 1, -1, -1):
+            project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 1, m_btw, inv_scale, inp0,
+                    inpH, P)
+            r0, r1 = l * B, (l + 1) * B
+            part, code = layer_undo(q[l], P, Ws[l], bs[l], bgs[l], floor, gamma, learned, nbeta,
+                                    cbeta, D, nmin, scale, inv_scale, bst[r0:r1], bct[r0:r1],
+                                    bwd[r0:r1], binf[r0:r1], log2, hf, A, Gs[l, i], n, inc)
+            if code >= 0:
+                return tt, l, part, code
+            keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
+    return t0, 0, 0, -1
+
+
+@njit(**NJIT_OPTS)
+def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, learned,
+                   beta, vweight, U, by, softmax, labels, target, lscale, per_step, sn, sp, ds, gE,
+                   gV0, gVs, gWs, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, scratch, htop, dH,
+                   work, Ob, dPb, Xb0, XbH, terms, tr, Gs, Qs, X0s, XHs):
+    """The backpropagation stage of a pipelined backward: steps ``t1-1 .. t0`` of
+    :func:`stack_backward` from what :func:`stack_undo` kept; the same operations in the
+    same order, so the same bits."""
+    L, B = sn.shape[0], sn.shape[2]
+    for tt in range(t1 - 1, t0 - 1, -1):
+        i = tt - t0
+        for l in range(L - 1, -1, -1):
+            _layer_float_back(tt, i, T, l == L - 1, Qs[l, i], Gs[l, i], floor, learned, beta,
+                              vweight, inv_scale, scratch, sp[l], sn[l], ds[l], m_top, U, tr[0],
+                              by, softmax, labels, target, lscale, per_step, htop, work, dH,
+                              terms, dP, Ob[l], tr[3][l])
+            dPb[l, i] = dP
+            pass_down(tt, i, l, mode_in, xtok, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+                      m_emb, m_btw, 1, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
     _chunk_weight_grads(t1 - t0, Ob, dPb, gWs, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
     chunk_head_grads(t1 - t0, B, htop, work, gU, gby)

@@ -14,12 +14,12 @@ In fixed point the multiply by ``z`` (quantised to ``n / 2**m``) is exact and
 """
 from numba import njit
 
-from ._options import NJIT_OPTS
+from ._options import ELEMENT_OPTS
 from .mathfn import tanh_, sigmoid_
 from .quantize import snap_
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revgru_gates1(A1, P, b, off, floor, o, z, sz, r, ro):
     """Update and reset gates: ``A1`` = o @ W_k (B, 2Hh), ``o`` (B, Hh); the half's
     projections and biases are columns ``off .. off + 3Hh`` of ``P`` (B, 3H), ``b`` (3H,).
@@ -39,7 +39,7 @@ def revgru_gates1(A1, P, b, off, floor, o, z, sz, r, ro):
             ro[i, j] = rr * o[i, j]
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revgru_gates2(A2, P, b, off, g):
     """Candidate ``g = tanh(A2 + P[:, off+2Hh:off+3Hh] + b[...])`` with ``A2 = (r*o) @ Wg_k`` (B, Hh)."""
     B, Hh = g.shape
@@ -48,7 +48,7 @@ def revgru_gates2(A2, P, b, off, g):
             g[i, j] = tanh_(A2[i, j] + P[i, off + 2 * Hh + j] + b[off + 2 * Hh + j])
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revgru_cell(h_prev, z, g, h_new):
     """Give ``h_new`` (fixed-point values) the imaginary part of ``z h + (1 - z) g`` (complex only)."""
     B, Hh = z.shape
@@ -57,7 +57,7 @@ def revgru_cell(h_prev, z, g, h_new):
             h_new[i, j] = snap_(h_new[i, j], z[i, j] * h_prev[i, j] + (1.0 - z[i, j]) * g[i, j])
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revgru_back1(z, sz, g, h_old, floor, dh, dP, off):
     """Through ``h <- z h + (1-z) g``: ``dh`` (B, Hh) dL/dh after -> before; writes dA_z and
     dA_g of the half (columns ``off`` and ``off + 2Hh`` onwards of ``dP`` (B, 3H))."""
@@ -74,7 +74,7 @@ def revgru_back1(z, sz, g, h_old, floor, dh, dP, off):
             dP[i, off + 2 * Hh + j] = d * (1.0 - zz) * (1.0 - gg * gg)
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def revgru_back2(dRO, r, o, dP, off, do):
     """Through ``ro = r * o``: given dL/dro (B, Hh), write dA_r (columns ``off + Hh`` onwards
     of ``dP``) and ``do`` = dL/do (the direct part)."""

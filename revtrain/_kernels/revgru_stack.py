@@ -35,12 +35,12 @@ when fine, else the flat ``(row, unit)`` index of the element; ``part`` is
 import numpy as np
 from numba import njit
 
-from ._options import NJIT_OPTS
+from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
 from .quantize import quantise_convex, forget_add, forget_add_undo
 from .gemm import dot_rows
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
-                     chunk_input_grads, copy_cols)
+                     chunk_input_grads, copy_cols, copy_rows, add_rows, keep_step)
 
 #: Part indices in ``q``: h1, h2.
 H1, H2 = 0, 1
@@ -48,7 +48,7 @@ H1, H2 = 0, 1
 GZ, GSZ, GR, GRO, GG = 0, 1, 2, 3, 4
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def _half_gates(half, ql, P, W, Wg, b, floor, inv_scale, o, A, Gm, g):
     """Gates of half ``half`` (0 or 1) from the other half's current fixed-point ``h``.
 
@@ -64,7 +64,7 @@ def _half_gates(half, ql, P, W, Wg, b, floor, inv_scale, o, A, Gm, g):
     revgru_gates2(Gm, P, b, off, g[GG])
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def layer_forward(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf,
                   log2, o, A, Gm, g, n, inc):
     """One fixed-point step of one layer (half 1, then half 2); returns ``(part, code)``."""
@@ -79,7 +79,7 @@ def layer_forward(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale, inv_scale, 
     return 0, -1
 
 
-@njit(**NJIT_OPTS)
+@njit(**ELEMENT_OPTS)
 def layer_undo(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf,
                log2, o, A, Gm, g1, g2, n, inc):
     """Undo one step of one layer exactly (half 2, then half 1); the gates stay in ``g1``, ``g2``.
@@ -157,49 +157,132 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
         for l in range(L - 1, -1, -1):
             project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
                     inpH, P)
-            W1, Wg1, W2, Wg2, b = W1s[l], Wg1s[l], W2s[l], Wg2s[l], bs[l]
-            ql = q[l]
-            if reverse:
-                r0, r1 = l * B, (l + 1) * B
-                part, code = layer_undo(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale,
-                                        inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1],
-                                        binf[r0:r1], log2, o, A, Gm, g1, g2, n, inc)
-                if code >= 0:
-                    return tt, l, part, code
-            else:
-                ql[:] = store[tt, l]
-                _half_gates(1, store[tt + 1, l], P, W2, Wg2, b, floor, inv_scale, o, A, Gm, g2)
-                _half_gates(0, ql, P, W1, Wg1, b, floor, inv_scale, o, A, Gm, g1)
-            spl, snl = sp[l], sn[l]
-            for k in range(2):
-                to_float(ql[k], inv_scale, spl[k])
-            dsl = ds[l]
-            if l == L - 1:
-                head_step(tt, tt - t0, T, per_step, snl, 2, m_top, U, tr[0], by, softmax, labels,
-                          target, lscale, htop, work, dH, dsl, terms)
-            # backpropagate: half 2, then half 1
-            for hh in range(2):
-                half = 1 - hh
-                g = g1 if half == 0 else g2
-                mine, other = (H1, H2) if half == 0 else (H2, H1)
-                # the other half's h this half read: h2 before the step (half 0), new h1 (half 1)
-                ov = spl[H2] if half == 0 else snl[H1]
-                off = half * 3 * Hh
-                revgru_back1(g[GZ], g[GSZ], g[GG], spl[mine], floor, dsl[mine], dP, off)
-                copy_cols(dP, off + 2 * Hh, dAg)
-                dot_rows(dAg, tr[4][l] if half == 0 else tr[6][l], dRO)       # Wg1.T, Wg2.T
-                revgru_back2(dRO, g[GR], ov, dP, off, do)
-                copy_cols(dP, off, dAzr)
-                dot_rows(dAzr, tr[3][l] if half == 0 else tr[5][l], tmp)      # W1.T, W2.T
-                do += tmp
-                dsl[other] += do
-                Ob[l, half, tt - t0] = ov          # weight gradients: one product per chunk
-                ROb[l, half, tt - t0] = g[GRO]
+            r0, r1 = l * B, (l + 1) * B
+            st0, st1 = (store[tt, l], store[tt + 1, l]) if not reverse else (q[l], q[l])
+            part, code = _layer_back(
+                tt, tt - t0, T, l == L - 1, reverse, q[l], st0, st1, P, W1s[l], Wg1s[l],
+                W2s[l], Wg2s[l], bs[l], tr[3][l], tr[4][l], tr[5][l], tr[6][l], floor, D, nmin,
+                scale, inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1], binf[r0:r1], log2, o, A,
+                Gm, g1, g2, n, inc, dAzr, dAg, dRO, do, tmp, sp[l], sn[l], ds[l], m_top, U,
+                tr[0], by, softmax, labels, target, lscale, per_step, htop, work, dH, terms, dP,
+                Ob[l], ROb[l])
+            if code >= 0:
+                return tt, l, part, code
             dPb[l, tt - t0] = dP
             pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,
                       2, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
-            for k in range(2):
-                snl[k] = spl[k]
+    _chunk_weight_grads(t1 - t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs)
+    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
+    return t0, 0, 0, -1
+
+
+@njit(**ELEMENT_OPTS)
+def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, Wg1, W2, Wg2, b, W1T, Wg1T, W2T,
+                Wg2T, floor, D, nmin, scale, inv_scale, st, ct, wd, inf, log2, o, A, Gm, g1, g2,
+                n, inc, dAzr, dAg, dRO, do, tmp, spl, snl, dsl, m_top, U, UT, by, softmax,
+                labels, target, lscale, per_step, htop, work, dH, terms, dP, Obl, ROl):
+    """One layer of :func:`stack_backward` at step ``tt`` (row ``i`` of the chunk): undo it
+    (``reverse``) or load it (``st0``, ``st1``: the stored states before and after), then
+    :func:`_layer_float_back`. Compiled without the Numba runtime (see
+    :data:`~revtrain._kernels._options.ELEMENT_OPTS`). Returns ``(part, code)``."""
+    if reverse:
+        part, code = layer_undo(ql, P, W1, Wg1, W2, Wg2, b, floor, D, nmin, scale, inv_scale,
+                                st, ct, wd, inf, log2, o, A, Gm, g1, g2, n, inc)
+        if code >= 0:
+            return part, code
+    else:
+        for k in range(2):
+            copy_rows(st0[k], ql[k])
+        _half_gates(1, st1, P, W2, Wg2, b, floor, inv_scale, o, A, Gm, g2)
+        _half_gates(0, ql, P, W1, Wg1, b, floor, inv_scale, o, A, Gm, g1)
+    _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dRO, do, tmp,
+                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale,
+                      per_step, htop, work, dH, terms, dP, Obl, ROl, W1T, Wg1T, W2T, Wg2T)
+    return 0, -1
+
+
+@njit(**ELEMENT_OPTS)
+def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dRO, do, tmp,
+                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale,
+                      per_step, htop, work, dH, terms, dP, Obl, ROl, W1T, Wg1T, W2T, Wg2T):
+    """The float part of a layer's backward step from the fixed-point state before it ``ql``
+    and its gates ``g1``, ``g2`` (5, B, Hh): output layer when ``top``, backpropagation
+    into ``dsl`` and ``dP`` (the float recompute of a real step changes nothing)."""
+    Hh = ql.shape[2]
+    for k in range(2):
+        to_float(ql[k], inv_scale, spl[k])
+    if top:
+        head_step(tt, i, T, per_step, snl, 2, m_top, U, UT, by, softmax, labels, target, lscale,
+                  htop, work, dH, dsl, terms)
+    # backpropagate: half 2, then half 1
+    for hh in range(2):
+        half = 1 - hh
+        g = g1 if half == 0 else g2
+        mine, other = (H1, H2) if half == 0 else (H2, H1)
+        # the other half's h this half read: h2 before the step (half 0), new h1 (half 1)
+        ov = spl[H2] if half == 0 else snl[H1]
+        off = half * 3 * Hh
+        revgru_back1(g[GZ], g[GSZ], g[GG], spl[mine], floor, dsl[mine], dP, off)
+        copy_cols(dP, off + 2 * Hh, dAg)
+        dot_rows(dAg, Wg1T if half == 0 else Wg2T, dRO)
+        revgru_back2(dRO, g[GR], ov, dP, off, do)
+        copy_cols(dP, off, dAzr)
+        dot_rows(dAzr, W1T if half == 0 else W2T, tmp)
+        add_rows(tmp, do)
+        add_rows(do, dsl[other])
+        copy_rows(ov, Obl[half, i])        # weight gradients: one product per chunk
+        copy_rows(g[GRO], ROl[half, i])
+    for k in range(2):
+        copy_rows(spl[k], snl[k])
+
+
+@njit(**NJIT_OPTS)
+def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s, W2s, Wg2s, bs, m_btw,
+               q, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale, floor, inp0, inpH, P, o,
+               A, Gm, n, inc, Gs, Qs, X0s, XHs):
+    """The undo stage of a pipelined backward (see
+    :func:`revtrain._kernels.revlstm_stack.stack_undo`): steps ``t1-1 .. t0`` undone, the
+    gates of step ``tt`` (``i = tt - t0``) and layer ``l`` kept in ``Gs[l, i]`` (2, 5, B, Hh),
+    the state before it in ``Qs[l, i]`` (2, B, Hh), the layer's input in ``X0s[i]`` /
+    ``XHs[l - 1, i]``. Returns ``(t, layer, part, code)``."""
+    L, B = q.shape[0], q.shape[2]
+    for tt in range(t1 - 1, t0 - 1, -1):
+        i = tt - t0
+        for l in range(L - 1, -1, -1):
+            project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,
+                    inpH, P)
+            r0, r1 = l * B, (l + 1) * B
+            part, code = layer_undo(q[l], P, W1s[l], Wg1s[l], W2s[l], Wg2s[l], bs[l], floor, D,
+                                    nmin, scale, inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1],
+                                    binf[r0:r1], log2, o, A, Gm, Gs[l, i, 0], Gs[l, i, 1], n,
+                                    inc)
+            if code >= 0:
+                return tt, l, part, code
+            keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
+    return t0, 0, 0, -1
+
+
+@njit(**NJIT_OPTS)
+def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
+                   softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
+                   gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, dAzr, dAg, dRO,
+                   do, tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr, Gs, Qs, X0s, XHs):
+    """The backpropagation stage of a pipelined backward: steps ``t1-1 .. t0`` of
+    :func:`stack_backward` from what :func:`stack_undo` kept; the same operations in the
+    same order, so the same bits."""
+    L, B = sn.shape[0], sn.shape[2]
+    for tt in range(t1 - 1, t0 - 1, -1):
+        i = tt - t0
+        for l in range(L - 1, -1, -1):
+            _layer_float_back(tt, i, T, l == L - 1, Qs[l, i], Gs[l, i, 0], Gs[l, i, 1], floor,
+                              inv_scale, dAzr, dAg, dRO, do, tmp, sp[l], sn[l], ds[l], m_top, U,
+                              tr[0], by, softmax, labels, target, lscale, per_step, htop, work,
+                              dH, terms, dP, Ob[l], ROb[l], tr[3][l], tr[4][l], tr[5][l],
+                              tr[6][l])
+            dPb[l, i] = dP
+            pass_down(tt, i, l, mode_in, xtok, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+                      m_emb, m_btw, 2, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
     _chunk_weight_grads(t1 - t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs)
     chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
     chunk_head_grads(t1 - t0, B, htop, work, gU, gby)

@@ -42,7 +42,7 @@ from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_ce
 from .quantize import forget_add, forget_add_undo
 from .gemm import dot_rows
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
-                     chunk_input_grads, copy_cols, copy_rows, add_rows)
+                     chunk_input_grads, copy_cols, copy_rows, add_rows, keep_step)
 
 #: Part indices in ``q``: h1, h2, c1, c2.
 H1, H2, C1, C2 = 0, 1, 2, 3
@@ -268,20 +268,8 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_bt
                                     log2, o, A, Gs[l, i, 0], Gs[l, i, 1], n, inc)
             if code >= 0:
                 return tt, l, part, code
-            _keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
+            keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
     return t0, 0, 0, -1
-
-
-@njit(**ELEMENT_OPTS)
-def _keep_step(l, mode_in, ql, inp0, inpH, Q, X0, XH):
-    """Copy layer ``l``'s state ``ql`` to ``Q`` and its float input to ``X0`` (layer 0, unless
-    one-hot) or ``XH`` (layers 1..)."""
-    for k in range(4):
-        copy_rows(ql[k], Q[k])
-    if l > 0:
-        copy_rows(inpH, XH)
-    elif mode_in != 0:
-        copy_rows(inp0, X0)
 
 
 @njit(**NJIT_OPTS)

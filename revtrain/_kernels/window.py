@@ -41,6 +41,19 @@ def copy_rows(src, out):
 
 
 @njit(**ELEMENT_OPTS)
+def keep_step(l, mode_in, ql, inp0, inpH, Q, X0, XH):
+    """What a pipelined backward's undo stage keeps of layer ``l``'s step: its fixed-point
+    parts ``ql`` (n, B, w) in ``Q``, its float input in ``X0`` (layer 0, unless one-hot) or
+    ``XH`` (layers 1..)."""
+    for k in range(ql.shape[0]):
+        copy_rows(ql[k], Q[k])
+    if l > 0:
+        copy_rows(inpH, XH)
+    elif mode_in != 0:
+        copy_rows(inp0, X0)
+
+
+@njit(**ELEMENT_OPTS)
 def add_rows(src, out):
     """``out += src`` for 2-d arrays of one shape."""
     for r in range(src.shape[0]):

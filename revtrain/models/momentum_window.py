@@ -5,10 +5,12 @@ fixed-point trajectory and the gradients with respect to states and inputs
 bit for bit, the parameter gradient to rounding (the kernels sum weight
 gradients once per chunk).
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 from .window import WindowRun, stacked, transposed, accumulators, add_back
-from .._kernels.momentum_stack import stack_forward, stack_backward
+from .._kernels.momentum_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
 class MomentumRNNWindow(WindowRun):
@@ -51,7 +53,9 @@ class MomentumRNNWindow(WindowRun):
         L, B, H, dt = self.L, self.B, self.H, self.dt
         return {"Ws": accumulators([q["W"] for q in gl], dt),
                 "bs": accumulators(self._bias_views(grad), dt),
-                "Ob": np.empty((L, self.chunk, B, H), dtype=dt)}
+                "Ob": np.empty((L, self.chunk, B, H), dtype=dt),
+                # the backpropagation stage's own scratch when the backward is pipelined
+                "scratch": np.empty((B, H), dtype=dt)}
 
     def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
@@ -68,3 +72,29 @@ class MomentumRNNWindow(WindowRun):
     def _add_cell_grads(self, gl, cg, grad):
         add_back([q["W"] for q in gl], cg["Ws"])
         add_back(self._bias_views(grad), cg["bs"])
+
+    def _undo_slot(self):
+        L, B, H, k, dt = self.L, self.B, self.H, self.chunk, self.dt
+        return SimpleNamespace(Gs=np.empty((L, k, 3, B, H), dtype=dt),
+                               Qs=np.empty((L, k, 2, B, H), dtype=np.int64),
+                               X0s=np.empty((k, B, self.D0), dtype=dt),
+                               XHs=np.empty((max(L - 1, 1), k, B, H), dtype=dt))
+
+    def _undo_chunk(self, t0, t1, slot):
+        m, b = self.m, self.buf
+        return stack_undo(
+            t0, t1, *self.inputs(), self.Ws, self.bs, self.bgs, self.m_btw, self.q, b.states,
+            b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, *self.consts,
+            self.inp0, self.inpH, self.P, self.hf, self.A, self.n, self.inc, slot.Gs, slot.Qs,
+            slot.X0s, slot.XHs)
+
+    def _backprop_chunk(self, t0, t1, batch, bw, slot):
+        m, c = self.m, bw.cell
+        floor, _, learned = self.consts[:3]
+        stack_backprop(
+            t0, t1, self.T, self.xtok, self.mode_in, self.m_emb, self.m_btw, self.m_top,
+            m.inv_scale, floor, learned, m.beta, 1.0 - m.beta, self.U, self.by, bw.softmax,
+            batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
+            bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0,
+            bw.dxH, c["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
+            bw.terms, self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

@@ -5,10 +5,12 @@ fixed-point trajectory and the gradients with respect to states and inputs
 bit for bit, the parameter gradient to rounding (the kernels sum weight
 gradients once per chunk).
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 from .window import WindowRun, stacked, transposed, accumulators, add_back
-from .._kernels.revgru_stack import stack_forward, stack_backward
+from .._kernels.revgru_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
 class RevGRUWindow(WindowRun):
@@ -65,3 +67,29 @@ class RevGRUWindow(WindowRun):
     def _add_cell_grads(self, gl, cg, grad):
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
             add_back([q[nm] for q in gl], cg[nm + "s"])
+
+    def _undo_slot(self):
+        L, B, H, Hh, k, dt = self.L, self.B, self.H, self.H // 2, self.chunk, self.dt
+        return SimpleNamespace(Gs=np.empty((L, k, 2, 5, B, Hh), dtype=dt),
+                               Qs=np.empty((L, k, 2, B, Hh), dtype=np.int64),
+                               X0s=np.empty((k, B, self.D0), dtype=dt),
+                               XHs=np.empty((max(L - 1, 1), k, B, H), dtype=dt))
+
+    def _undo_chunk(self, t0, t1, slot):
+        m, b = self.m, self.buf
+        return stack_undo(
+            t0, t1, *self.inputs(), *self._weights(), self.m_btw, self.q, b.states, b.counts,
+            b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor, self.inp0,
+            self.inpH, self.P, self.o, self.A, self.Gm, self.n, self.inc, slot.Gs, slot.Qs,
+            slot.X0s, slot.XHs)
+
+    def _backprop_chunk(self, t0, t1, batch, bw, slot):
+        m, c = self.m, bw.cell
+        stack_backprop(
+            t0, t1, self.T, self.xtok, self.mode_in, self.m_emb, self.m_btw, self.m_top,
+            m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
+            batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
+            c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP,
+            bw.dx0, bw.dxH, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
+            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms, self.tr, slot.Gs,
+            slot.Qs, slot.X0s, slot.XHs)
