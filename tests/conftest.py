@@ -1,4 +1,4 @@
-"""Fixtures shared by the command-line tests."""
+"""Fixtures shared by the tests."""
 import pytest
 
 
@@ -8,3 +8,13 @@ def text_file(tmp_path):
     p = tmp_path / "data.txt"
     p.write_text("a small text for a small model. " * 30 + "the end.\n", encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def threads():
+    """``set_row_threads``, with the row-thread setting restored after the test."""
+    from revtrain import _threads
+    old = _threads.set_row_threads(None)
+    _threads.set_row_threads(old)
+    yield _threads.set_row_threads
+    _threads.set_row_threads(old)

@@ -6,16 +6,6 @@ import numpy as np
 import pytest
 
 import revtrain as rt
-from revtrain import _threads
-
-
-@pytest.fixture
-def threads():
-    """Restore the row-thread setting after a test."""
-    old = _threads.set_row_threads(None)
-    _threads.set_row_threads(old)
-    yield _threads.set_row_threads
-    _threads.set_row_threads(old)
 
 
 CELLS = (rt.RevLSTM, rt.RevGRU, rt.MomentumRNN)

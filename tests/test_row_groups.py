@@ -11,15 +11,6 @@ from revtrain.models.row_groups import row_groups
 CELLS = (rt.RevLSTM, rt.RevGRU, rt.MomentumRNN)
 
 
-@pytest.fixture
-def threads():
-    """Restore the row-thread setting after a test."""
-    old = _threads.set_row_threads(None)
-    _threads.set_row_threads(old)
-    yield _threads.set_row_threads
-    _threads.set_row_threads(old)
-
-
 def test_row_groups_cover_the_batch_in_fixed_blocks():
     assert ROW_BLOCK == 16
     assert row_groups(1) == [(0, 1)]

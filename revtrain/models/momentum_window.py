@@ -5,8 +5,6 @@ fixed-point trajectory and the gradients with respect to states and inputs
 bit for bit, the parameter gradient to rounding (the kernels sum weight
 gradients once per chunk).
 """
-from types import SimpleNamespace
-
 import numpy as np
 
 from .window import WindowRun, stacked, transposed, accumulators, add_back
@@ -73,12 +71,9 @@ class MomentumRNNWindow(WindowRun):
         add_back([q["W"] for q in gl], cg["Ws"])
         add_back(self._bias_views(grad), cg["bs"])
 
-    def _undo_slot(self):
-        L, B, H, k, dt = self.L, self.B, self.H, self.chunk, self.dt
-        return SimpleNamespace(Gs=np.empty((L, k, 3, B, H), dtype=dt),
-                               Qs=np.empty((L, k, 2, B, H), dtype=np.int64),
-                               X0s=np.empty((k, B, self.D0), dtype=dt),
-                               XHs=np.empty((max(L - 1, 1), k, B, H), dtype=dt))
+    def kept_gates(self):
+        """(g, gamma, sigma, B, units)."""
+        return (3, self.B, self.H)
 
     def _undo_chunk(self, t0, t1, slot):
         m, b = self.m, self.buf

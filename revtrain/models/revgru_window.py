@@ -5,8 +5,6 @@ fixed-point trajectory and the gradients with respect to states and inputs
 bit for bit, the parameter gradient to rounding (the kernels sum weight
 gradients once per chunk).
 """
-from types import SimpleNamespace
-
 import numpy as np
 
 from .window import WindowRun, stacked, transposed, accumulators, add_back
@@ -68,12 +66,9 @@ class RevGRUWindow(WindowRun):
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
             add_back([q[nm] for q in gl], cg[nm + "s"])
 
-    def _undo_slot(self):
-        L, B, H, Hh, k, dt = self.L, self.B, self.H, self.H // 2, self.chunk, self.dt
-        return SimpleNamespace(Gs=np.empty((L, k, 2, 5, B, Hh), dtype=dt),
-                               Qs=np.empty((L, k, 2, B, Hh), dtype=np.int64),
-                               X0s=np.empty((k, B, self.D0), dtype=dt),
-                               XHs=np.empty((max(L - 1, 1), k, B, H), dtype=dt))
+    def kept_gates(self):
+        """(z, sz, r, ro, g of each half, B, units)."""
+        return (2, 5, self.B, self.H // 2)
 
     def _undo_chunk(self, t0, t1, slot):
         m, b = self.m, self.buf

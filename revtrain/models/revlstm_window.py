@@ -8,8 +8,6 @@ gradients once per chunk).
 import numpy as np
 
 from .window import WindowRun, stacked, transposed, accumulators, add_back
-from types import SimpleNamespace
-
 from .._kernels.revlstm_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
@@ -62,12 +60,9 @@ class RevLSTMWindow(WindowRun):
         for nm in ("W1", "W2", "b"):
             add_back([q[nm] for q in gl], cg[nm + "s"])
 
-    def _undo_slot(self):
-        L, B, H, Hh, k, dt = self.L, self.B, self.H, self.H // 2, self.chunk, self.dt
-        return SimpleNamespace(Gs=np.empty((L, k, 2, 7, B, Hh), dtype=dt),
-                               Qs=np.empty((L, k, 4, B, Hh), dtype=np.int64),
-                               X0s=np.empty((k, B, self.D0), dtype=dt),
-                               XHs=np.empty((max(L - 1, 1), k, B, H), dtype=dt))
+    def kept_gates(self):
+        """(i, f, sf, o, p, sp, g of each half, B, units)."""
+        return (2, 7, self.B, self.H // 2)
 
     def _undo_chunk(self, t0, t1, slot):
         m, b = self.m, self.buf

@@ -348,10 +348,22 @@ class WindowRun:
         return bw.terms, grad, dstate0, dx
 
     # ------------------------------------------------------------ pipelined backward
-    def _undo_slot(self):
-        """Arrays :meth:`_undo_chunk` fills for :meth:`_backprop_chunk` (a cell that pipelines
-        its backward returns them; None: the cell does not)."""
+    def kept_gates(self):
+        """Shape of the gates one layer's step keeps for its backward pass; a cell that
+        pipelines its backward returns it (and has :meth:`_undo_chunk` and
+        :meth:`_backprop_chunk`), None: the cell does not."""
         return None
+
+    def _undo_slot(self):
+        """Arrays :meth:`_undo_chunk` fills for :meth:`_backprop_chunk`, for a chunk's steps:
+        ``Gs`` (L, chunk, *gates) the gates, ``Qs`` (L, chunk, n_parts, B, w) int64 the
+        states before the steps, ``X0s`` (chunk, B, D0) and ``XHs`` (max(L-1, 1), chunk, B, H)
+        the layers' float inputs."""
+        L, B, H, k, dt = self.L, self.B, self.H, self.chunk, self.dt
+        return SimpleNamespace(Gs=np.empty((L, k) + self.kept_gates(), dtype=dt),
+                               Qs=np.empty((L, k) + self.q.shape[1:], dtype=np.int64),
+                               X0s=np.empty((k, B, self.D0), dtype=dt),
+                               XHs=np.empty((max(L - 1, 1), k, B, H), dtype=dt))
 
     def _undo_chunk(self, t0, t1, slot):
         """Undo steps ``t1-1 .. t0`` into ``slot``; return ``(t, layer, part, code)``."""
@@ -366,7 +378,7 @@ class WindowRun:
         its call (one row group: no other group keeps a second core busy), with
         :func:`~revtrain.get_row_threads` ``>= 2`` and a cell that supports it."""
         return (self.B == self.B_total and get_row_threads() >= 2
-                and type(self)._undo_slot is not WindowRun._undo_slot)
+                and self.kept_gates() is not None)
 
     def _pipelined_backward(self, chunks, batch, bw):
         """The reversible backward over ``chunks`` (last first) as a two-stage pipeline
