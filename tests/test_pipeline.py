@@ -1,11 +1,12 @@
 """The pipelined reversible backward: a run alone in its call (one row group) undoes its
 steps on a second thread while this one backpropagates, with the serial loop's bits."""
-import threading
+import time
 
 import numpy as np
 import pytest
 
 import revtrain as rt
+from revtrain.models import pipeline
 
 
 CELLS = (rt.RevLSTM, rt.RevGRU, rt.MomentumRNN)
@@ -26,8 +27,13 @@ def stages(monkeypatch):
     return calls
 
 
-def _undo_threads():
-    return [t for t in threading.enumerate() if t.name == "revtrain-undo"]
+def _stages_left():
+    """First stages still running a moment after the calls ended (none: a list to compare)."""
+    for _ in range(100):
+        if pipeline.running() == 0:
+            return []
+        time.sleep(0.01)
+    return [pipeline.running()]
 
 
 CASES = {
@@ -75,7 +81,7 @@ def test_pipelined_backward_gives_the_serial_bits(cls, case, dtype, threads, sta
     assert np.array_equal(i1.initial_state, i2.initial_state)
     if CASES[case]["floats"]:
         assert np.array_equal(i1.x, i2.x)
-    assert _undo_threads() == []
+    assert _stages_left() == []
 
 
 def test_only_a_run_alone_in_its_call_is_pipelined(threads, stages):
@@ -111,7 +117,7 @@ def test_a_corrupted_state_is_reported_as_without_the_pipeline(cls, threads):
             m.loss_and_grad(theta, x, y)
         msgs.append(str(err.value))
     assert msgs[0] == msgs[1]
-    assert _undo_threads() == []
+    assert _stages_left() == []
 
 
 @pytest.mark.parametrize("cls", CELLS)
@@ -133,8 +139,32 @@ def test_an_error_in_either_stage_stops_both(cls, stage, threads, monkeypatch):
     monkeypatch.setattr(win, stage, failing)
     with pytest.raises(RuntimeError, match=f"stage {stage} failed"):
         m.loss_and_grad(theta, x, y)
-    assert _undo_threads() == []
+    assert _stages_left() == []
     monkeypatch.setattr(win, stage, orig)
+    threads(1)
+    want = m.loss_and_grad(theta, x, y)
+    threads(2)
+    got = m.loss_and_grad(theta, x, y)
+    assert want[0] == got[0] and np.array_equal(want[1], got[1])
+
+
+def test_an_interruption_while_the_stage_starts_leaves_nothing_running(threads, monkeypatch):
+    """Ctrl-C right after the first stage was handed to its thread (before this call could
+    keep a handle on it): KeyboardInterrupt is raised, the stage stops by itself, and the
+    next call gives the serial bits."""
+    threads(2)
+    m, theta, x, y = _single_row()
+    real = pipeline._executor()
+
+    class Interrupted:
+        def submit(self, fn):
+            real.submit(fn)
+            raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline, "_executor", lambda: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        m.loss_and_grad(theta, x, y)
+    assert _stages_left() == []
+    monkeypatch.undo()
     threads(1)
     want = m.loss_and_grad(theta, x, y)
     threads(2)
