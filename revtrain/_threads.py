@@ -26,7 +26,8 @@ from contextlib import contextmanager
 
 from ._checks import positive_int
 
-_state = {"threads": 1, "controller": None, "row_threads": None, "pool": None}
+_state = {"threads": 1, "controller": None, "row_threads": None, "pool": None,
+          "pool_pid": None}
 
 
 def set_blas_threads(n):
@@ -126,9 +127,11 @@ def run_groups(fn, n):
     if k <= 1:
         return [fn(i) for i in range(n)]
     pool = _state["pool"]
-    if pool is None or pool._max_workers != k:
+    if pool is None or pool._max_workers != k or _state["pool_pid"] != os.getpid():
+        # (a forked child has the pool object but not its threads: a new one)
         pool = _state["pool"] = ThreadPoolExecutor(max_workers=k,
                                                    thread_name_prefix="revtrain-rows")
+        _state["pool_pid"] = os.getpid()
     futures = [pool.submit(fn, i) for i in range(n)]
     out, err = [], None
     for f in futures:

@@ -149,18 +149,21 @@ def test_an_error_in_either_stage_stops_both(cls, stage, threads, monkeypatch):
 
 
 def test_an_interruption_while_the_stage_starts_leaves_nothing_running(threads, monkeypatch):
-    """Ctrl-C right after the first stage was handed to its thread (before this call could
-    keep a handle on it): KeyboardInterrupt is raised, the stage stops by itself, and the
-    next call gives the serial bits."""
+    """Ctrl-C right after the first stage's thread started (before this call knew it had):
+    KeyboardInterrupt is raised, the stage stops by itself, and the next call gives the
+    serial bits."""
+    import _thread
     threads(2)
     m, theta, x, y = _single_row()
-    real = pipeline._executor()
 
     class Interrupted:
-        def submit(self, fn):
-            real.submit(fn)
+        allocate_lock = staticmethod(_thread.allocate_lock)
+
+        @staticmethod
+        def start_new_thread(fn, args):
+            _thread.start_new_thread(fn, args)
             raise KeyboardInterrupt
-    monkeypatch.setattr(pipeline, "_executor", lambda: Interrupted())
+    monkeypatch.setattr(pipeline, "_thread", Interrupted)
     with pytest.raises(KeyboardInterrupt):
         m.loss_and_grad(theta, x, y)
     assert _stages_left() == []
@@ -170,3 +173,33 @@ def test_an_interruption_while_the_stage_starts_leaves_nothing_running(threads, 
     threads(2)
     got = m.loss_and_grad(theta, x, y)
     assert want[0] == got[0] and np.array_equal(want[1], got[1])
+
+
+def _fork_child(q):
+    m, theta, x, y = _single_row()
+    loss1 = m.loss_and_grad(theta, x, y)[0]                    # one group: the pipeline
+    xs = np.random.default_rng(4).integers(0, 5, (20, 40))
+    loss2 = m.loss_and_grad(theta, xs, xs)[0]                  # three groups: the row pool
+    q.put((loss1, loss2))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_runs_both_thread_pools(threads):
+    """After the parent used both pools, a forked child (which has the pool objects but
+    not their threads) still runs pipelined and grouped calls to the end."""
+    import multiprocessing as mp
+    threads(2)
+    m, theta, x, y = _single_row()
+    want1 = m.loss_and_grad(theta, x, y)[0]
+    xs = np.random.default_rng(4).integers(0, 5, (20, 40))
+    want2 = m.loss_and_grad(theta, xs, xs)[0]
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_fork_child, args=(q,))
+    p.start()
+    p.join(120)
+    if p.is_alive():
+        p.kill()
+        pytest.fail("the forked child hung")
+    assert p.exitcode == 0
+    assert q.get(timeout=5) == (want1, want2)

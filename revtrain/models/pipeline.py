@@ -10,41 +10,47 @@ chunk can run while the chunk after it (in time) backpropagates. The stages
 hand chunks over through two slots of arrays; both run Numba kernels that
 release the GIL, so they take two cores, and the backward costs about the
 longer stage instead of the sum of both.
+
+The hand-over uses the interpreter's plain locks and a thread started with
+``_thread.start_new_thread``: each of their operations either happens or not
+when Ctrl-C interrupts the calling thread, whereas ``threading``'s semaphores,
+``Thread.start`` and thread pools keep Python-level state that an interruption
+at the wrong moment leaves inconsistent (a random-interrupt test stranded
+threads with ``Thread.start`` and hung the next call with a thread pool).
 """
-import os
-import threading
+import _thread
 import weakref
-from concurrent.futures import ThreadPoolExecutor, wait
 
 #: How often (s) the pipeline's thread, waiting for a slot, looks whether the pipeline stopped.
 POLL_SECONDS = 0.05
+
+#: First stages running now (:func:`running`), and the lock of that count.
+_running = [0]
+_running_lock = _thread.allocate_lock()
 
 
 class _Call:
     """A token whose life is one :func:`run_pipeline` call's."""
 
 
-#: The threads that run first stages: made once per process (a thread started per call
-#: could be left half-started by a Ctrl-C inside ``Thread.start``, holding its call's
-#: arrays for good), two so that a call need not wait for the end of an interrupted one.
-_pool = {"executor": None, "pid": None}
-#: First stages running now (:func:`running`).
-_running = [0]
-_running_lock = threading.Lock()
-
-
-def _executor():
-    if _pool["executor"] is None or _pool["pid"] != os.getpid():     # a forked child: anew
-        _pool["executor"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="revtrain-undo")
-        _pool["pid"] = os.getpid()
-    return _pool["executor"]
-
-
 def running():
     """How many first stages are running now (0 once every call has ended and its stage
     stopped)."""
-    with _running_lock:
-        return _running[0]
+    return _running[0]
+
+
+def _locked():
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    return lock
+
+
+def _release(lock):
+    """Release ``lock`` if it is held (a clean-up may find it released already)."""
+    try:
+        lock.release()
+    except RuntimeError:
+        pass
 
 
 def run_pipeline(chunks, slots, first, second):
@@ -71,32 +77,24 @@ def run_pipeline(chunks, slots, first, second):
     clean-up) leaves nothing running: the first stage also stops by itself, after its
     current chunk or within ``POLL_SECONDS`` of waiting, once the call has unwound.
     """
-    ready = [threading.Semaphore(0), threading.Semaphore(0)]
-    free = [threading.Semaphore(1), threading.Semaphore(1)]
-    codes, failed, stop = [None] * len(chunks), [], threading.Event()
+    # binary semaphores as plain locks: ready[s] held = slot s not filled yet, free[s] held =
+    # slot s in use by the first stage; done held until the first stage has ended
+    ready = [_locked(), _locked()]
+    free = [_thread.allocate_lock(), _thread.allocate_lock()]
+    done = _locked()
+    codes, failed, stop = [None] * len(chunks), [], [False]
     # held by this call's frame alone: gone once an interruption has unwound it, even one
     # that came before ``stop`` could be set
     call = _Call()
     alive = weakref.ref(call)
 
     def stopped():
-        return stop.is_set() or alive() is None
+        return stop[0] or alive() is None
 
-    def run_first():
-        with _running_lock:
-            _running[0] += 1
-        try:
-            _first_stage()
-        finally:
-            with _running_lock:
-                _running[0] -= 1
-
-    def _first_stage():
+    def first_stage():
         k = 0
         try:
             for k, chunk in enumerate(chunks):
-                # wait for the slot, looking meanwhile whether the pipeline stopped: the
-                # calling thread may be interrupted (Ctrl-C) anywhere
                 while not free[k % 2].acquire(timeout=POLL_SECONDS):
                     if stopped():
                         return
@@ -108,11 +106,22 @@ def run_pipeline(chunks, slots, first, second):
                     return
         except BaseException as e:       # noqa: B902 - raised on the calling thread
             failed.append(e)
-            ready[k % 2].release()
+            _release(ready[k % 2])
 
-    future = None
+    def run_first():
+        with _running_lock:
+            _running[0] += 1
+        try:
+            first_stage()
+        finally:
+            with _running_lock:
+                _running[0] -= 1
+            done.release()
+
+    started = False
     try:
-        future = _executor().submit(run_first)
+        _thread.start_new_thread(run_first, ())
+        started = True
         for k, chunk in enumerate(chunks):
             ready[k % 2].acquire()
             if codes[k] is None:
@@ -120,8 +129,8 @@ def run_pipeline(chunks, slots, first, second):
             second(k, *chunk, slots[k % 2], codes[k])
             free[k % 2].release()
     finally:
-        stop.set()                # the stage ends within a chunk or a poll, waited for or not
-        for sem in free:
-            sem.release()
-        if future is not None:
-            wait([future])
+        stop[0] = True            # the stage ends within a chunk or a poll, waited for or not
+        for lock in free:
+            _release(lock)
+        if started:
+            done.acquire()
