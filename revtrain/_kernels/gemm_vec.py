@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._options import NJIT_OPTS, ELEMENT_OPTS
+from ._options import ELEMENT_OPTS
 from .mathfn import _fma
 from .simd import vload, vstore, vsplat, vfma, lanes
 

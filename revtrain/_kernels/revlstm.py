@@ -20,7 +20,7 @@ the added terms are rounded; ``tanh(c_k)`` is taken of the updated fixed-point
 """
 from numba import njit
 
-from ._options import NJIT_OPTS, ELEMENT_OPTS
+from ._options import ELEMENT_OPTS
 from .mathfn import tanh_, sigmoid_
 from .quantize import quant_gate, fixed_inc, snap_
 

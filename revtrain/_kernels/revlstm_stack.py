@@ -155,7 +155,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
     with respect to the states and inputs are the same bits.
     Returns ``(t, layer, part, code)``.
     """
-    L, B, Hh = q.shape[0], q.shape[2], q.shape[3]
+    L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
             project(tt, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, 2, m_btw, inv_scale, inp0,

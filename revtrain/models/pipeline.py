@@ -54,7 +54,7 @@ def _release(lock):
 
 
 def run_pipeline(chunks, slots, first, second):
-    """``second(k, *chunks[k], slots[k % 2], first(k, *chunks[k], slots[k % 2]))`` for every
+    """``second(*chunks[k], slots[k % 2], first(*chunks[k], slots[k % 2]))`` for every
     chunk ``k`` in order, ``first`` on another thread running ahead by at most one chunk.
 
     Parameters
@@ -64,11 +64,11 @@ def run_pipeline(chunks, slots, first, second):
     slots : two objects
         Arrays ``first`` fills for ``second``; chunk ``k`` uses ``slots[k % 2]``, so ``first``
         waits until ``second`` is done with chunk ``k - 2``.
-    first : callable ``(k, *chunk, slot) -> code``
+    first : callable ``(*chunk, slot) -> code``
         Runs on the pipeline's thread. A returned ``code`` whose last item is ``>= 0`` (a
         kernel's error code) stops it after that chunk: ``second`` gets that code and is
         expected to raise.
-    second : callable ``(k, *chunk, slot, code)``
+    second : callable ``(*chunk, slot, code)``
         Runs on the calling thread.
 
     An exception in either stage stops both and is raised here (the first stage's
@@ -100,7 +100,7 @@ def run_pipeline(chunks, slots, first, second):
                         return
                 if stopped():
                     return
-                codes[k] = first(k, *chunk, slots[k % 2])
+                codes[k] = first(*chunk, slots[k % 2])
                 ready[k % 2].release()
                 if codes[k][-1] >= 0:
                     return
@@ -126,7 +126,7 @@ def run_pipeline(chunks, slots, first, second):
             ready[k % 2].acquire()
             if codes[k] is None:
                 raise failed[0]
-            second(k, *chunk, slots[k % 2], codes[k])
+            second(*chunk, slots[k % 2], codes[k])
             free[k % 2].release()
     finally:
         stop[0] = True            # the stage ends within a chunk or a poll, waited for or not

@@ -383,11 +383,11 @@ class WindowRun:
     def _pipelined_backward(self, chunks, batch, bw):
         """The reversible backward over ``chunks`` (last first) as a two-stage pipeline
         (:func:`~revtrain.models.pipeline.run_pipeline`)."""
-        def undo(k, t0, t1, slot):
+        def undo(t0, t1, slot):
             self._reserve(t1 - t0)
             return self._undo_chunk(t0, t1, slot)
 
-        def backprop(k, t0, t1, slot, code):
+        def backprop(t0, t1, slot, code):
             t, l, part, c = code
             if c >= 0:
                 self._reversal_failed(t, l, part, c)
