@@ -18,7 +18,8 @@ Columns, each "ms / MiB":
 * rt LSTM standard, rt LSTM checkpoint (segments of ceil(sqrt(T))), rt RevLSTM
   reversible: ``rt.LSTM/RevLSTM(64, H, 64, n_layers=L)``, ``loss_and_grad(theta,
   x, y, bptt=...)`` with int ids x, y (T, B) in the row's dtype (float32 needs
-  the models' ``dtype`` argument, else "n/a"); BLAS on 1 thread (the default),
+  the models' ``dtype`` argument, else "n/a"; float32 rows pass float32
+  ``theta``, as torch's parameters are, where the models take it); BLAS on 1 thread (the default),
   the batch's row groups of 16 rows on ``rt.get_row_threads()`` threads (the
   default: the usable cores, 2 here, as torch's).
 
@@ -107,8 +108,19 @@ def rt_call(cls, dtype, mode, T, B, H, L, seed=0):
     kw = {} if dtype == "float64" else {"dtype": dtype}
     model = getattr(rt, cls)(VOCAB, H, VOCAB, n_layers=L, **kw)
     theta = model.init_params(seed=seed)
+    if dtype == "float32" and theta_float32_ok(model, theta):
+        theta = theta.astype(np.float32)   # float32 parameters, as torch's: no copy per call
     x, y = problem(T, B, seed)
     return lambda: model.loss_and_grad(theta, x, y, bptt=mode)[0]
+
+
+def theta_float32_ok(model, theta):
+    """Whether the float32 model takes float32 parameters (a later feature than ``dtype``)."""
+    try:
+        model.layout.check(theta.astype(np.float32), float32_ok=True)
+        return True
+    except TypeError:
+        return False
 
 
 def rt_has_dtype():

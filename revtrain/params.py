@@ -61,13 +61,16 @@ class ParamLayout:
     def names(self):
         return tuple(s.name for s in self.specs)
 
-    def check(self, theta, name="theta"):
-        """Validate a parameter vector: 1-D float64 (or complex128) of length :attr:`size`."""
+    def check(self, theta, name="theta", float32_ok=False):
+        """Validate a parameter vector: 1-D float64 (or complex128; float32 too when
+        ``float32_ok``) of length :attr:`size`."""
         if not isinstance(theta, np.ndarray):
             raise ValueError(f"{name} must be a numpy array of shape ({self.size},), "
                              f"got {type(theta).__name__}")
-        if theta.dtype not in (np.float64, np.complex128):
-            raise ValueError(f"{name} must have dtype float64, got {theta.dtype}")
+        if theta.dtype not in (np.float64, np.complex128) and not (
+                float32_ok and theta.dtype == np.float32):
+            allowed = "float64 or float32" if float32_ok else "float64"
+            raise ValueError(f"{name} must have dtype {allowed}, got {theta.dtype}")
         if theta.shape != (self.size,):
             raise ValueError(f"{name} must have shape ({self.size},) for this model, "
                              f"got {theta.shape}")

@@ -1,8 +1,9 @@
-"""dtype="float32": float32 compute, float64 API; exact reversal in float32 for the reversible cells.
+"""dtype="float32": float32 compute; exact reversal in float32 for the reversible cells.
 
-Parameters stay float64 at the API (the optimiser's master copy); the kernels
-compute activations and gradients in float32, and the fixed-point state stays
-int64, so undoing a step recomputes the same float32 gates bit for bit.
+Parameters are float64 at the API by default (the optimiser's master copy) or
+float32 (used as they are; the gradient is then float32); the kernels compute
+activations and gradients in float32, and the fixed-point state stays int64,
+so undoing a step recomputes the same float32 gates bit for bit.
 """
 import numpy as np
 import pytest
@@ -187,3 +188,47 @@ def test_hypergradient_refuses_float32_at_once():
         rt.hypergradient(m, rt.ExactSGD(0.1, 0.9), m.init_params(0), batch,
                          (np.zeros((4, 2), dtype=int), np.zeros((4, 2), dtype=int)), 5)
     assert calls == []
+
+
+FLOAT32_MODELS = [rt.RevLSTM, rt.RevGRU, rt.MomentumRNN, rt.LSTM, rt.GRU, rt.RNN]
+
+
+@pytest.mark.parametrize("cls", FLOAT32_MODELS)
+@pytest.mark.parametrize("B", [3, 20])
+def test_float32_parameters_give_the_float32_gradient(cls, B):
+    """float32 ``theta`` is used as it is and the gradient comes back float32: in one row
+    group the bits of the float64-``theta`` call's gradient rounded to float32 (the same
+    float32 sums); with two groups their sum is rounded once more (within one ulp)."""
+    rng = np.random.default_rng(B)
+    m = cls(5, 8, 5, n_layers=2, embed_dim=4, dropout=0.1, dtype="float32")
+    theta = m.init_params(3)
+    x, y = _data(rng, 12, B)
+    kw = dict(dropout_seed=2, input_grad=True, return_stats=True)
+    l64, g64, i64, s64 = m.loss_and_grad(theta, x, y, **kw)
+    l32, g32, i32, s32 = m.loss_and_grad(theta.astype(np.float32), x, y, **kw)
+    assert g32.dtype == np.float32 and g64.dtype == np.float64
+    assert l32 == l64 and np.array_equal(s32.final_state, s64.final_state)
+    assert np.array_equal(i32.initial_state, i64.initial_state)
+    if B <= 16:
+        assert np.array_equal(g32, g64.astype(np.float32))
+    else:
+        ulp = np.spacing(np.abs(g64).astype(np.float32)).astype(np.float64)
+        assert (np.abs(g32 - g64) <= ulp).all()
+    assert m.loss(theta.astype(np.float32), x, y) == m.loss(theta, x, y)
+    # predict's output layer runs in float64 on theta's values
+    th32 = theta.astype(np.float32)
+    assert np.array_equal(m.predict(th32, x), m.predict(th32.astype(np.float64), x))
+
+
+def test_float32_parameters_are_refused_by_a_float64_model():
+    m = RevLSTM(5, 8, 5)
+    x = np.zeros((4, 2), dtype=int)
+    with pytest.raises(ValueError, match="theta must have dtype float64, got float32"):
+        m.loss_and_grad(m.init_params(0).astype(np.float32), x, x)
+    m32 = RevLSTM(5, 8, 5, dtype="float32")
+    with pytest.raises(ValueError, match="theta must have dtype float64 or float32, got float16"):
+        m32.loss_and_grad(m32.init_params(0).astype(np.float16), x, x)
+    bad = m32.init_params(0).astype(np.float32)
+    bad[5] = np.nan
+    with pytest.raises(ValueError, match=r"theta contains NaN or inf \(first at index 5"):
+        m32.loss_and_grad(bad, x, x)

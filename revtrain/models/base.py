@@ -70,10 +70,11 @@ class RecurrentModel:
         ``dropout_seed`` (training); evaluation, sampling and ``hvp`` run
         without it unless asked.
     dtype : {"float64", "float32"}
-        Float type of the activations and gradients (keyword). Parameters
-        stay float64 at the API (``theta``, the returned gradient, the
-        optimiser's copy); a float32 model computes with float32 copies, and
-        reversible cells keep their int64 fixed-point state, so reversal
+        Float type of the activations and gradients (keyword). A float32
+        model takes ``theta`` in float64 (the default of :meth:`init_params`
+        and the optimisers; it computes with a float32 copy) or in float32
+        (used as it is, no copy); the gradient has ``theta``'s dtype.
+        Reversible cells keep their int64 fixed-point state, so reversal
         stays exact. The complex-step ``hvp`` (and so hypergradients) need
         float64. Available where :attr:`supports_float32`.
 
@@ -236,10 +237,12 @@ class RecurrentModel:
 
     # ----------------------------------------------------------------- checks
     def _check_theta(self, theta):
-        """``layout.check(theta)``, and for a float32 model: every value within float32's range
-        (a larger one would become inf in the float32 copy and fail later, misleadingly)."""
-        theta = self.layout.check(theta)
-        if getattr(self, "dtype", "float64") == "float32":
+        """``layout.check(theta)``; a float32 model also takes float32 ``theta`` (used as it is),
+        and checks a float64 one's values are within float32's range (a larger one would
+        become inf in the float32 copy and fail later, misleadingly)."""
+        f32 = getattr(self, "dtype", "float64") == "float32"
+        theta = self.layout.check(theta, float32_ok=f32)
+        if f32 and theta.dtype != np.float32:
             big = np.abs(theta.real) > np.finfo(np.float32).max
             if big.any():
                 i = int(np.flatnonzero(big)[0])
@@ -302,7 +305,7 @@ class RecurrentModel:
 
         Parameters
         ----------
-        theta : ndarray of float64, shape (size,)
+        theta : ndarray of float64 (or float32 for a ``dtype="float32"`` model), shape (size,)
         x : array_like
             Time-major: float ``(T, B, n_in)`` or int token ids ``(T, B)`` in
             ``[0, n_in)`` (token ids only, with ``embed_dim``); grids
@@ -332,7 +335,7 @@ class RecurrentModel:
         Returns
         -------
         loss : float
-        grad : ndarray of float64, shape (size,)
+        grad : ndarray of ``theta``'s dtype, shape (size,)
         input_grads : InputGrads, only if ``input_grad``
         stats : BPTTStats, only if ``return_stats``
 
@@ -434,7 +437,7 @@ class RecurrentModel:
         state0 = self._check_state(initial_state, B)
         with blas_threads():
             hs, _ = self._hidden(theta, xx, tokens, state0)
-        p = self.layout.views(theta)
+        p = self.layout.views(theta.astype(np.float64, copy=False))   # the head in float64
         h2 = np.ascontiguousarray(hs.reshape(-1, self.n_hidden))
         out = np.empty((h2.shape[0], self.n_out))
         (softmax_probs if self.loss_kind == "softmax" else linear_out)(h2, p["U"], p["b_y"], out)

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, transposed, accumulators, add_back
+from .window import WindowRun, stacked, transposed, accumulators
 from .._kernels.momentum_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
@@ -66,10 +66,6 @@ class MomentumRNNWindow(WindowRun):
             bw.want_dx, self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.hf, self.A,
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
             bw.terms, self.tr)
-
-    def _add_cell_grads(self, gl, cg, grad):
-        add_back([q["W"] for q in gl], cg["Ws"])
-        add_back(self._bias_views(grad), cg["bs"])
 
     def kept_gates(self):
         """(g, gamma, sigma, B, units)."""

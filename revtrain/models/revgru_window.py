@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, transposed, accumulators, add_back
+from .window import WindowRun, stacked, transposed, accumulators
 from .._kernels.revgru_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
@@ -61,10 +61,6 @@ class RevGRUWindow(WindowRun):
             self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
             self.n, self.inc, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
             bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms, self.tr)
-
-    def _add_cell_grads(self, gl, cg, grad):
-        for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
-            add_back([q[nm] for q in gl], cg[nm + "s"])
 
     def kept_gates(self):
         """(z, sz, r, ro, g of each half, B, units)."""

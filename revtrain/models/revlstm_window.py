@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, transposed, accumulators, add_back
+from .window import WindowRun, stacked, transposed, accumulators
 from .._kernels.revlstm_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
@@ -55,10 +55,6 @@ class RevLSTMWindow(WindowRun):
             self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb,
             bw.Xb0, bw.XbH, bw.terms, self.tr)
-
-    def _add_cell_grads(self, gl, cg, grad):
-        for nm in ("W1", "W2", "b"):
-            add_back([q[nm] for q in gl], cg[nm + "s"])
 
     def kept_gates(self):
         """(i, f, sf, o, p, sp, g of each half, B, units)."""

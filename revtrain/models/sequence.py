@@ -87,7 +87,8 @@ class SequenceModel(RecurrentModel):
         return np.zeros((B, self.state_size), dtype=dtype)
 
     def _compute_params(self, theta):
-        """``theta`` in the compute dtype: a float32 copy for a float32 model (complex: float64 only)."""
+        """``theta`` in the compute dtype: for a float32 model a float32 copy of float64 ``theta``
+        (float32 ``theta`` as it is); complex: float64 models only."""
         if np.iscomplexobj(theta):
             self._float64_only("the complex-step hvp (and hypergradients)")
             return theta
@@ -205,7 +206,9 @@ class SequenceModel(RecurrentModel):
         return loss, grad, info
 
     def _run_rows(self, theta, batch, mode, k, want_grad, state0, masks, want_inputs):
-        """Loss (and gradient) of one batch of rows, segment by segment (module docstring)."""
+        """Loss (and gradient, in ``theta``'s dtype) of one batch of rows, segment by segment
+        (module docstring)."""
+        out_dtype = theta.dtype
         theta = self._compute_params(theta)
         dtype = theta.dtype
         T, B, H = batch.lead[0], batch.B, self.n_hidden
@@ -271,8 +274,8 @@ class SequenceModel(RecurrentModel):
         if want_inputs:
             info["dstate0"] = np.concatenate(dstates, axis=1).real.astype(np.float64)
             info["dx"] = None if dX is None else dX.real.astype(np.float64)
-        if grad.dtype == np.float32:
-            grad = grad.astype(np.float64)
+        if grad.dtype != out_dtype:             # a float32 model given float64 parameters
+            grad = grad.astype(out_dtype)
         return loss, grad, info
 
     def _hidden(self, theta, x, tokens, state0):

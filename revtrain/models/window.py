@@ -21,7 +21,8 @@ Layouts shared with the kernels (``L`` layers, ``B`` rows):
   (B, H), all ones without dropout.
 
 A cell subclasses :class:`WindowRun` with ``_pack_cell``, ``_forward_chunk``,
-``_backward_chunk`` and ``_add_cell_grads``; :mod:`revtrain.models.window_calls`
+``_backward_chunk`` and ``_cell_grads`` (and, to pipeline its backward,
+``kept_gates``, ``_undo_chunk`` and ``_backprop_chunk``); :mod:`revtrain.models.window_calls`
 runs a call's row groups and combines their results.
 """
 from types import SimpleNamespace
@@ -70,21 +71,9 @@ def transposed(arrays, dtype):
 
 
 def accumulators(views, dtype):
-    """Gradient accumulators of the per-layer blocks ``views`` (a typed List).
-
-    float64: the views of the gradient themselves (the kernels add into them in
-    place); float32: zeroed float32 blocks, added back by :func:`add_back`.
-    """
-    if dtype == np.float64:
-        return stacked(views, dtype)
-    return stacked([np.zeros(v.shape, dtype=dtype) for v in views], dtype)
-
-
-def add_back(views, accs):
-    """Add float32 accumulators ``accs`` to the gradient ``views`` (float32 runs only: in
-    float64 the accumulators are the views)."""
-    for v, a in zip(views, accs):
-        v += a
+    """The gradient blocks ``views`` (views of the flat gradient a run adds into, already of
+    the run's ``dtype``) as a typed List: the kernels add into them in place."""
+    return stacked(views, dtype)
 
 
 def chunk_steps(B):
@@ -196,14 +185,9 @@ class WindowRun:
         raise NotImplementedError
 
     def _cell_grads(self, gl, grad):
-        """The cell's gradient accumulators and scratch (a dict); ``gl`` the per-layer
-        gradient views of the flat ``grad``. Use :func:`accumulators` (float64: the views
-        themselves)."""
-        raise NotImplementedError
-
-    def _add_cell_grads(self, gl, cg, grad):
-        """Add float32 accumulators in ``cg`` to the views ``gl`` of the flat gradient ``grad``
-        (see :func:`add_back`)."""
+        """The cell's gradient blocks and scratch (a dict); ``gl`` the per-layer views of
+        the flat gradient ``grad`` (the run's dtype), which the kernels add into in place
+        (:func:`accumulators`)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ helpers
@@ -271,39 +255,31 @@ class WindowRun:
             h = np.concatenate(list(np.moveaxis(top, 1, 0)), axis=2) * self.m.inv_scale
             yield t0, (h * self.m_top).astype(self.dt, copy=False)
 
-    def backward(self, batch, reverse, store, want_dx):
+    def backward(self, batch, reverse, store, want_dx, grad):
         """Undo (or reload) every step top-down, recompute, backpropagate.
 
         A reversible run alone in its call, with two row threads or more, runs
         as a two-stage pipeline (:meth:`_pipelined_backward`), with the same bits.
 
-        Returns ``(terms, grad, dstate0, dx)``: ``terms`` float64 (steps with a
-        target, B) the per-row loss terms (the loss is
-        :func:`~revtrain.models.window_calls.fold_terms`);
-        ``grad`` the float64 gradient, or None in float32, where the run keeps
-        its float32 accumulators until :meth:`add_grads` adds them to the
-        caller's gradient (the row groups of a call share one float64 gradient).
+        ``grad`` (size,) in the run's dtype: the gradient is added into it in place
+        (the caller's own gradient, or a zeroed array the caller adds to its gradient
+        afterwards, group after group: :func:`~revtrain.models.window_calls.run_window`).
+
+        Returns ``(terms, dstate0, dx)``: ``terms`` float64 (steps with a target, B) the
+        per-row loss terms (the loss is :func:`~revtrain.models.window_calls.fold_terms`).
         """
         m = self.m
         L, B, H, T = self.L, self.B, self.H, self.T
         dt = self.dt
-        f64 = dt == np.float64           # float64 accumulates into the gradient's views in place
-        if f64:
-            grad = np.zeros(m.size)
-            g = m.layout.views(grad)
-            gl = m.layer_params(g)
-        else:                            # float32: the parameters' views give the shapes
-            grad, g, gl = None, self.p, self.pl
+        g = m.layout.views(grad)
+        gl = m.layer_params(g)
         sn = (self.q * m.inv_scale).astype(dt)
         G = m._n_proj
-        gE = g["embed"] if m.embed_dim is not None else np.zeros((1, 1))
-        vs = self._upper_v(gl)
+        gE = g["embed"] if m.embed_dim is not None else np.zeros((1, 1), dtype=dt)
         bw = SimpleNamespace(
             sn=sn, sp=np.empty_like(sn), ds=np.zeros_like(sn),
-            gU=g["U"] if f64 else np.zeros_like(self.U),
-            gby=g["b_y"] if f64 else np.zeros_like(self.by),
-            gE=gE if f64 else np.zeros_like(self.E),
-            gV0=gl[0]["V"] if f64 else np.zeros_like(self.V0), gVs=accumulators(vs, dt),
+            gU=g["U"], gby=g["b_y"], gE=gE, gV0=gl[0]["V"],
+            gVs=accumulators(self._upper_v(gl, dt), dt),
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
             want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
             dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
@@ -314,7 +290,7 @@ class WindowRun:
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
             target=batch.target.astype(dt, copy=False),
-            cell=self._cell_grads(gl, grad if f64 else self.theta),
+            cell=self._cell_grads(gl, grad),
             terms=np.zeros((T if batch.per_step else 1, B)))
         st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
@@ -330,10 +306,6 @@ class WindowRun:
                 t, l, part, code = self._backward_chunk(t0, t1, reverse, st, batch, bw)
                 if code >= 0:
                     self._reversal_failed(t, l, part, code)
-        if not f64:        # the float32 accumulators ("...s" of the cell's) wait for add_grads
-            self._acc = SimpleNamespace(
-                cell={k: a for k, a in bw.cell.items() if k.endswith("s")}, gU=bw.gU,
-                gby=bw.gby, gVs=bw.gVs, gV0=bw.gV0, gE=bw.gE)
         if hook is not None:
             hook("after", self)
         if reverse:
@@ -345,7 +317,7 @@ class WindowRun:
         for l in range(L):
             dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
         dx = bw.dX.astype(np.float64, copy=False) if want_dx else None
-        return bw.terms, grad, dstate0, dx
+        return bw.terms, dstate0, dx
 
     # ------------------------------------------------------------ pipelined backward
     def kept_gates(self):
@@ -395,41 +367,19 @@ class WindowRun:
 
         run_pipeline(chunks, [self._undo_slot(), self._undo_slot()], undo, backprop)
 
-    #: What :meth:`add_grads` still needs after :meth:`release`.
-    _KEEP = ("m", "L", "_acc")
-
     def release(self):
         """Drop the run's arrays (information buffer, parameter copies, workspaces) once its
-        backward pass is done, keeping only the float32 accumulators for :meth:`add_grads`:
-        the caller's gradient is then allocated and summed without them."""
-        for key in [k for k in self.__dict__ if k not in self._KEEP]:
-            del self.__dict__[key]
+        backward pass is done: the caller's gradient is then allocated and summed without them."""
+        for key in list(self.__dict__):
+            if key not in ("m", "L"):
+                del self.__dict__[key]
 
-    def add_grads(self, grad):
-        """Add a float32 run's gradient accumulators to the float64 ``grad`` (size,), once.
-
-        ``0 + a + b`` in float64 equals ``(0 + a) + (0 + b)``: groups added one
-        after the other into a shared gradient give the bits of separate
-        gradients summed in group order.
-        """
-        bw, m = self._acc, self.m
-        self._acc = None
-        g = m.layout.views(grad)
-        gl = m.layer_params(g)
-        self._add_cell_grads(gl, bw.cell, grad)
-        g["U"][...] += bw.gU
-        g["b_y"][...] += bw.gby
-        add_back(self._upper_v(gl), bw.gVs)
-        gl[0]["V"][...] += bw.gV0
-        if m.embed_dim is not None:
-            g["embed"][...] += bw.gE
-
-    def _upper_v(self, views):
+    def _upper_v(self, views, dtype=np.float64):
         """The ``V`` blocks of layers ``1 .. L-1`` in the per-layer ``views`` (a one-layer
-        stack never reads them: one (1, G) stand-in)."""
+        stack never reads them: one (1, G) stand-in of ``dtype``)."""
         if self.L > 1:
             return [views[l]["V"] for l in range(1, self.L)]
-        return [np.zeros((1, self.m._n_proj))]
+        return [np.zeros((1, self.m._n_proj), dtype=dtype)]
 
     def _reversal_failed(self, t, l, part, code):
         """Raise the ReversalError of a failed undo, blaming the lowest corrupted layer."""

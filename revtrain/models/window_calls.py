@@ -67,25 +67,30 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
         buffer_bytes = sum(run.buf.nbytes for run in runs)
         stored = buffer_bytes + B * model.state_size * 8 + mask_bytes
     want_dx = want_inputs and not batch.tokens
+    # the gradient has theta's dtype; the first group adds into it in place when it computes
+    # in that dtype, the others (and a float32 run of float64 theta) into zeroed arrays of
+    # their own, added group after group: the bits do not depend on the threads
+    in_place = theta.dtype == runs[0].dt
+    grad = np.zeros(model.size, dtype=theta.dtype) if in_place else None
+    targets = [grad if in_place and i == 0 else np.zeros(model.size, dtype=run.dt)
+               for i, run in enumerate(runs)]
     out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard", stores[i],
-                                                want_dx), len(runs))
+                                                want_dx, targets[i]), len(runs))
     stores = gbatches = None          # (the standard mode's stored states)
     for run in runs:
         run.release()                 # buffers, parameter copies: before the gradient's sum
     loss = fold_terms(np.concatenate([o[0] for o in out], axis=1), batch.scale)
-    if out[0][1] is not None:                     # float64: each group's own gradient
-        grad = out[0][1]
-        for o in out[1:]:
-            grad += o[1]
-    else:                                         # float32: accumulators added in group order
-        grad = np.zeros(model.size)
-        for run in runs:
-            run.add_grads(grad)
+    if grad is None:
+        grad = np.zeros(model.size, dtype=theta.dtype)
+    for target in targets:
+        if target is not grad:
+            grad += target
+    targets = None
     info = {"stored_bytes": stored, "buffer_bytes": buffer_bytes, "info_bits": info_bits,
             "final_state": final_state}
     if want_inputs:
-        info["dstate0"] = np.concatenate([o[2] for o in out])
-        info["dx"] = np.concatenate([o[3] for o in out], axis=1) if want_dx else None
+        info["dstate0"] = np.concatenate([o[1] for o in out])
+        info["dx"] = np.concatenate([o[2] for o in out], axis=1) if want_dx else None
     return loss, grad, info
 
 
