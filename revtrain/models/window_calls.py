@@ -24,17 +24,18 @@ def fold_terms(terms, scale, forward=False):
                            bool(forward)))
 
 
-def _group_runs(model, theta, x, tokens, state0, masks, run_class):
+def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
     """One :class:`~revtrain.models.window.WindowRun` per row group of ``x`` (T, B, ...):
-    ``[(r0, r1, run), ...]``."""
+    ``[(r0, r1, run), ...]``; ``xs`` the groups' rows of ``x`` when the caller has them."""
     B = x.shape[1]
     dt = np.dtype(getattr(model, "dtype", "float64"))
     if dt != theta.dtype:
         theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
     out, shared = [], {}
-    for r0, r1 in row_groups(B):
+    for i, (r0, r1) in enumerate(row_groups(B)):
         whole = r0 == 0 and r1 == B
-        run = run_class(model, theta, x if whole else np.ascontiguousarray(x[:, r0:r1]), tokens,
+        xg = x if whole else (xs[i] if xs is not None else np.ascontiguousarray(x[:, r0:r1]))
+        run = run_class(model, theta, xg, tokens,
                         None if state0 is None else state0[r0:r1],
                         masks if whole else group_masks(masks, r0, r1), shared)
         run.row0, run.B_total = r0, B
@@ -49,10 +50,11 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     :class:`~revtrain.models.window.WindowRun` s, side by side on threads.
     """
     B = batch.B
-    grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
+    groups = row_groups(B)
+    gbatches = [batch] if len(groups) == 1 else [group_batch(batch, r0, r1) for r0, r1 in groups]
+    grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class,
+                          xs=[gb.x for gb in gbatches])
     runs = [run for _, _, run in grouped]
-    gbatches = ([batch] if len(runs) == 1
-                else [group_batch(batch, r0, r1) for r0, r1, _ in grouped])
     T = batch.lead[0]
     stores = [np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None
               for run in runs]
