@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from revtrain._kernels.gemm import matmul_rows
-from revtrain._kernels.gemm_vec import matmul_vec, rows_matmul_add
+from revtrain._kernels.gemm_vec import matmul_vec, rows_matmul_add, tn_add, add_column_sums
 
 
 def round_f32(x):
@@ -173,3 +173,61 @@ def test_rows_matmul_add_accumulates_the_chain_from_the_old_value(dtype):
     expect = np.empty((4, 9), dtype)
     matmul_vec(np.ascontiguousarray(A[:4]), W2, expect)
     assert np.array_equal(both[5:9], expect)
+
+
+def tn_chain_reference(C0, A, W, n, w0):
+    """``C[i, j]``: ``acc = round(A[k, i] * W[k, w0 + j] + acc)`` for ``k < n`` ascending,
+    from ``acc = C0[i, j]``, each fma rounded once to ``C0``'s dtype (exact fractions)."""
+    M, N = C0.shape
+    f32 = C0.dtype == np.float32
+    out = np.empty_like(C0)
+    for i in range(M):
+        for j in range(N):
+            acc = Fraction(float(C0[i, j]))
+            for k in range(n):
+                exact = Fraction(float(A[k, i])) * Fraction(float(W[k, w0 + j])) + acc
+                acc = Fraction(float(round_f32(exact) if f32 else float(exact)))
+            out[i, j] = float(acc)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,N,R,n,w0", [(1, 1, 1, 1, 0), (4, 64, 9, 9, 0), (5, 37, 7, 5, 3),
+                                         (6, 70, 4, 4, 10), (3, 17, 6, 0, 2)])
+def test_tn_add_is_the_fma_chain_from_the_old_value(dtype, M, N, R, n, w0):
+    """A chunk's weight gradient ``C += A[:n].T @ W[:n, w0:w0+N]``: in place, each element
+    the fma chain over the rows from its old value, whatever block it falls in."""
+    rng = np.random.default_rng(M * 100 + N + n)
+    C0 = rng.standard_normal((M, N)).astype(dtype)
+    A = rng.standard_normal((R, M)).astype(dtype)
+    W = rng.standard_normal((R, w0 + N + 2)).astype(dtype)
+    C = C0.copy()
+    tn_add(C, A, W, n, w0)
+    assert np.array_equal(C, tn_chain_reference(C0, A, W, n, w0))
+    if n and dtype == np.float32:          # and it is the product (float64 rounded once: close)
+        plain = (C0.astype(np.float64) + A[:n].astype(np.float64).T @ W[:n, w0:w0 + N]).astype(dtype)
+        assert np.allclose(C, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_add_column_sums_adds_rows_in_order():
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((9, 12)).astype(np.float32)
+    c0 = rng.standard_normal(5).astype(np.float32)
+    c = c0.copy()
+    add_column_sums(c, A, 7, 4)
+    ref = c0.copy()
+    for k in range(7):
+        ref = (ref + A[k, 4:9]).astype(np.float32)
+    assert np.array_equal(c, ref)
+
+
+def test_tn_add_and_column_sums_check_their_shapes():
+    f = np.float32
+    with pytest.raises(ValueError, match="do not match"):
+        tn_add(np.zeros((3, 4), f), np.zeros((5, 2), f), np.zeros((5, 4), f), 5, 0)
+    with pytest.raises(ValueError, match="do not match"):
+        tn_add(np.zeros((3, 4), f), np.zeros((5, 3), f), np.zeros((5, 4), f), 5, 1)
+    with pytest.raises(ValueError, match="do not match"):
+        tn_add(np.zeros((3, 4), f), np.zeros((5, 3), f), np.zeros((5, 4), f), 6, 0)
+    with pytest.raises(ValueError, match="do not match"):
+        add_column_sums(np.zeros(4, f), np.zeros((5, 4), f), 5, 1)

@@ -32,7 +32,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ._options import NJIT_OPTS
-from .gemm_vec import matmul_vec
+from .gemm_vec import matmul_vec, tn_add, add_column_sums
 
 #: Rows per block of the reversible cells' per-step products (and rows per thread group).
 ROW_BLOCK = 16
@@ -81,6 +81,39 @@ def _dot_step_impl(A, B, out):
             and A.dtype in (types.float32, types.float64)):
         return lambda A, B, out: matmul_vec(A, B, out)
     return lambda A, B, out: np.dot(A, B, out)
+
+
+def add_tn_product(C, A, W, n, w0):
+    """``C += A[:n].T @ W[:n, w0:w0 + N]`` in place (``C`` (M, N); the weight gradients of a
+    chunk's rows): float32 / float64 C-contiguous operands in
+    :func:`~revtrain._kernels.gemm_vec.tn_add` (no temporary, the documented fma chain),
+    anything else through BLAS. (Numba only: an ``overload``.)"""
+    raise NotImplementedError("add_tn_product runs inside Numba kernels")
+
+
+@overload(add_tn_product, inline="always")
+def _add_tn_product_impl(C, A, W, n, w0):
+    if (C.layout == "C" and W.layout == "C" and C.dtype == A.dtype == W.dtype
+            and C.dtype in (types.float32, types.float64)):
+        return lambda C, A, W, n, w0: tn_add(C, np.ascontiguousarray(A), W, n, w0)
+    return lambda C, A, W, n, w0: _add_product_blas(C, A, W, n, w0)
+
+
+@njit(**NJIT_OPTS)
+def _add_product_blas(C, A, W, n, w0):
+    N = C.shape[1]
+    C[:, :] += np.dot(A[:n].T, W[:n, w0:w0 + N])
+
+
+def add_column_sum(c, A, n, a0):
+    """``c += A[:n, a0:a0 + N].sum(axis=0)`` in place (``c`` (N,)), rows ascending.
+    (Numba only: an ``overload``.)"""
+    raise NotImplementedError("add_column_sum runs inside Numba kernels")
+
+
+@overload(add_column_sum, inline="always")
+def _add_column_sum_impl(c, A, n, a0):
+    return lambda c, A, n, a0: add_column_sums(c, A, n, a0)
 
 
 def transpose_for_dot(W):

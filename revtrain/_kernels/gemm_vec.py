@@ -31,6 +31,12 @@ from .mathfn import _fma
 from .simd import vload, vstore, vsplat, vfma, lanes
 
 
+@njit(**dict(ELEMENT_OPTS, inline="always"))
+def _a(A, q, k, a_t):
+    """``A[k, q]`` when ``a_t`` (the transposed operand), else ``A[q, k]``."""
+    return A[k, q] if a_t else A[q, k]
+
+
 def zero_of(a):
     """0 in ``a``'s float type (Numba only)."""
     raise NotImplementedError
@@ -51,18 +57,53 @@ def rows_matmul_add(C, c, A, a, n, W, from_zero):
     ``A`` may be the same array if the row ranges do not overlap. Each element is
     the fused chain over ``k`` ascending (module docstring).
     """
+    K = W.shape[0]
     n4 = n - n % 4
     for r in range(0, n4, 4):
-        _block4(C, c + r, A, a + r, W, from_zero)
+        _block4(C, c + r, A, a + r, W, from_zero, K, 0, False)
     for r in range(n4, n):
-        _row1(C, c + r, A, a + r, W, from_zero)
+        _row1(C, c + r, A, a + r, W, from_zero, K, 0, False)
 
 
 @njit(**ELEMENT_OPTS)
-def _block4(C, p, A, q, W, from_zero):
-    """Rows ``p .. p+3`` of ``C`` from rows ``q .. q+3`` of ``A``: blocks of 4 vectors
+def tn_add(C, A, W, n, w0):
+    """``C += A[:n].T @ W[:n, w0:w0 + N]`` in place (the weight gradients of a chunk).
+
+    ``C`` (M, N), ``A`` (R, M), ``W`` (R, >= w0 + N): C-contiguous, all float32 or all
+    float64; ``n <= R``. Element ``C[i, j]`` is the chain ``fma(A[k, i], W[k, w0 + j], .)``
+    over ``k`` ascending from its old value, so its bits depend neither on the blocks nor
+    on the other rows and columns (no temporary is allocated).
+    """
+    M, N = C.shape
+    if (A.shape[1] != M or n < 0 or n > A.shape[0] or n > W.shape[0] or w0 < 0
+            or w0 + N > W.shape[1]):
+        raise ValueError("tn_add: the shapes of C (M, N), A (R, M), W (R, >= w0 + N) and "
+                         "the rows n do not match")
+    m4 = M - M % 4
+    for r in range(0, m4, 4):
+        _block4(C, r, A, r, W, False, n, w0, True)
+    for r in range(m4, M):
+        _row1(C, r, A, r, W, False, n, w0, True)
+
+
+@njit(**ELEMENT_OPTS)
+def add_column_sums(c, A, n, a0):
+    """``c += A[:n, a0:a0 + N].sum(axis=0)`` in place, rows ascending (``c`` (N,))."""
+    N = c.shape[0]
+    if n < 0 or n > A.shape[0] or a0 < 0 or a0 + N > A.shape[1]:
+        raise ValueError("add_column_sums: the shapes of c (N,), A (R, >= a0 + N) and the "
+                         "rows n do not match")
+    for k in range(n):
+        for j in range(N):
+            c[j] += A[k, a0 + j]
+
+
+@njit(**ELEMENT_OPTS)
+def _block4(C, p, A, q, W, from_zero, K, w0, a_t):
+    """Rows ``p .. p+3`` of ``C`` from rows ``q .. q+3`` of ``A`` (columns of ``A`` when
+    ``a_t``) and rows ``0 .. K-1`` of ``W`` from column ``w0``: blocks of 4 vectors
     (16 accumulators), then of 1, then scalar columns."""
-    K, N = W.shape
+    N = C.shape[1]
     L = lanes(C)
     z = vsplat(zero_of(C))
     j = 0
@@ -80,30 +121,30 @@ def _block4(C, p, A, q, W, from_zero):
             c30, c31 = vload(C, p + 3, j), vload(C, p + 3, j + L)
             c32, c33 = vload(C, p + 3, j + 2 * L), vload(C, p + 3, j + 3 * L)
         for k in range(K):
-            w0 = vload(W, k, j)
-            w1 = vload(W, k, j + L)
-            w2 = vload(W, k, j + 2 * L)
-            w3 = vload(W, k, j + 3 * L)
-            x = vsplat(A[q, k])
-            c00 = vfma(x, w0, c00)
-            c01 = vfma(x, w1, c01)
-            c02 = vfma(x, w2, c02)
-            c03 = vfma(x, w3, c03)
-            x = vsplat(A[q + 1, k])
-            c10 = vfma(x, w0, c10)
-            c11 = vfma(x, w1, c11)
-            c12 = vfma(x, w2, c12)
-            c13 = vfma(x, w3, c13)
-            x = vsplat(A[q + 2, k])
-            c20 = vfma(x, w0, c20)
-            c21 = vfma(x, w1, c21)
-            c22 = vfma(x, w2, c22)
-            c23 = vfma(x, w3, c23)
-            x = vsplat(A[q + 3, k])
-            c30 = vfma(x, w0, c30)
-            c31 = vfma(x, w1, c31)
-            c32 = vfma(x, w2, c32)
-            c33 = vfma(x, w3, c33)
+            v0 = vload(W, k, w0 + j)
+            v1 = vload(W, k, w0 + j + L)
+            v2 = vload(W, k, w0 + j + 2 * L)
+            v3 = vload(W, k, w0 + j + 3 * L)
+            x = vsplat(_a(A, q, k, a_t))
+            c00 = vfma(x, v0, c00)
+            c01 = vfma(x, v1, c01)
+            c02 = vfma(x, v2, c02)
+            c03 = vfma(x, v3, c03)
+            x = vsplat(_a(A, q + 1, k, a_t))
+            c10 = vfma(x, v0, c10)
+            c11 = vfma(x, v1, c11)
+            c12 = vfma(x, v2, c12)
+            c13 = vfma(x, v3, c13)
+            x = vsplat(_a(A, q + 2, k, a_t))
+            c20 = vfma(x, v0, c20)
+            c21 = vfma(x, v1, c21)
+            c22 = vfma(x, v2, c22)
+            c23 = vfma(x, v3, c23)
+            x = vsplat(_a(A, q + 3, k, a_t))
+            c30 = vfma(x, v0, c30)
+            c31 = vfma(x, v1, c31)
+            c32 = vfma(x, v2, c32)
+            c33 = vfma(x, v3, c33)
         vstore(C, p, j, c00)
         vstore(C, p, j + L, c01)
         vstore(C, p, j + 2 * L, c02)
@@ -128,25 +169,25 @@ def _block4(C, p, A, q, W, from_zero):
             c0, c1 = vload(C, p, j), vload(C, p + 1, j)
             c2, c3 = vload(C, p + 2, j), vload(C, p + 3, j)
         for k in range(K):
-            w0 = vload(W, k, j)
-            c0 = vfma(vsplat(A[q, k]), w0, c0)
-            c1 = vfma(vsplat(A[q + 1, k]), w0, c1)
-            c2 = vfma(vsplat(A[q + 2, k]), w0, c2)
-            c3 = vfma(vsplat(A[q + 3, k]), w0, c3)
+            v0 = vload(W, k, w0 + j)
+            c0 = vfma(vsplat(_a(A, q, k, a_t)), v0, c0)
+            c1 = vfma(vsplat(_a(A, q + 1, k, a_t)), v0, c1)
+            c2 = vfma(vsplat(_a(A, q + 2, k, a_t)), v0, c2)
+            c3 = vfma(vsplat(_a(A, q + 3, k, a_t)), v0, c3)
         vstore(C, p, j, c0)
         vstore(C, p + 1, j, c1)
         vstore(C, p + 2, j, c2)
         vstore(C, p + 3, j, c3)
         j += L
     for i in range(4):
-        _columns(C, p + i, A, q + i, W, from_zero, j)
+        _columns(C, p + i, A, q + i, W, from_zero, j, K, w0, a_t)
 
 
 @njit(**ELEMENT_OPTS)
-def _row1(C, p, A, q, W, from_zero):
-    """Row ``p`` of ``C`` from row ``q`` of ``A`` alone: blocks of 8 vectors, then 4, then 1,
-    then scalar columns."""
-    K, N = W.shape
+def _row1(C, p, A, q, W, from_zero, K, w0, a_t):
+    """Row ``p`` of ``C`` from row ``q`` of ``A`` alone (as :func:`_block4`): blocks of 8
+    vectors, then 4, then 1, then scalar columns."""
+    N = C.shape[1]
     L = lanes(C)
     z = vsplat(zero_of(C))
     j = 0
@@ -159,15 +200,15 @@ def _row1(C, p, A, q, W, from_zero):
             c4, c5, c6, c7 = (vload(C, p, j + 4 * L), vload(C, p, j + 5 * L),
                               vload(C, p, j + 6 * L), vload(C, p, j + 7 * L))
         for k in range(K):
-            x = vsplat(A[q, k])
-            c0 = vfma(x, vload(W, k, j), c0)
-            c1 = vfma(x, vload(W, k, j + L), c1)
-            c2 = vfma(x, vload(W, k, j + 2 * L), c2)
-            c3 = vfma(x, vload(W, k, j + 3 * L), c3)
-            c4 = vfma(x, vload(W, k, j + 4 * L), c4)
-            c5 = vfma(x, vload(W, k, j + 5 * L), c5)
-            c6 = vfma(x, vload(W, k, j + 6 * L), c6)
-            c7 = vfma(x, vload(W, k, j + 7 * L), c7)
+            x = vsplat(_a(A, q, k, a_t))
+            c0 = vfma(x, vload(W, k, w0 + j), c0)
+            c1 = vfma(x, vload(W, k, w0 + j + L), c1)
+            c2 = vfma(x, vload(W, k, w0 + j + 2 * L), c2)
+            c3 = vfma(x, vload(W, k, w0 + j + 3 * L), c3)
+            c4 = vfma(x, vload(W, k, w0 + j + 4 * L), c4)
+            c5 = vfma(x, vload(W, k, w0 + j + 5 * L), c5)
+            c6 = vfma(x, vload(W, k, w0 + j + 6 * L), c6)
+            c7 = vfma(x, vload(W, k, w0 + j + 7 * L), c7)
         vstore(C, p, j, c0)
         vstore(C, p, j + L, c1)
         vstore(C, p, j + 2 * L, c2)
@@ -184,11 +225,11 @@ def _row1(C, p, A, q, W, from_zero):
             c0, c1, c2, c3 = (vload(C, p, j), vload(C, p, j + L), vload(C, p, j + 2 * L),
                               vload(C, p, j + 3 * L))
         for k in range(K):
-            x = vsplat(A[q, k])
-            c0 = vfma(x, vload(W, k, j), c0)
-            c1 = vfma(x, vload(W, k, j + L), c1)
-            c2 = vfma(x, vload(W, k, j + 2 * L), c2)
-            c3 = vfma(x, vload(W, k, j + 3 * L), c3)
+            x = vsplat(_a(A, q, k, a_t))
+            c0 = vfma(x, vload(W, k, w0 + j), c0)
+            c1 = vfma(x, vload(W, k, w0 + j + L), c1)
+            c2 = vfma(x, vload(W, k, w0 + j + 2 * L), c2)
+            c3 = vfma(x, vload(W, k, w0 + j + 3 * L), c3)
         vstore(C, p, j, c0)
         vstore(C, p, j + L, c1)
         vstore(C, p, j + 2 * L, c2)
@@ -197,20 +238,20 @@ def _row1(C, p, A, q, W, from_zero):
     while j + L <= N:
         c0 = z if from_zero else vload(C, p, j)
         for k in range(K):
-            c0 = vfma(vsplat(A[q, k]), vload(W, k, j), c0)
+            c0 = vfma(vsplat(_a(A, q, k, a_t)), vload(W, k, w0 + j), c0)
         vstore(C, p, j, c0)
         j += L
-    _columns(C, p, A, q, W, from_zero, j)
+    _columns(C, p, A, q, W, from_zero, j, K, w0, a_t)
 
 
 @njit(**ELEMENT_OPTS)
-def _columns(C, p, A, q, W, from_zero, j0):
+def _columns(C, p, A, q, W, from_zero, j0, K, w0, a_t):
     """Columns ``j0 ..`` of row ``p``, one scalar chain each."""
-    K, N = W.shape
+    N = C.shape[1]
     for j in range(j0, N):
         s = zero_of(C) if from_zero else C[p, j]
         for k in range(K):
-            s = _fma(A[q, k], W[k, j], s)
+            s = _fma(_a(A, q, k, a_t), W[k, w0 + j], s)
         C[p, j] = s
 
 

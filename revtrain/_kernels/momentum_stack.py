@@ -29,13 +29,12 @@ Errors are returned, not raised: ``(t, layer, part, code)`` with ``code = -1``
 when fine, else the flat ``(row, unit)`` index of the element; ``part`` is
 0 for ``h``, 1 for ``v``.
 """
-import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .momentum_rnn import momentum_gates, leaky_h_inc, momentum_back
 from .quantize import quantise_convex, forget_add, forget_add_undo
-from .gemm import dot_rows
+from .gemm import dot_rows, add_tn_product, add_column_sum
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
                      chunk_input_grads, copy_rows,
                      add_rows, keep_step)
@@ -133,7 +132,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
                    floor, gamma, learned, nbeta, cbeta, beta, vweight, U, by, softmax, labels,
                    target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gWs, gbs, gU, gby, dX,
                    want_dx, inp0, inpH, P, dP, dx0, dxH, hf, A, gt, n, inc, htop, dH, work, Ob,
-                   dPb, Xb0, XbH, terms, tr):
+                   dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
@@ -154,6 +153,8 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
     gradients with respect to the states and inputs are the same bits.
     Returns ``(t, layer, part, code)``.
     """
+    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
+    tr = (tr0, tr1, tr2, tr3)
     L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
@@ -253,10 +254,12 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs, m_btw
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, learned,
                    beta, vweight, U, by, softmax, labels, target, lscale, per_step, sn, sp, ds, gE,
                    gV0, gVs, gWs, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, scratch, htop, dH,
-                   work, Ob, dPb, Xb0, XbH, terms, tr, Gs, Qs, X0s, XHs):
+                   work, Ob, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, Gs, Qs, X0s, XHs):
     """The backpropagation stage of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from what :func:`stack_undo` kept; the same operations in the
     same order, so the same bits."""
+    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
+    tr = (tr0, tr1, tr2, tr3)
     L, B = sn.shape[0], sn.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
@@ -283,5 +286,5 @@ def _chunk_weight_grads(k, Ob, dPb, gWs, gbs):
     for l in range(L):
         dP = dPb[l, :k].reshape((N, G))
         O = Ob[l, :k].reshape((N, H))
-        gWs[l] += np.dot(O.T, dP)
-        gbs[l] += dP.sum(axis=0)
+        add_tn_product(gWs[l], O, dP, N, 0)
+        add_column_sum(gbs[l], dP, N, 0)

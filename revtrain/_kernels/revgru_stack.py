@@ -32,13 +32,12 @@ Errors are returned, not raised: ``(t, layer, part, code)`` with ``code = -1``
 when fine, else the flat ``(row, unit)`` index of the element; ``part`` is
 0 or 1 for ``h1``, ``h2``.
 """
-import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
 from .quantize import quantise_convex, forget_add, forget_add_undo
-from .gemm import dot_rows
+from .gemm import dot_rows, add_tn_product, add_column_sum
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
                      chunk_input_grads, copy_cols, copy_rows, add_rows, keep_step)
 
@@ -133,7 +132,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                    scale, inv_scale, floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dP, dx0, dxH, o, A, Gm, g1, g2, n, inc, dAzr, dAg, dRO, do,
-                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr):
+                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, tr5, tr6):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state and recompute the gates, output layer on the top, backpropagate.
 
@@ -152,6 +151,8 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
     gradients with respect to the states and inputs are the same bits.
     Returns ``(t, layer, part, code)``.
     """
+    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
+    tr = (tr0, tr1, tr2, tr3, tr4, tr5, tr6)
     L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
@@ -267,10 +268,12 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s, W2s, Wg
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
                    softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
                    gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, dAzr, dAg, dRO,
-                   do, tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr, Gs, Qs, X0s, XHs):
+                   do, tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, tr5, tr6, Gs, Qs, X0s, XHs):
     """The backpropagation stage of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from what :func:`stack_undo` kept; the same operations in the
     same order, so the same bits."""
+    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
+    tr = (tr0, tr1, tr2, tr3, tr4, tr5, tr6)
     L, B = sn.shape[0], sn.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
@@ -301,12 +304,10 @@ def _chunk_weight_grads(k, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs):
             off = half * 3 * Hh
             O = Ob[l, half, :k].reshape((N, Hh))
             RO = ROb[l, half, :k].reshape((N, Hh))
-            dAzr = np.ascontiguousarray(dP[:, off:off + 2 * Hh])
-            dAg = np.ascontiguousarray(dP[:, off + 2 * Hh:off + 3 * Hh])
             if half == 0:
-                gW1s[l] += np.dot(O.T, dAzr)
-                gWg1s[l] += np.dot(RO.T, dAg)
+                add_tn_product(gW1s[l], O, dP, N, off)
+                add_tn_product(gWg1s[l], RO, dP, N, off + 2 * Hh)
             else:
-                gW2s[l] += np.dot(O.T, dAzr)
-                gWg2s[l] += np.dot(RO.T, dAg)
-        gbs[l] += dP.sum(axis=0)
+                add_tn_product(gW2s[l], O, dP, N, off)
+                add_tn_product(gWg2s[l], RO, dP, N, off + 2 * Hh)
+        add_column_sum(gbs[l], dP, N, 0)

@@ -34,13 +34,12 @@ Errors are returned, not raised: ``(t, layer, part, code)`` with ``code = -1``
 when fine, else the flat ``(row, unit)`` index of the element; ``part`` is
 0..3 for ``c1, h1, c2, h2``.
 """
-import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell, revlstm_back
 from .quantize import forget_add, forget_add_undo
-from .gemm import dot_rows
+from .gemm import dot_rows, add_tn_product, add_column_sum
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
                      chunk_input_grads, copy_cols, copy_rows, add_rows, keep_step)
 
@@ -139,7 +138,7 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, n, inc, tc, htop, dH, work, Ob, dPb,
-                   Xb0, XbH, terms, tr):
+                   Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
@@ -155,6 +154,8 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
     with respect to the states and inputs are the same bits.
     Returns ``(t, layer, part, code)``.
     """
+    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
+    tr = (tr0, tr1, tr2, tr3, tr4)
     L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
@@ -276,11 +277,13 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_bt
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
                    softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
                    gW2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, o, A, tc, htop, dH, work, Ob,
-                   dPb, Xb0, XbH, terms, tr, Gs, Qs, X0s, XHs):
+                   dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, Gs, Qs, X0s, XHs):
     """The backpropagation side of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from the gates, states and inputs :func:`stack_undo` kept, on
     another thread meanwhile undoing the chunk before. The same operations in the same
     order as :func:`stack_backward`, so the same bits."""
+    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
+    tr = (tr0, tr1, tr2, tr3, tr4)
     L, B = sn.shape[0], sn.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
@@ -306,11 +309,6 @@ def _chunk_weight_grads(k, Ob, dPb, gW1s, gW2s, gbs):
     N = k * B
     for l in range(L):
         dP = dPb[l, :k].reshape((N, 10 * Hh))
-        for half in range(2):
-            O = Ob[l, half, :k].reshape((N, Hh))
-            dA = np.ascontiguousarray(dP[:, half * 5 * Hh:(half + 1) * 5 * Hh])
-            if half == 0:
-                gW1s[l] += np.dot(O.T, dA)
-            else:
-                gW2s[l] += np.dot(O.T, dA)
-        gbs[l] += dP.sum(axis=0)
+        add_tn_product(gW1s[l], Ob[l, 0, :k].reshape((N, Hh)), dP, N, 0)
+        add_tn_product(gW2s[l], Ob[l, 1, :k].reshape((N, Hh)), dP, N, 5 * Hh)
+        add_column_sum(gbs[l], dP, N, 0)

@@ -6,12 +6,11 @@ the next layer and the output layer read; float states ``sn``/``ds`` of the
 same shape; inputs ``xtok`` / ``xflt`` with ``mode_in`` 0 (one-hot), 1
 (embedding) or 2 (float); input weights ``V0`` (D0, G), ``Vs`` (., H, G).
 """
-import numpy as np
 from numba import njit
 
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .head import xent_dz, mse_dz
-from .gemm import dot_rows
+from .gemm import dot_rows, add_tn_product, add_column_sum
 
 
 @njit(**ELEMENT_OPTS)
@@ -161,8 +160,8 @@ def chunk_head_grads(k, B, Hb, Zb, gU, gby):
     """Add the output layer's gradients of a chunk's ``k`` steps (``k * B`` rows of ``Hb``,
     ``Zb``, see :func:`head_step`): ``gU += Hb^T Zb`` (one product), ``gby += sum_rows Zb``."""
     N = k * B
-    gU[:, :] += np.dot(Hb[:N].T, Zb[:N])
-    gby[:] += Zb[:N].sum(axis=0)
+    add_tn_product(gU, Hb, Zb, N, 0)
+    add_column_sum(gby, Zb, N, 0)
 
 
 @njit(**NJIT_OPTS)
@@ -211,7 +210,7 @@ def chunk_input_grads(k, mode_in, dPb, Xb0, XbH, gV0, gVs):
         dP = dPb[l, :k].reshape((N, G))
         if l > 0:
             H = XbH.shape[3]
-            gVs[l - 1] += np.dot(XbH[l - 1, :k].reshape((N, H)).T, dP)
+            add_tn_product(gVs[l - 1], XbH[l - 1, :k].reshape((N, H)), dP, N, 0)
         elif mode_in != 0:
             D0 = Xb0.shape[2]
-            gV0 += np.dot(Xb0[:k].reshape((N, D0)).T, dP)
+            add_tn_product(gV0, Xb0[:k].reshape((N, D0)), dP, N, 0)

@@ -65,7 +65,7 @@ class MomentumRNNWindow(WindowRun):
             bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX,
             bw.want_dx, self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.hf, self.A,
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
-            bw.terms, self.tr)
+            bw.terms, *self.tr)
 
     def kept_gates(self):
         """(g, gamma, sigma, B, units)."""
@@ -88,4 +88,4 @@ class MomentumRNNWindow(WindowRun):
             batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0,
             bw.dxH, c["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
-            bw.terms, self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)
+            bw.terms, *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

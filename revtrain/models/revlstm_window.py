@@ -54,7 +54,7 @@ class RevLSTMWindow(WindowRun):
             bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx,
             self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb,
-            bw.Xb0, bw.XbH, bw.terms, self.tr)
+            bw.Xb0, bw.XbH, bw.terms, *self.tr)
 
     def kept_gates(self):
         """(i, f, sf, o, p, sp, g of each half, B, units)."""
@@ -76,4 +76,4 @@ class RevLSTMWindow(WindowRun):
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0, bw.dxH, c["o"],
             c["A"], c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH, bw.terms,
-            self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)
+            *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)
