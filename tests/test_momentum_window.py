@@ -146,7 +146,7 @@ def test_the_kernels_run_and_the_python_driver_serves_hvp_and_forward():
 def test_a_fault_in_the_window_kernels_names_the_layer(layer, gamma):
     """A flipped bit in layer ``layer``'s kept state or buffer streams (before the backward
     pass, so the layers above read it first) raises a ReversalError naming that layer."""
-    L, T, B = 3, 30, 3
+    L, T, B = 3, 30, 5
     kw = {} if gamma is None else {"gamma": gamma}
     m = MomentumRNN(5, 6, 5, n_layers=L, embed_dim=3, dropout=0.25, **kw)
     theta = m.init_params(seed=1)

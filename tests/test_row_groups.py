@@ -6,7 +6,7 @@ import pytest
 import revtrain as rt
 from revtrain import _threads
 from revtrain._kernels.gemm import ROW_BLOCK, matmul_rows
-from revtrain.models.row_groups import row_groups
+from revtrain.models.row_groups import row_groups, window_row_groups, MIN_HALVES
 
 CELLS = (rt.RevLSTM, rt.RevGRU, rt.MomentumRNN)
 
@@ -21,6 +21,45 @@ def test_row_groups_cover_the_batch_in_fixed_blocks():
         assert g[0][0] == 0 and g[-1][1] == B
         assert all(a[1] == b[0] for a, b in zip(g, g[1:]))
         assert all(0 < r1 - r0 <= ROW_BLOCK for r0, r1 in g)
+
+
+def test_reversible_batches_up_to_32_rows_are_two_halves():
+    """A reversible cell's batch: one group below MIN_HALVES rows (its backward pipelined),
+    two halves up to 32 rows, blocks of 16 above; fixed by B alone."""
+    assert MIN_HALVES == 4
+    assert window_row_groups(1) == [(0, 1)] and window_row_groups(3) == [(0, 3)]
+    assert window_row_groups(4) == [(0, 2), (2, 4)]
+    assert window_row_groups(9) == [(0, 5), (5, 9)]
+    assert window_row_groups(32) == [(0, 16), (16, 32)]
+    assert window_row_groups(40) == row_groups(40)
+    for B in range(1, 70):
+        g = window_row_groups(B)
+        assert g[0][0] == 0 and g[-1][1] == B
+        assert all(a[1] == b[0] for a, b in zip(g, g[1:]))
+        assert all(0 < r1 - r0 <= ROW_BLOCK for r0, r1 in g)
+
+
+@pytest.mark.parametrize("cls", CELLS)
+def test_halves_do_not_change_the_trajectory(cls, threads):
+    """B = 6 runs as two halves of 3 rows: the final state and the state and input
+    gradients are the bits of each half run alone (every row on its own; the half's loss
+    weighs its rows twice, an exact factor 2); on 1 or 2 threads every output is the same."""
+    m = cls(5, 8, 5, n_layers=2, dtype="float32")
+    theta = m.init_params(1)
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((21, 6, 5)), rng.integers(0, 5, (21, 6))
+    out = {}
+    for n in (1, 2):
+        threads(n)
+        out[n] = m.loss_and_grad(theta, x, y, input_grad=True, return_stats=True)
+    assert out[1][0] == out[2][0] and np.array_equal(out[1][1], out[2][1])
+    (_, _, ig, st) = out[2]
+    for r0, r1 in window_row_groups(6):
+        _, _, ig_h, st_h = m.loss_and_grad(theta, x[:, r0:r1], y[:, r0:r1], input_grad=True,
+                                           return_stats=True)
+        assert np.array_equal(st_h.final_state, st.final_state[r0:r1])
+        assert np.array_equal(ig_h.initial_state, 2 * ig.initial_state[r0:r1])
+        assert np.array_equal(ig_h.x, 2 * ig.x[:, r0:r1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

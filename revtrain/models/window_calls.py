@@ -11,7 +11,7 @@ number of threads.
 import numpy as np
 
 from .._threads import run_groups
-from .row_groups import row_groups, group_batch, group_masks
+from .row_groups import window_row_groups, group_batch, group_masks
 from .._kernels.head import softmax_xent_rows, mse_rows, fold_rows
 
 
@@ -32,7 +32,7 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
     if dt != theta.dtype:
         theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
     out, shared = [], {}
-    for i, (r0, r1) in enumerate(row_groups(B)):
+    for i, (r0, r1) in enumerate(window_row_groups(B)):
         whole = r0 == 0 and r1 == B
         xg = x if whole else (xs[i] if xs is not None else np.ascontiguousarray(x[:, r0:r1]))
         run = run_class(model, theta, xg, tokens,
@@ -50,7 +50,7 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     :class:`~revtrain.models.window.WindowRun` s, side by side on threads.
     """
     B = batch.B
-    groups = row_groups(B)
+    groups = window_row_groups(B)
     gbatches = [batch] if len(groups) == 1 else [group_batch(batch, r0, r1) for r0, r1 in groups]
     grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class,
                           xs=[gb.x for gb in gbatches])
