@@ -197,8 +197,9 @@ FLOAT32_MODELS = [rt.RevLSTM, rt.RevGRU, rt.MomentumRNN, rt.LSTM, rt.GRU, rt.RNN
 @pytest.mark.parametrize("B", [3, 20])
 def test_float32_parameters_give_the_float32_gradient(cls, B):
     """float32 ``theta`` is used as it is and the gradient comes back float32: in one row
-    group the bits of the float64-``theta`` call's gradient rounded to float32 (the same
-    float32 sums); with two groups their sum is rounded once more (within one ulp)."""
+    group (B = 3) the bits of the float64-``theta`` call's gradient rounded to float32 (the
+    same float32 sums); with two groups (B = 20) their sum is rounded in float32 (within an
+    ulp)."""
     rng = np.random.default_rng(B)
     m = cls(5, 8, 5, n_layers=2, embed_dim=4, dropout=0.1, dtype="float32")
     theta = m.init_params(3)
