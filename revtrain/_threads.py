@@ -79,13 +79,15 @@ def usable_cores():
 def set_row_threads(n):
     """Threads that run a batch's row groups of the reversible cells at once.
 
-    The reversible cells cut a batch into groups of ``ROW_BLOCK = 16`` rows
-    (:mod:`revtrain.models.window`) whose kernels run side by side, one
-    thread each, BLAS on one thread inside each. ``n``: a positive int, or
-    None for the default (the cores this process may use). With ``n >= 2``
-    a batch of one group (``B <= 16``) runs its reversible backward as a
-    two-stage pipeline instead (the undo of a chunk on a second thread while
-    the previous chunk backpropagates, :meth:`~revtrain.models.window.WindowRun.backward`).
+    The reversible cells cut a batch into row groups (two halves for 4 to 32 rows,
+    blocks of ``ROW_BLOCK = 16`` rows above:
+    :func:`~revtrain.models.row_groups.window_row_groups`) whose kernels run side by
+    side, one thread each, BLAS on one thread inside each; the standard cells into
+    blocks of 16 rows. ``n``: a positive int, or None for the default (the cores this
+    process may use). With ``n >= 2`` a reversible batch of one group (``B <= 3``) runs
+    its backward as a two-stage pipeline instead (the undo of a chunk on a second thread
+    while the previous chunk backpropagates,
+    :meth:`~revtrain.models.window.WindowRun.backward`).
     Results do not depend on it: the groups are fixed by the batch size alone
     and computed the same way on any number of threads. Returns the previous
     setting.

@@ -194,12 +194,13 @@ FLOAT32_MODELS = [rt.RevLSTM, rt.RevGRU, rt.MomentumRNN, rt.LSTM, rt.GRU, rt.RNN
 
 
 @pytest.mark.parametrize("cls", FLOAT32_MODELS)
-@pytest.mark.parametrize("B", [3, 20])
+@pytest.mark.parametrize("B", [3, 20, 40])
 def test_float32_parameters_give_the_float32_gradient(cls, B):
-    """float32 ``theta`` is used as it is and the gradient comes back float32: in one row
-    group (B = 3) the bits of the float64-``theta`` call's gradient rounded to float32 (the
-    same float32 sums); with two groups (B = 20) their sum is rounded in float32 (within an
-    ulp)."""
+    """float32 ``theta`` is used as it is and the gradient comes back float32. With one or
+    two row groups (B = 3, 20) it is the float64-``theta`` call's gradient rounded to
+    float32, bit for bit (the same float32 sums; two float32 values added in float32 give
+    their exact sum rounded). Three groups or more (B = 40) round the partial sums group
+    by group: many ulps on small entries, within 1e-6 of the largest (measured: 4e-8)."""
     rng = np.random.default_rng(B)
     m = cls(5, 8, 5, n_layers=2, embed_dim=4, dropout=0.1, dtype="float32")
     theta = m.init_params(3)
@@ -210,15 +211,15 @@ def test_float32_parameters_give_the_float32_gradient(cls, B):
     assert g32.dtype == np.float32 and g64.dtype == np.float64
     assert l32 == l64 and np.array_equal(s32.final_state, s64.final_state)
     assert np.array_equal(i32.initial_state, i64.initial_state)
-    if B <= 16:
+    if B <= 20:
         assert np.array_equal(g32, g64.astype(np.float32))
     else:
-        ulp = np.spacing(np.abs(g64).astype(np.float32)).astype(np.float64)
-        assert (np.abs(g32 - g64) <= ulp).all()
+        assert np.abs(g32 - g64).max() <= 1e-6 * np.abs(g64).max()
     assert m.loss(theta.astype(np.float32), x, y) == m.loss(theta, x, y)
     # predict's output layer runs in float64 on theta's values
     th32 = theta.astype(np.float32)
     assert np.array_equal(m.predict(th32, x), m.predict(th32.astype(np.float64), x))
+    assert m.params(th32)["U"].dtype == np.float32        # views, as loss_and_grad takes it
 
 
 def test_float32_parameters_are_refused_by_a_float64_model():

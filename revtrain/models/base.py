@@ -227,8 +227,9 @@ class RecurrentModel:
         return self.layout.init(seed=seed, scale=scale)
 
     def params(self, theta):
-        """Dict of named views into ``theta`` (no copies, also for a strided ``theta``)."""
-        self.layout.check(theta)
+        """Dict of named views into ``theta`` (no copies, also for a strided ``theta``; float32
+        ``theta`` too for a float32 model, as :meth:`loss_and_grad` takes it)."""
+        self.layout.check(theta, float32_ok=getattr(self, "dtype", "float64") == "float32")
         return self.layout.views(theta)
 
     def __repr__(self):

@@ -1,7 +1,7 @@
 """A reversible stack's calls through the whole-window kernels: row groups on threads, combined.
 
 A batch is cut into row groups fixed by its size
-(:func:`~revtrain.models.row_groups.row_groups`); each runs as its own
+(:func:`~revtrain.models.row_groups.window_row_groups`); each runs as its own
 :class:`~revtrain.models.window.WindowRun` on one of
 :func:`revtrain.get_row_threads` threads, and their results are combined in
 group order (per-row loss terms folded in the per-step reference's order,
@@ -46,7 +46,7 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
 def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class):
     """``(loss, grad, info)`` of a reversible stack's BPTT through ``run_class``'s kernels.
 
-    The batch's row groups (:func:`row_groups`) run as separate
+    The batch's row groups (:func:`window_row_groups`) run as separate
     :class:`~revtrain.models.window.WindowRun` s, side by side on threads.
     """
     B = batch.B
