@@ -24,6 +24,7 @@ def test_table_and_plot(tmp_path):
                                               ("RNN checkpoint", 4), ("RNN checkpoint", 8)]
     table = profile.format_table(rows)
     assert table.count("\n") == 1 + len(rows)
+    pytest.importorskip("matplotlib", reason="the plot needs the profile extra (matplotlib)")
     profile.plot(rows, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 1000
 
