@@ -32,7 +32,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ._options import NJIT_OPTS
-from .gemm_vec import matmul_vec, tn_add, add_column_sums
+from .gemm_vec import matmul_vec, tn_add
 
 #: Rows per block of the reversible cells' per-step products (and rows per thread group).
 ROW_BLOCK = 16
@@ -103,17 +103,6 @@ def _add_tn_product_impl(C, A, W, n, w0):
 def _add_product_blas(C, A, W, n, w0):
     N = C.shape[1]
     C[:, :] += np.dot(A[:n].T, W[:n, w0:w0 + N])
-
-
-def add_column_sum(c, A, n, a0):
-    """``c += A[:n, a0:a0 + N].sum(axis=0)`` in place (``c`` (N,)), rows ascending.
-    (Numba only: an ``overload``.)"""
-    raise NotImplementedError("add_column_sum runs inside Numba kernels")
-
-
-@overload(add_column_sum, inline="always")
-def _add_column_sum_impl(c, A, n, a0):
-    return lambda c, A, n, a0: add_column_sums(c, A, n, a0)
 
 
 def transpose_for_dot(W):

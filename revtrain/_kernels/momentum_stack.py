@@ -34,7 +34,8 @@ from numba import njit
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .momentum_rnn import momentum_gates, leaky_h_inc, momentum_back
 from .quantize import quantise_convex, forget_add, forget_add_undo
-from .gemm import dot_rows, add_tn_product, add_column_sum
+from .gemm import dot_rows, add_tn_product
+from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
                      chunk_input_grads, copy_rows,
                      add_rows, keep_step)
@@ -287,4 +288,4 @@ def _chunk_weight_grads(k, Ob, dPb, gWs, gbs):
         dP = dPb[l, :k].reshape((N, G))
         O = Ob[l, :k].reshape((N, H))
         add_tn_product(gWs[l], O, dP, N, 0)
-        add_column_sum(gbs[l], dP, N, 0)
+        add_column_sums(gbs[l], dP, N, 0)

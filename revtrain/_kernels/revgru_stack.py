@@ -37,7 +37,8 @@ from numba import njit
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
 from .quantize import quantise_convex, forget_add, forget_add_undo
-from .gemm import dot_rows, add_tn_product, add_column_sum
+from .gemm import dot_rows, add_tn_product
+from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
                      chunk_input_grads, copy_cols, copy_rows, add_rows, keep_step)
 
@@ -310,4 +311,4 @@ def _chunk_weight_grads(k, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs):
             else:
                 add_tn_product(gW2s[l], O, dP, N, off)
                 add_tn_product(gWg2s[l], RO, dP, N, off + 2 * Hh)
-        add_column_sum(gbs[l], dP, N, 0)
+        add_column_sums(gbs[l], dP, N, 0)

@@ -39,7 +39,8 @@ from numba import njit
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell, revlstm_back
 from .quantize import forget_add, forget_add_undo
-from .gemm import dot_rows, add_tn_product, add_column_sum
+from .gemm import dot_rows, add_tn_product
+from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
                      chunk_input_grads, copy_cols, copy_rows, add_rows, keep_step)
 
@@ -311,4 +312,4 @@ def _chunk_weight_grads(k, Ob, dPb, gW1s, gW2s, gbs):
         dP = dPb[l, :k].reshape((N, 10 * Hh))
         add_tn_product(gW1s[l], Ob[l, 0, :k].reshape((N, Hh)), dP, N, 0)
         add_tn_product(gW2s[l], Ob[l, 1, :k].reshape((N, Hh)), dP, N, 5 * Hh)
-        add_column_sum(gbs[l], dP, N, 0)
+        add_column_sums(gbs[l], dP, N, 0)

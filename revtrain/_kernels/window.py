@@ -10,7 +10,8 @@ from numba import njit
 
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .head import xent_dz, mse_dz
-from .gemm import dot_rows, add_tn_product, add_column_sum
+from .gemm import dot_rows, add_tn_product
+from .gemm_vec import add_column_sums
 
 
 @njit(**ELEMENT_OPTS)
@@ -161,7 +162,7 @@ def chunk_head_grads(k, B, Hb, Zb, gU, gby):
     ``Zb``, see :func:`head_step`): ``gU += Hb^T Zb`` (one product), ``gby += sum_rows Zb``."""
     N = k * B
     add_tn_product(gU, Hb, Zb, N, 0)
-    add_column_sum(gby, Zb, N, 0)
+    add_column_sums(gby, Zb, N, 0)
 
 
 @njit(**NJIT_OPTS)

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, transposed, accumulators
+from .window import WindowRun, stacked, transposed
 from .._kernels.momentum_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
@@ -49,8 +49,8 @@ class MomentumRNNWindow(WindowRun):
 
     def _cell_grads(self, gl, grad):
         L, B, H, dt = self.L, self.B, self.H, self.dt
-        return {"Ws": accumulators([q["W"] for q in gl], dt),
-                "bs": accumulators(self._bias_views(grad), dt),
+        return {"Ws": stacked([q["W"] for q in gl], dt),
+                "bs": stacked(self._bias_views(grad), dt),
                 "Ob": np.empty((L, self.chunk, B, H), dtype=dt),
                 # the backpropagation stage's own scratch when the backward is pipelined
                 "scratch": np.empty((B, H), dtype=dt)}

@@ -7,7 +7,7 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, transposed, accumulators
+from .window import WindowRun, stacked, transposed
 from .._kernels.revgru_stack import stack_forward, stack_backward, stack_undo, stack_backprop
 
 
@@ -42,7 +42,7 @@ class RevGRUWindow(WindowRun):
 
     def _cell_grads(self, gl, grad):
         L, B, Hh, dt = self.L, self.B, self.H // 2, self.dt
-        c = {nm + "s": accumulators([q[nm] for q in gl], dt)
+        c = {nm + "s": stacked([q[nm] for q in gl], dt)
              for nm in ("W1", "Wg1", "W2", "Wg2", "b")}
         c.update(Ob=np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
                  ROb=np.empty((L, 2, self.chunk, B, Hh), dtype=dt))

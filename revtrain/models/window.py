@@ -85,12 +85,6 @@ def aligned_empty(shape, dtype, align=64):
     return raw[off:off + n].view(dtype).reshape(shape)
 
 
-def accumulators(views, dtype):
-    """The gradient blocks ``views`` (views of the flat gradient a run adds into, already of
-    the run's ``dtype``) as a typed List: the kernels add into them in place."""
-    return stacked(views, dtype)
-
-
 def chunk_steps(B):
     """Steps per kernel call for ``B`` rows: ``CHUNK_ROWS / B`` within ``[1, CHUNK]``.
 
@@ -202,7 +196,7 @@ class WindowRun:
     def _cell_grads(self, gl, grad):
         """The cell's gradient blocks and scratch (a dict); ``gl`` the per-layer views of
         the flat gradient ``grad`` (the run's dtype), which the kernels add into in place
-        (:func:`accumulators`)."""
+        (as typed Lists: :func:`stacked` passes the views as they are)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ helpers
@@ -294,7 +288,7 @@ class WindowRun:
         bw = SimpleNamespace(
             sn=sn, sp=np.empty_like(sn), ds=np.zeros_like(sn),
             gU=g["U"], gby=g["b_y"], gE=gE, gV0=gl[0]["V"],
-            gVs=accumulators(self._upper_v(gl, dt), dt),
+            gVs=stacked(self._upper_v(gl, dt), dt),
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
             want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
             dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
