@@ -36,8 +36,8 @@ from .momentum_rnn import momentum_gates, leaky_h_inc, momentum_back
 from .quantize import quantise_convex, forget_add, forget_add_undo
 from .gemm import dot_rows, add_tn_product
 from .gemm_vec import add_column_sums
-from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
-                     chunk_input_grads, copy_rows,
+from .window import (to_float, project, head_step, pass_down,
+                     chunk_common_grads, copy_rows,
                      add_rows, keep_step)
 
 #: Part indices in ``q``: h, v.
@@ -128,7 +128,7 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs, m_
 
 
 @njit(**NJIT_OPTS)
-def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs,
+def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs,
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, gamma, learned, nbeta, cbeta, beta, vweight, U, by, softmax, labels,
                    target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gWs, gbs, gU, gby, dX,
@@ -153,6 +153,9 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
     step-by-step sums to rounding, not bit for bit; the loss, the trajectory and the
     gradients with respect to the states and inputs are the same bits.
     Returns ``(t, layer, part, code)``.
+    With ``grads`` False the chunk's parameter gradients are left in the chunk buffers
+    (``Ob``, ``dPb``, ``Xb0``, ``XbH``, ``dx0``, ``htop``, ``work``) for the caller to add
+    with :func:`chunk_grads` when its turn comes (two row groups adding into one gradient).
     """
     # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
     tr = (tr0, tr1, tr2, tr3)
@@ -172,11 +175,11 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws
             if code >= 0:
                 return tt, l, part, code
             dPb[l, tt - t0] = dP
-            pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,
-                      1, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
-    _chunk_weight_grads(t1 - t0, Ob, dPb, gWs, gbs)
-    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
-    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
+            pass_down(tt, tt - t0, l, mode_in, dP, tr[1], tr[2], inp0, inpH, m_btw,
+                      1, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
+    if grads:
+        chunk_grads(t1 - t0, t0, Ob, dPb, gWs, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
+                    htop, work, gV0, gVs, gE, gU, gby)
     return t0, 0, 0, -1
 
 
@@ -261,7 +264,7 @@ def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, flo
     same order, so the same bits."""
     # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
     tr = (tr0, tr1, tr2, tr3)
-    L, B = sn.shape[0], sn.shape[2]
+    L = sn.shape[0]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
         for l in range(L - 1, -1, -1):
@@ -270,11 +273,10 @@ def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, flo
                               by, softmax, labels, target, lscale, per_step, htop, work, dH,
                               terms, dP, Ob[l], tr[3][l])
             dPb[l, i] = dP
-            pass_down(tt, i, l, mode_in, xtok, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
-                      m_emb, m_btw, 1, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
-    _chunk_weight_grads(t1 - t0, Ob, dPb, gWs, gbs)
-    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
-    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
+            pass_down(tt, i, l, mode_in, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+                      m_btw, 1, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
+    chunk_grads(t1 - t0, t0, Ob, dPb, gWs, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
+                    htop, work, gV0, gVs, gE, gU, gby)
     return t0, 0, 0, -1
 
 
@@ -289,3 +291,15 @@ def _chunk_weight_grads(k, Ob, dPb, gWs, gbs):
         O = Ob[l, :k].reshape((N, H))
         add_tn_product(gWs[l], O, dP, N, 0)
         add_column_sums(gbs[l], dP, N, 0)
+
+
+@njit(**NJIT_OPTS)
+def chunk_grads(k, t0, Ob, dPb, gWs, gbs, mode_in, xtok, m_emb, Xb0, XbH, dxb0, htop, work,
+                gV0, gVs, gE, gU, gby):
+    """Add the parameter gradients of a backward chunk of ``k`` steps from ``t0``, from what
+    :func:`stack_backward` (``grads=False``) or :func:`stack_backprop` left in the chunk
+    buffers: the cell's weights (one product per block), the input weights, the token rows
+    and the output layer (:func:`~revtrain._kernels.window.chunk_common_grads`)."""
+    _chunk_weight_grads(k, Ob, dPb, gWs, gbs)
+    chunk_common_grads(k, t0, mode_in, xtok, m_emb, dPb, Xb0, XbH, dxb0, htop, work, gV0, gVs,
+                       gE, gU, gby)

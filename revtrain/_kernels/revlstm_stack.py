@@ -41,8 +41,8 @@ from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_ce
 from .quantize import forget_add, forget_add_undo
 from .gemm import dot_rows, add_tn_product
 from .gemm_vec import add_column_sums
-from .window import (to_float, project, head_step, chunk_head_grads, pass_down,
-                     chunk_input_grads, copy_cols, copy_rows, add_rows, keep_step)
+from .window import (to_float, project, head_step, pass_down,
+                     chunk_common_grads, copy_cols, copy_rows, add_rows, keep_step)
 
 #: Part indices in ``q``: h1, h2, c1, c2.
 H1, H2, C1, C2 = 0, 1, 2, 3
@@ -134,7 +134,7 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m
 
 
 @njit(**NJIT_OPTS)
-def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs,
+def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs,
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
@@ -154,6 +154,9 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
     rounding, not bit for bit; the loss, the trajectory and the gradients
     with respect to the states and inputs are the same bits.
     Returns ``(t, layer, part, code)``.
+    With ``grads`` False the chunk's parameter gradients are left in the chunk buffers
+    (``Ob``, ``dPb``, ``Xb0``, ``XbH``, ``dx0``, ``htop``, ``work``) for the caller to add
+    with :func:`chunk_grads` when its turn comes (two row groups adding into one gradient).
     """
     # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
     tr = (tr0, tr1, tr2, tr3, tr4)
@@ -173,11 +176,11 @@ def stack_backward(t0, t1, T, reverse, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1
             if code >= 0:
                 return tt, l, part, code
             dPb[l, tt - t0] = dP
-            pass_down(tt, tt - t0, l, mode_in, xtok, dP, tr[1], tr[2], inp0, inpH, m_emb, m_btw,
-                      2, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
-    _chunk_weight_grads(t1 - t0, Ob, dPb, gW1s, gW2s, gbs)
-    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
-    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
+            pass_down(tt, tt - t0, l, mode_in, dP, tr[1], tr[2], inp0, inpH, m_btw,
+                      2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
+    if grads:
+        chunk_grads(t1 - t0, t0, Ob, dPb, gW1s, gW2s, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
+                    htop, work, gV0, gVs, gE, gU, gby)
     return t0, 0, 0, -1
 
 
@@ -285,7 +288,7 @@ def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, flo
     order as :func:`stack_backward`, so the same bits."""
     # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
     tr = (tr0, tr1, tr2, tr3, tr4)
-    L, B = sn.shape[0], sn.shape[2]
+    L = sn.shape[0]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
         for l in range(L - 1, -1, -1):
@@ -294,11 +297,10 @@ def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, flo
                               labels, target, lscale, per_step, htop, work, dH, terms, dP, Ob[l],
                               tr[3][l], tr[4][l], o, A)
             dPb[l, i] = dP
-            pass_down(tt, i, l, mode_in, xtok, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
-                      m_emb, m_btw, 2, ds, gE, gV0, dX, want_dx, dx0, dxH, Xb0, XbH)
-    _chunk_weight_grads(t1 - t0, Ob, dPb, gW1s, gW2s, gbs)
-    chunk_input_grads(t1 - t0, mode_in, dPb, Xb0, XbH, gV0, gVs)
-    chunk_head_grads(t1 - t0, B, htop, work, gU, gby)
+            pass_down(tt, i, l, mode_in, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+                      m_btw, 2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
+    chunk_grads(t1 - t0, t0, Ob, dPb, gW1s, gW2s, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
+                    htop, work, gV0, gVs, gE, gU, gby)
     return t0, 0, 0, -1
 
 
@@ -313,3 +315,15 @@ def _chunk_weight_grads(k, Ob, dPb, gW1s, gW2s, gbs):
         add_tn_product(gW1s[l], Ob[l, 0, :k].reshape((N, Hh)), dP, N, 0)
         add_tn_product(gW2s[l], Ob[l, 1, :k].reshape((N, Hh)), dP, N, 5 * Hh)
         add_column_sums(gbs[l], dP, N, 0)
+
+
+@njit(**NJIT_OPTS)
+def chunk_grads(k, t0, Ob, dPb, gW1s, gW2s, gbs, mode_in, xtok, m_emb, Xb0, XbH, dxb0, htop, work,
+                gV0, gVs, gE, gU, gby):
+    """Add the parameter gradients of a backward chunk of ``k`` steps from ``t0``, from what
+    :func:`stack_backward` (``grads=False``) or :func:`stack_backprop` left in the chunk
+    buffers: the cell's weights (one product per block), the input weights, the token rows
+    and the output layer (:func:`~revtrain._kernels.window.chunk_common_grads`)."""
+    _chunk_weight_grads(k, Ob, dPb, gW1s, gW2s, gbs)
+    chunk_common_grads(k, t0, mode_in, xtok, m_emb, dPb, Xb0, XbH, dxb0, htop, work, gV0, gVs,
+                       gE, gU, gby)

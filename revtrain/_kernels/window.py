@@ -166,33 +166,27 @@ def chunk_head_grads(k, B, Hb, Zb, gU, gby):
 
 
 @njit(**NJIT_OPTS)
-def pass_down(t, i, l, mode_in, xtok, dP, V0T, VsT, inp0, inpH, m_emb, m_btw, nh, ds, gE, gV0,
-              dX, want_dx, dx0, dxH, Xb0, XbH):
+def pass_down(t, i, l, mode_in, dP, V0T, VsT, inp0, inpH, m_btw, nh, ds, dX, want_dx, dxb0, dxH,
+              Xb0, XbH):
     """Input side of layer ``l``'s backward at step ``t`` (row ``i`` of the chunk).
 
-    One-hot inputs scatter-add ``dP`` into rows of ``gV0``; float inputs are kept
-    in ``Xb0`` / ``XbH`` for :func:`chunk_input_grads`; dL/d(input) = ``dP V^T``
-    goes to the embedding rows, ``dX[t]`` or the layer below's ``h`` (masked).
-    ``V0T``, ``VsT``: the input weights transposed (``V0.T``, ``Vs[l].T``; see
-    :func:`revtrain.models.window.transposed`).
+    Float inputs are kept in ``Xb0`` / ``XbH`` for :func:`chunk_input_grads`;
+    dL/d(input) = ``dP V^T`` goes to ``dxb0[i]`` (layer 0: embedding rows, for
+    :func:`chunk_scatter`, or ``dX[t]``) or the layer below's ``h`` (masked).
+    One-hot inputs need nothing here: :func:`chunk_scatter` adds the chunk's ``dP``
+    into rows of ``gV0``. ``V0T``, ``VsT``: the input weights transposed (``V0.T``,
+    ``Vs[l].T``; see :func:`revtrain.models.window.transposed`).
     """
-    B, G = dP.shape
+    B = dP.shape[0]
     if l == 0 and mode_in == 0:
-        for r in range(B):
-            row = xtok[t, r]
-            for c in range(G):
-                gV0[row, c] += dP[r, c]
-    elif l == 0:
+        return
+    if l == 0:
         Xb0[i] = inp0
         if mode_in == 1 or want_dx:
-            D0 = dx0.shape[1]
+            dx0 = dxb0[i]
             dot_rows(dP, V0T, dx0)
-            if mode_in == 1:
-                for r in range(B):
-                    row = xtok[t, r]
-                    for c in range(D0):
-                        gE[row, c] += dx0[r, c] * m_emb[r, c]
-            else:
+            if mode_in == 2:
+                D0 = dx0.shape[1]
                 for r in range(B):
                     for c in range(D0):
                         dX[t, r, c] = dx0[r, c]
@@ -200,6 +194,25 @@ def pass_down(t, i, l, mode_in, xtok, dP, V0T, VsT, inp0, inpH, m_emb, m_btw, nh
         XbH[l - 1, i] = inpH
         dot_rows(dP, VsT[l - 1], dxH)
         _add_h(ds[l - 1], nh, dxH, m_btw[l - 1])
+
+
+@njit(**NJIT_OPTS)
+def chunk_scatter(k, t0, mode_in, xtok, m_emb, dPb, dxb0, gV0, gE):
+    """Add a chunk's token-row gradients: one-hot inputs ``gV0[x[t, r]] += dP_0[t, r]``,
+    embeddings ``gE[x[t, r]] += dxb0[t - t0, r] * m_emb[r]``, steps ``t0 + k - 1 .. t0``
+    (the backward's order), rows in order: the additions of a per-step scatter."""
+    B, G = dPb.shape[2], dPb.shape[3]
+    D0 = dxb0.shape[2]
+    for i in range(k - 1, -1, -1):
+        t = t0 + i
+        for r in range(B):
+            row = xtok[t, r]
+            if mode_in == 0:
+                for c in range(G):
+                    gV0[row, c] += dPb[0, i, r, c]
+            elif mode_in == 1:
+                for c in range(D0):
+                    gE[row, c] += dxb0[i, r, c] * m_emb[r, c]
 
 
 @njit(**NJIT_OPTS)
@@ -215,3 +228,14 @@ def chunk_input_grads(k, mode_in, dPb, Xb0, XbH, gV0, gVs):
         elif mode_in != 0:
             D0 = Xb0.shape[2]
             add_tn_product(gV0, Xb0[:k].reshape((N, D0)), dP, N, 0)
+
+
+@njit(**NJIT_OPTS)
+def chunk_common_grads(k, t0, mode_in, xtok, m_emb, dPb, Xb0, XbH, dxb0, htop, work, gV0, gVs,
+                       gE, gU, gby):
+    """The gradients every cell adds once per chunk of ``k`` steps from ``t0``: the input
+    weights' (:func:`chunk_input_grads`), the token rows' (:func:`chunk_scatter`) and the
+    output layer's (:func:`chunk_head_grads`). They write to different arrays."""
+    chunk_input_grads(k, mode_in, dPb, Xb0, XbH, gV0, gVs)
+    chunk_scatter(k, t0, mode_in, xtok, m_emb, dPb, dxb0, gV0, gE)
+    chunk_head_grads(k, dPb.shape[2], htop, work, gU, gby)

@@ -8,7 +8,8 @@ gradients once per chunk).
 import numpy as np
 
 from .window import WindowRun, stacked, transposed
-from .._kernels.momentum_stack import stack_forward, stack_backward, stack_undo, stack_backprop
+from .._kernels.momentum_stack import (stack_forward, stack_backward, stack_undo,
+                                       stack_backprop, chunk_grads)
 
 
 class MomentumRNNWindow(WindowRun):
@@ -55,10 +56,10 @@ class MomentumRNNWindow(WindowRun):
                 # the backpropagation stage's own scratch when the backward is pipelined
                 "scratch": np.empty((B, H), dtype=dt)}
 
-    def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
+    def _backward_chunk(self, t0, t1, reverse, grads, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
         return stack_backward(
-            t0, t1, self.T, reverse, *self.inputs(), self.Ws, self.bs, self.bgs,
+            t0, t1, self.T, reverse, grads, *self.inputs(), self.Ws, self.bs, self.bgs,
             self.m_btw, self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2,
             m.D, m.nmin, m.scale, m.inv_scale, *self.consts, m.beta, 1.0 - m.beta, self.U,
             self.by, bw.softmax, batch.labels, bw.target, batch.scale, batch.per_step, bw.sn,
@@ -66,6 +67,12 @@ class MomentumRNNWindow(WindowRun):
             bw.want_dx, self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.hf, self.A,
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
             bw.terms, *self.tr)
+
+    def _chunk_grads(self, t0, t1, bw):
+        c = bw.cell
+        chunk_grads(t1 - t0, t0, c["Ob"], bw.dPb, c["Ws"], c["bs"],
+                    self.mode_in, self.xtok, self.m_emb, bw.Xb0, bw.XbH, bw.dx0, bw.htop,
+                    bw.work, bw.gV0, bw.gVs, bw.gE, bw.gU, bw.gby)
 
     def kept_gates(self):
         """(g, gamma, sigma, B, units)."""

@@ -8,7 +8,8 @@ gradients once per chunk).
 import numpy as np
 
 from .window import WindowRun, stacked, transposed
-from .._kernels.revlstm_stack import stack_forward, stack_backward, stack_undo, stack_backprop
+from .._kernels.revlstm_stack import (stack_forward, stack_backward, stack_undo,
+                                      stack_backprop, chunk_grads)
 
 
 class RevLSTMWindow(WindowRun):
@@ -44,10 +45,10 @@ class RevLSTMWindow(WindowRun):
                  o=np.empty((B, Hh), dtype=dt), A=np.empty((B, 5 * Hh), dtype=dt))
         return c
 
-    def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
+    def _backward_chunk(self, t0, t1, reverse, grads, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
         return stack_backward(
-            t0, t1, self.T, reverse, *self.inputs(), self.W1s, self.W2s, self.bs,
+            t0, t1, self.T, reverse, grads, *self.inputs(), self.W1s, self.W2s, self.bs,
             self.m_btw, self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2,
             m.D, m.nmin, m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax,
             batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
@@ -55,6 +56,12 @@ class RevLSTMWindow(WindowRun):
             self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb,
             bw.Xb0, bw.XbH, bw.terms, *self.tr)
+
+    def _chunk_grads(self, t0, t1, bw):
+        c = bw.cell
+        chunk_grads(t1 - t0, t0, c["Ob"], bw.dPb, c["W1s"], c["W2s"], c["bs"],
+                    self.mode_in, self.xtok, self.m_emb, bw.Xb0, bw.XbH, bw.dx0, bw.htop,
+                    bw.work, bw.gV0, bw.gVs, bw.gE, bw.gU, bw.gby)
 
     def kept_gates(self):
         """(i, f, sf, o, p, sp, g of each half, B, units)."""

@@ -21,7 +21,7 @@ Layouts shared with the kernels (``L`` layers, ``B`` rows):
   (B, H), all ones without dropout.
 
 A cell subclasses :class:`WindowRun` with ``_pack_cell``, ``_forward_chunk``,
-``_backward_chunk`` and ``_cell_grads`` (and, to pipeline its backward,
+``_backward_chunk``, ``_chunk_grads`` and ``_cell_grads`` (and, to pipeline its backward,
 ``kept_gates``, ``_undo_chunk`` and ``_backprop_chunk``); :mod:`revtrain.models.window_calls`
 runs a call's row groups and combines their results.
 """
@@ -185,12 +185,18 @@ class WindowRun:
         ``(t, layer, part, code)``."""
         raise NotImplementedError
 
-    def _backward_chunk(self, t0, t1, reverse, store, batch, bw):
-        """Run the backward kernel on steps ``t1-1 .. t0``; return ``(t, layer, part, code)``.
+    def _backward_chunk(self, t0, t1, reverse, grads, store, batch, bw):
+        """Run the backward kernel on steps ``t1-1 .. t0`` (adding their parameter gradients
+        when ``grads``); return ``(t, layer, part, code)``.
 
         ``bw`` is the namespace of :meth:`backward`'s arrays (gradients, workspaces,
         ``terms`` for the per-row losses).
         """
+        raise NotImplementedError
+
+    def _chunk_grads(self, t0, t1, bw):
+        """Add the parameter gradients of steps ``t0 .. t1-1`` that ``_backward_chunk``
+        (``grads`` False) left in ``bw``'s chunk buffers."""
         raise NotImplementedError
 
     def _cell_grads(self, gl, grad):
@@ -269,6 +275,9 @@ class WindowRun:
 
         A reversible run alone in its call, with two row threads or more, runs
         as a two-stage pipeline (:meth:`_pipelined_backward`), with the same bits.
+        Two row groups adding into one gradient run chunk by chunk instead
+        (:meth:`begin_backward`, :meth:`backward_chunk`, :meth:`add_chunk_grads`,
+        :meth:`end_backward`; :func:`~revtrain.models.window_calls.run_window`).
 
         ``grad`` (size,) in the run's dtype: the gradient is added into it in place
         (the caller's own gradient, or a zeroed array the caller adds to its gradient
@@ -277,6 +286,19 @@ class WindowRun:
         Returns ``(terms, dstate0, dx)``: ``terms`` float64 (steps with a target, B) the
         per-row loss terms (the loss is :func:`~revtrain.models.window_calls.fold_terms`).
         """
+        bw = self.begin_backward(batch, reverse, store, want_dx, grad)
+        if reverse and self._pipelined():
+            self._pipelined_backward(bw.chunks, batch, bw)
+        else:
+            for k in range(len(bw.chunks)):
+                t, l, part, code = self.backward_chunk(bw, k, True)
+                if code >= 0:
+                    self._reversal_failed(t, l, part, code)
+        return self.end_backward(bw)
+
+    def begin_backward(self, batch, reverse, store, want_dx, grad):
+        """The backward pass's arrays (a namespace; ``chunks``: the chunks' ``(t0, t1)``,
+        last first), the gradient ``grad`` (size,) in the run's dtype added into in place."""
         m = self.m
         L, B, H, T = self.L, self.B, self.H, self.T
         dt = self.dt
@@ -291,7 +313,10 @@ class WindowRun:
             gVs=stacked(self._upper_v(gl, dt), dt),
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
             want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
-            dx0=np.empty((B, self.D0), dtype=dt), dxH=np.empty((B, H), dtype=dt),
+            # layer 0's input gradients over a chunk's steps (the embedding rows' sums per chunk)
+            dx0=np.empty((self.chunk if self.mode_in == 1 or want_dx else 1, B, self.D0),
+                         dtype=dt),
+            dxH=np.empty((B, H), dtype=dt),
             # the output layer's inputs and dL/dz over a chunk's rows (one weight product per chunk)
             htop=np.empty((self.chunk * B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
             work=np.empty((self.chunk * B, m.n_out), dtype=dt),
@@ -300,24 +325,34 @@ class WindowRun:
             XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
             target=batch.target.astype(dt, copy=False),
             cell=self._cell_grads(gl, grad),
-            terms=np.zeros((T if batch.per_step else 1, B)))
-        st = np.zeros((1,) * 5, dtype=np.int64) if store is None else store
+            terms=np.zeros((T if batch.per_step else 1, B)),
+            batch=batch, reverse=reverse,
+            store=np.zeros((1,) * 5, dtype=np.int64) if store is None else store,
+            chunks=[(t0, min(T, t0 + self.chunk)) for t0 in reversed(range(0, T, self.chunk))])
         hook = getattr(m, "_fault_hook", None)        # tests inject faults here
         if hook is not None:
             hook("before", self)
-        chunks = [(t0, min(T, t0 + self.chunk)) for t0 in reversed(range(0, T, self.chunk))]
-        if reverse and self._pipelined():
-            self._pipelined_backward(chunks, batch, bw)
-        else:
-            for t0, t1 in chunks:
-                if reverse:
-                    self._reserve(t1 - t0)
-                t, l, part, code = self._backward_chunk(t0, t1, reverse, st, batch, bw)
-                if code >= 0:
-                    self._reversal_failed(t, l, part, code)
+        return bw
+
+    def backward_chunk(self, bw, k, grads):
+        """Steps of chunk ``bw.chunks[k]``, backwards; ``grads``: add their parameter gradients
+        now, else leave them for :meth:`add_chunk_grads`. Returns ``(t, layer, part, code)``."""
+        t0, t1 = bw.chunks[k]
+        if bw.reverse:
+            self._reserve(t1 - t0)
+        return self._backward_chunk(t0, t1, bw.reverse, grads, bw.store, bw.batch, bw)
+
+    def add_chunk_grads(self, bw, k):
+        """Add the parameter gradients :meth:`backward_chunk` left of chunk ``bw.chunks[k]``."""
+        self._chunk_grads(*bw.chunks[k], bw)
+
+    def end_backward(self, bw):
+        """Check the reversal and read the results: ``(terms, dstate0, dx)`` (:meth:`backward`)."""
+        m, L, B = self.m, self.L, self.B
+        hook = getattr(m, "_fault_hook", None)
         if hook is not None:
             hook("after", self)
-        if reverse:
+        if bw.reverse:
             for l in range(L):
                 check_reversal(f"{m._layer_tag(l)}: reversible BPTT",
                                np.array_equal(self.q[l], self.q0[l]), self.layer_buffer(l))
@@ -325,7 +360,7 @@ class WindowRun:
         dstate0 = np.empty((B, L * S))
         for l in range(L):
             dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
-        dx = bw.dX.astype(np.float64, copy=False) if want_dx else None
+        dx = bw.dX.astype(np.float64, copy=False) if bw.want_dx else None
         return bw.terms, dstate0, dx
 
     # ------------------------------------------------------------ pipelined backward

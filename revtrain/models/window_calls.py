@@ -5,13 +5,16 @@ A batch is cut into row groups fixed by its size
 :class:`~revtrain.models.window.WindowRun` on one of
 :func:`revtrain.get_row_threads` threads, and their results are combined in
 group order (per-row loss terms folded in the per-step reference's order,
-gradients summed group after group), so the bits do not depend on the
+gradients summed group after group; two halves add into one gradient chunk
+after chunk, :mod:`revtrain.models.lockstep`), so the bits do not depend on the
 number of threads.
 """
 import numpy as np
 
-from .._threads import run_groups
+from .._threads import run_groups, get_row_threads
+from .lockstep import run_lockstep
 from .row_groups import window_row_groups, group_batch, group_masks
+from .window import chunk_steps
 from .._kernels.head import softmax_xent_rows, mse_rows, fold_rows
 
 
@@ -32,13 +35,16 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
     if dt != theta.dtype:
         theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
     out, shared = [], {}
-    for i, (r0, r1) in enumerate(window_row_groups(B)):
+    groups = window_row_groups(B)
+    for i, (r0, r1) in enumerate(groups):
         whole = r0 == 0 and r1 == B
         xg = x if whole else (xs[i] if xs is not None else np.ascontiguousarray(x[:, r0:r1]))
         run = run_class(model, theta, xg, tokens,
                         None if state0 is None else state0[r0:r1],
                         masks if whole else group_masks(masks, r0, r1), shared)
         run.row0, run.B_total = r0, B
+        # the first group's chunks for all: two halves take their backward chunks in step
+        run.chunk = chunk_steps(groups[0][1] - groups[0][0])
         out.append((r0, r1, run))
     return out
 
@@ -69,15 +75,21 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
         buffer_bytes = sum(run.buf.nbytes for run in runs)
         stored = buffer_bytes + B * model.state_size * 8 + mask_bytes
     want_dx = want_inputs and not batch.tokens
-    # the gradient has theta's dtype; the first group adds into it in place when it computes
-    # in that dtype, the others (and a float32 run of float64 theta) into zeroed arrays of
-    # their own, added group after group: the bits do not depend on the threads
+    # the gradient has theta's dtype. One or two groups add into it in place when they
+    # compute in that dtype, else into a zeroed array of theta's size in their dtype; more
+    # groups add into arrays of their own, added group after group. Either way the bits
+    # do not depend on the threads.
     in_place = theta.dtype == runs[0].dt
     grad = np.zeros(model.size, dtype=theta.dtype) if in_place else None
-    targets = [grad if in_place and i == 0 else np.zeros(model.size, dtype=run.dt)
-               for i, run in enumerate(runs)]
-    out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard", stores[i],
-                                                want_dx, targets[i]), len(runs))
+    if len(runs) == 2:
+        targets = [grad if in_place else np.zeros(model.size, dtype=runs[0].dt)]
+        out = backward_in_lockstep(runs, gbatches, mode != "standard", stores, want_dx,
+                                   targets[0])
+    else:
+        targets = [grad if in_place and i == 0 else np.zeros(model.size, dtype=run.dt)
+                   for i, run in enumerate(runs)]
+        out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard",
+                                                    stores[i], want_dx, targets[i]), len(runs))
     stores = gbatches = None          # (the standard mode's stored states)
     for run in runs:
         run.release()                 # buffers, parameter copies: before the gradient's sum
@@ -94,6 +106,22 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
         info["dstate0"] = np.concatenate([o[1] for o in out])
         info["dx"] = np.concatenate([o[2] for o in out], axis=1) if want_dx else None
     return loss, grad, info
+
+
+def backward_in_lockstep(runs, batches, reverse, stores, want_dx, grad):
+    """The backward passes of two row groups, adding into one gradient ``grad`` chunk after
+    chunk in group order (:func:`~revtrain.models.lockstep.run_lockstep`), side by side on
+    two row threads. Returns each run's ``(terms, dstate0, dx)``."""
+    bws = [run.begin_backward(b, reverse, st, want_dx, grad)
+           for run, b, st in zip(runs, batches, stores)]
+    assert bws[0].chunks == bws[1].chunks
+    failed = run_lockstep(len(bws[0].chunks),
+                          lambda g, k: runs[g].backward_chunk(bws[g], k, False),
+                          lambda g, k: runs[g].add_chunk_grads(bws[g], k), get_row_threads())
+    if failed is not None:
+        g, (t, l, part, code) = failed
+        runs[g]._reversal_failed(t, l, part, code)
+    return [run.end_backward(bw) for run, bw in zip(runs, bws)]
 
 
 def window_loss(model, theta, batch, state0, masks, run_class):
