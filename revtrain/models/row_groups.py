@@ -6,7 +6,8 @@ summed over them. So a batch of ``B`` rows is cut into groups of
 group's forward and backward pass runs as a call of its own, the groups on
 up to :func:`revtrain.set_row_threads` threads at once (Numba kernels release
 the GIL; BLAS runs on one thread inside each), and the groups' gradients are
-added in group order. The results therefore depend on ``B`` only, never on
+added in group order (a reversible cell's two halves add into one gradient
+chunk after chunk, in that order: :mod:`revtrain.models.lockstep`). The results therefore depend on ``B`` only, never on
 the number of threads or the machine's load. Measured on 2 cores (idle):
 RevLSTM float32, T=1000, B=32, H=256, one ``loss_and_grad``: 1.53 s on one
 thread, 0.80 s on two.
@@ -39,7 +40,8 @@ def window_row_groups(B):
     H=256 took 216-226 against 324-334 ms; B=8, H=128 51 against 74; B=4 35 against 39).
     Fixed by ``B`` alone, like :func:`row_groups`; the trajectory, loss and state gradients
     do not depend on the groups at all (every row on its own), the parameter gradient's
-    bits on ``B`` only (the groups' sums added in group order).
+    bits on ``B`` only (the halves add into one gradient chunk after chunk in group order,
+    :mod:`revtrain.models.lockstep`; more groups add their own sums in group order).
     """
     if MIN_HALVES <= B <= 2 * ROW_BLOCK:
         half = (B + 1) // 2
