@@ -20,6 +20,7 @@ instead of spinning, so a busy machine slows them down without the collapse
 above, and the bits do not depend on the number of threads (a group
 computes the same whether it runs alone or beside others).
 """
+import _thread
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -145,3 +146,27 @@ def run_groups(fn, n):
     if err is not None:
         raise err
     return out
+
+
+class ThreadCount:
+    """How many threads of one kind are running now (``with count:`` around a thread's work;
+    ``count.n``). Tests read it to check that nothing was left running. A forked child has
+    none of the parent's threads: the count restarts at 0 there, with a new lock (the
+    parent's may have been held at the fork)."""
+
+    def __init__(self):
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self):
+        self.n = 0
+        self._lock = _thread.allocate_lock()
+
+    def __enter__(self):
+        with self._lock:
+            self.n += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self.n -= 1

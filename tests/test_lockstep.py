@@ -132,3 +132,118 @@ def test_halves_hold_one_gradient(threads_n, threads):
     finally:
         tracemalloc.stop()
     assert counts == [1]
+
+
+STRESS = r'''
+import random, signal, sys, time
+from revtrain.models import lockstep
+from revtrain.models.lockstep import run_lockstep
+
+armed = [False]
+
+def handler(sig, frame):
+    if armed[0]:              # once per call, never in the loop's own clean-up
+        armed[0] = False
+        raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, handler)
+rnd = random.Random(5)
+log = []
+
+def compute(g, k):
+    time.sleep(rnd.uniform(0, 2e-4))
+    return (k, g, -1)
+
+def add(g, k):
+    log.append((k, g))
+    time.sleep(rnd.uniform(0, 1e-4))
+
+hits = 0
+for i in range(400):
+    log.clear()
+    try:
+        armed[0] = True
+        signal.setitimer(signal.ITIMER_REAL, rnd.uniform(1e-5, 3e-3))
+        run_lockstep(8, compute, add, 2)
+        armed[0] = False
+    except KeyboardInterrupt:
+        hits += 1
+    signal.setitimer(signal.ITIMER_REAL, 0)
+for _ in range(100):
+    if lockstep.running() == 0:
+        break
+    time.sleep(0.01)
+log.clear()
+assert run_lockstep(8, compute, add, 2) is None
+assert log == [(k, g) for k in range(8) for g in (0, 1)], log
+print("OK", hits, lockstep.running())
+'''
+
+
+def test_random_interruptions_leave_nothing_running_and_no_hang(tmp_path):
+    """400 calls interrupted at random moments (SIGALRM raising KeyboardInterrupt in the
+    calling thread): no hang (the subprocess's timeout), no lane left running, and the next
+    call adds in the serial order."""
+    import subprocess
+    import sys
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ok, hits, running = res.stdout.split()
+    assert ok == "OK" and int(hits) > 50 and running == "0"
+    assert "Exception ignored in thread" not in res.stderr, res.stderr[-2000:]
+
+
+def test_an_exception_in_the_second_group_alone_and_the_next_call(threads):
+    """A group-1 exception is raised on 1 and 2 threads; nothing stays running and the
+    next call gives the bits of a clean call."""
+    m, theta, x, y = _problem(rt.RevGRU, 9)
+    ref = m.loss_and_grad(theta, x, y, dropout_seed=1)
+    from revtrain.models import window
+    orig = window.WindowRun.add_chunk_grads
+
+    def add(self, bw, k):
+        if self.row0 > 0 and k == 1:
+            raise ValueError("add of group 1")
+        return orig(self, bw, k)
+    for n in (1, 2):
+        threads(n)
+        window.WindowRun.add_chunk_grads = add
+        try:
+            with pytest.raises(ValueError, match="add of group 1"):
+                m.loss_and_grad(theta, x, y, dropout_seed=1)
+        finally:
+            window.WindowRun.add_chunk_grads = orig
+        assert lockstep.running() == 0
+        loss, grad = m.loss_and_grad(theta, x, y, dropout_seed=1)
+        assert loss == ref[0] and np.array_equal(grad, ref[1])
+
+
+def test_a_forked_child_counts_no_lanes():
+    """A child forked while a lane runs has none: its count restarts at 0 and it can call."""
+    import os
+    import threading
+    m, theta, x, y = _problem(rt.RevLSTM, 6)
+    ref = m.loss_and_grad(theta, x, y, dropout_seed=2)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def compute(g, k):
+        inside.set()
+        release.wait(5)
+        return (k, g, -1)
+    t = threading.Thread(target=run_lockstep, args=(2, compute, lambda g, k: None, 2))
+    t.start()
+    inside.wait(5)
+    assert lockstep.running() >= 1
+    pid = os.fork()
+    if pid == 0:                                    # the child
+        ok = lockstep.running() == 0
+        loss, grad = m.loss_and_grad(theta, x, y, dropout_seed=2)
+        ok = ok and loss == ref[0] and np.array_equal(grad, ref[1])
+        os._exit(0 if ok else 1)
+    release.set()
+    t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -13,19 +13,21 @@ order of one thread running the groups in turn::
 Each group's ``compute`` reads and writes only its own arrays, so on two threads
 the computes of the two groups overlap and only the additions take turns
 (:func:`run_lockstep`); the gradient's bits are those of the serial order
-whatever the threads. The hand-over uses the interpreter's plain locks and a
-thread started with ``_thread.start_new_thread``, as the pipeline does
-(:mod:`revtrain.models.pipeline`): an interruption of the calling thread leaves
-nothing running.
+whatever the threads. The groups run on two threads started with
+``_thread.start_new_thread`` while the calling thread waits, so a Ctrl-C reaches
+the calling thread in a wait, never inside a kernel call's argument handling;
+the hand-over uses the interpreter's plain locks, whose operations either happen
+or not when interrupted, and every wait polls a stop flag, as the pipeline does
+(:mod:`revtrain.models.pipeline`).
 """
 import _thread
 import weakref
 
+from .._threads import ThreadCount
 from .pipeline import POLL_SECONDS, _locked, _release
 
-#: Second lanes running now (:func:`running`), and the lock of that count.
-_running = [0]
-_running_lock = _thread.allocate_lock()
+#: Lanes running now (:func:`running`).
+_running = ThreadCount()
 
 
 class _Call:
@@ -33,8 +35,8 @@ class _Call:
 
 
 def running():
-    """How many second lanes are running now (0 once every call has ended)."""
-    return _running[0]
+    """How many lanes are running now (0 once every call has ended)."""
+    return _running.n
 
 
 def run_lockstep(n_chunks, compute, add, threads):
@@ -52,15 +54,16 @@ def run_lockstep(n_chunks, compute, add, threads):
     add : callable ``(g, k)``
         Adds what ``compute(g, k)`` left into the shared result.
     threads : int
-        With 2 or more, group 1 runs on a second thread and only the ``add`` calls take
-        turns; else both groups run in the serial order on the calling thread.
+        With 2 or more, the groups run on two threads of their own and only the ``add``
+        calls take turns; else both run in the serial order on the calling thread.
 
     Returns
     -------
     None, or ``(g, code)`` of the first failure in the serial order (the same whatever
     ``threads``). An exception of either group is raised here (the first in the serial
-    order), once the second thread has ended; an interruption of the calling thread
-    stops the second thread within a chunk or ``POLL_SECONDS``.
+    order) once both threads have ended. An interruption of the calling thread (which
+    only waits) stops both within a chunk or ``POLL_SECONDS``, and is raised once they
+    have ended.
     """
     if threads < 2:
         for k in range(n_chunks):
@@ -71,9 +74,10 @@ def run_lockstep(n_chunks, compute, add, threads):
                 add(g, k)
         return None
 
-    # turn[g] free = group g may add its next chunk; done held until the second lane ended
+    # turn[g] free = group g may add its next chunk; wake released when a lane ends
     turn = [_thread.allocate_lock(), _locked()]
-    done = _locked()
+    wake = _locked()
+    ended = [False, False]
     first = [None]                  # (k, g, code or exception) first in the serial order
     first_lock = _thread.allocate_lock()
     stop = [False]
@@ -114,37 +118,39 @@ def run_lockstep(n_chunks, compute, add, threads):
             if not take_turn(g):
                 continue                        # a failure: no more sums, only the computes
             try:
-                if first[0] is None:
+                if first[0] is None and not stopped():
                     add(g, k)
             except BaseException as e:          # noqa: B902
                 record(k, g, e)
                 return
             finally:
-                turn[1 - g].release()
+                _release(turn[1 - g])           # (already free if the call was stopped)
 
-    def run_second():
-        with _running_lock:
-            _running[0] += 1
+    def run_lane(g):
         try:
-            lane(1)
+            with _running:
+                lane(g)
         finally:
-            with _running_lock:
-                _running[0] -= 1
-            done.release()
+            ended[g] = True
+            _release(wake)
 
-    started = waited = False
+    started = 0
     try:
-        _thread.start_new_thread(run_second, ())
-        started = True
-        lane(0)
-        done.acquire()
-        waited = True
-    finally:
-        stop[0] = True
+        for g in (0, 1):
+            _thread.start_new_thread(run_lane, (g,))
+            started += 1
+        while not all(ended):
+            wake.acquire(timeout=POLL_SECONDS)
+    except BaseException:
+        stop[0] = True              # interrupted: the lanes stop within a chunk or a poll
         for lock in turn:
             _release(lock)
-        if started and not waited:
-            done.acquire()
+        raise
+    finally:
+        # the end is read from the lanes' flags, not from consuming a lock, so an
+        # interruption anywhere here cannot make this wait for a release already taken
+        while not all(ended[:started]):
+            wake.acquire(timeout=POLL_SECONDS)
     if first[0] is None:
         return None
     k, g, what = first[0]

@@ -21,12 +21,13 @@ threads with ``Thread.start`` and hung the next call with a thread pool).
 import _thread
 import weakref
 
+from .._threads import ThreadCount
+
 #: How often (s) the pipeline's thread, waiting for a slot, looks whether the pipeline stopped.
 POLL_SECONDS = 0.05
 
-#: First stages running now (:func:`running`), and the lock of that count.
-_running = [0]
-_running_lock = _thread.allocate_lock()
+#: First stages running now (:func:`running`).
+_running = ThreadCount()
 
 
 class _Call:
@@ -36,7 +37,7 @@ class _Call:
 def running():
     """How many first stages are running now (0 once every call has ended and its stage
     stopped)."""
-    return _running[0]
+    return _running.n
 
 
 def _locked():
@@ -109,13 +110,10 @@ def run_pipeline(chunks, slots, first, second):
             _release(ready[k % 2])
 
     def run_first():
-        with _running_lock:
-            _running[0] += 1
         try:
-            first_stage()
+            with _running:
+                first_stage()
         finally:
-            with _running_lock:
-                _running[0] -= 1
             done.release()
 
     started = False

@@ -43,8 +43,8 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
                         None if state0 is None else state0[r0:r1],
                         masks if whole else group_masks(masks, r0, r1), shared)
         run.row0, run.B_total = r0, B
-        # the first group's chunks for all: two halves take their backward chunks in step
-        run.chunk = chunk_steps(groups[0][1] - groups[0][0])
+        if len(groups) == 2:    # two halves take their backward chunks in step: the first's
+            run.chunk = chunk_steps(groups[0][1] - groups[0][0])
         out.append((r0, r1, run))
     return out
 
