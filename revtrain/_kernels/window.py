@@ -122,7 +122,7 @@ def head_step(t, i, T, per_step, snl, nh, m_top, U, UT, by, softmax, labels, tar
               Hb, Zb, dH, dsl, terms):
     """Output layer of step ``t`` (row ``i`` of its chunk) on the top layer's (masked) ``h``;
     adds dL/dh to ``dsl``. ``UT``: ``U.T`` (a transposed copy for real dtypes, see
-    :func:`revtrain.models.window.transposed`).
+    :func:`revtrain.models.window_arrays.transposed`).
 
     The masked ``h`` goes to rows ``i*B .. (i+1)*B`` of ``Hb`` (chunk rows, H)
     and dL/dz to those of ``Zb`` (chunk rows, O; zeros for a step without a
@@ -175,7 +175,7 @@ def pass_down(t, i, l, mode_in, dP, V0T, VsT, inp0, inpH, m_btw, nh, ds, dX, wan
     :func:`chunk_scatter`, or ``dX[t]``) or the layer below's ``h`` (masked).
     One-hot inputs need nothing here: :func:`chunk_scatter` adds the chunk's ``dP``
     into rows of ``gV0``. ``V0T``, ``VsT``: the input weights transposed (``V0.T``,
-    ``Vs[l].T``; see :func:`revtrain.models.window.transposed`).
+    ``Vs[l].T``; see :func:`revtrain.models.window_arrays.transposed`).
     """
     B = dP.shape[0]
     if l == 0 and mode_in == 0:

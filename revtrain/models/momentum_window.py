@@ -7,7 +7,8 @@ gradients once per chunk).
 """
 import numpy as np
 
-from .window import WindowRun, stacked, transposed
+from .window import WindowRun
+from .window_arrays import stacked, transposed
 from .._kernels.momentum_stack import (stack_forward, stack_backward, stack_undo,
                                        stack_backprop, chunk_grads)
 

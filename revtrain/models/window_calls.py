@@ -14,7 +14,7 @@ import numpy as np
 from .._threads import run_groups, get_row_threads
 from .lockstep import run_lockstep
 from .row_groups import window_row_groups, group_batch, group_masks
-from .window import chunk_steps
+from .window_arrays import chunk_steps
 from .._kernels.head import softmax_xent_rows, mse_rows, fold_rows
 
 
