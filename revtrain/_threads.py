@@ -170,3 +170,24 @@ class ThreadCount:
     def __exit__(self, *exc):
         with self._lock:
             self.n -= 1
+
+
+#: How often (s) a thread of the pipeline or the lockstep, waiting for a lock, looks whether
+#: its call stopped.
+POLL_SECONDS = 0.05
+
+
+def held_lock():
+    """A new plain lock (``_thread``), already held: a binary semaphore at 0. Its operations
+    either happen or not when Ctrl-C interrupts, unlike ``threading``'s Python-level ones."""
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    return lock
+
+
+def release_if_held(lock):
+    """Release ``lock`` if it is held (a clean-up may find it released already)."""
+    try:
+        lock.release()
+    except RuntimeError:
+        pass

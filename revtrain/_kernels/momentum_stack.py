@@ -276,7 +276,7 @@ def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, flo
             pass_down(tt, i, l, mode_in, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
                       m_btw, 1, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     chunk_grads(t1 - t0, t0, Ob, dPb, gWs, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
-                    htop, work, gV0, gVs, gE, gU, gby)
+                htop, work, gV0, gVs, gE, gU, gby)
     return t0, 0, 0, -1
 
 

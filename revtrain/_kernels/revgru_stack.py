@@ -133,7 +133,8 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                    scale, inv_scale, floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dP, dx0, dxH, o, A, Gm, g1, g2, n, inc, dAzr, dAg, dRO, do,
-                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, tr5, tr6):
+                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4,
+                   tr5, tr6):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state and recompute the gates, output layer on the top, backpropagate.
 
@@ -272,7 +273,8 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s, W2s, Wg
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
                    softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
                    gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, dAzr, dAg, dRO,
-                   do, tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, tr5, tr6, Gs, Qs, X0s, XHs):
+                   do, tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4,
+                   tr5, tr6, Gs, Qs, X0s, XHs):
     """The backpropagation stage of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from what :func:`stack_undo` kept; the same operations in the
     same order, so the same bits."""

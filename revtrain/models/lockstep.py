@@ -23,8 +23,7 @@ or not when interrupted, and every wait polls a stop flag, as the pipeline does
 import _thread
 import weakref
 
-from .._threads import ThreadCount
-from .pipeline import POLL_SECONDS, _locked, _release
+from .._threads import ThreadCount, POLL_SECONDS, held_lock, release_if_held
 
 #: Lanes running now (:func:`running`).
 _running = ThreadCount()
@@ -75,8 +74,8 @@ def run_lockstep(n_chunks, compute, add, threads):
         return None
 
     # turn[g] free = group g may add its next chunk; wake released when a lane ends
-    turn = [_thread.allocate_lock(), _locked()]
-    wake = _locked()
+    turn = [_thread.allocate_lock(), held_lock()]
+    wake = held_lock()
     ended = [False, False]
     first = [None]                  # (k, g, code or exception) first in the serial order
     first_lock = _thread.allocate_lock()
@@ -124,7 +123,7 @@ def run_lockstep(n_chunks, compute, add, threads):
                 record(k, g, e)
                 return
             finally:
-                _release(turn[1 - g])           # (already free if the call was stopped)
+                release_if_held(turn[1 - g])    # (already free if the call was stopped)
 
     def run_lane(g):
         try:
@@ -132,7 +131,7 @@ def run_lockstep(n_chunks, compute, add, threads):
                 lane(g)
         finally:
             ended[g] = True
-            _release(wake)
+            release_if_held(wake)
 
     started = 0
     try:
@@ -144,7 +143,7 @@ def run_lockstep(n_chunks, compute, add, threads):
     except BaseException:
         stop[0] = True              # interrupted: the lanes stop within a chunk or a poll
         for lock in turn:
-            _release(lock)
+            release_if_held(lock)
         raise
     finally:
         # the end is read from the lanes' flags, not from consuming a lock, so an

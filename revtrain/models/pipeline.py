@@ -21,10 +21,7 @@ threads with ``Thread.start`` and hung the next call with a thread pool).
 import _thread
 import weakref
 
-from .._threads import ThreadCount
-
-#: How often (s) the pipeline's thread, waiting for a slot, looks whether the pipeline stopped.
-POLL_SECONDS = 0.05
+from .._threads import ThreadCount, POLL_SECONDS, held_lock, release_if_held
 
 #: First stages running now (:func:`running`).
 _running = ThreadCount()
@@ -38,20 +35,6 @@ def running():
     """How many first stages are running now (0 once every call has ended and its stage
     stopped)."""
     return _running.n
-
-
-def _locked():
-    lock = _thread.allocate_lock()
-    lock.acquire()
-    return lock
-
-
-def _release(lock):
-    """Release ``lock`` if it is held (a clean-up may find it released already)."""
-    try:
-        lock.release()
-    except RuntimeError:
-        pass
 
 
 def run_pipeline(chunks, slots, first, second):
@@ -80,9 +63,9 @@ def run_pipeline(chunks, slots, first, second):
     """
     # binary semaphores as plain locks: ready[s] held = slot s not filled yet, free[s] held =
     # slot s in use by the first stage; done held until the first stage has ended
-    ready = [_locked(), _locked()]
+    ready = [held_lock(), held_lock()]
     free = [_thread.allocate_lock(), _thread.allocate_lock()]
-    done = _locked()
+    done = held_lock()
     codes, failed, stop = [None] * len(chunks), [], [False]
     # held by this call's frame alone: gone once an interruption has unwound it, even one
     # that came before ``stop`` could be set
@@ -107,7 +90,7 @@ def run_pipeline(chunks, slots, first, second):
                     return
         except BaseException as e:       # noqa: B902 - raised on the calling thread
             failed.append(e)
-            _release(ready[k % 2])
+            release_if_held(ready[k % 2])
 
     def run_first():
         try:
@@ -129,6 +112,6 @@ def run_pipeline(chunks, slots, first, second):
     finally:
         stop[0] = True            # the stage ends within a chunk or a poll, waited for or not
         for lock in free:
-            _release(lock)
+            release_if_held(lock)
         if started:
             done.acquire()

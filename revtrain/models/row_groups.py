@@ -7,8 +7,9 @@ group's forward and backward pass runs as a call of its own, the groups on
 up to :func:`revtrain.set_row_threads` threads at once (Numba kernels release
 the GIL; BLAS runs on one thread inside each), and the groups' gradients are
 added in group order (a reversible cell's two halves add into one gradient
-chunk after chunk, in that order: :mod:`revtrain.models.lockstep`). The results therefore depend on ``B`` only, never on
-the number of threads or the machine's load. Measured on 2 cores (idle):
+chunk after chunk, in that order: :mod:`revtrain.models.lockstep`). The
+results therefore depend on ``B`` only, never on the number of threads or the
+machine's load. Measured on 2 cores (idle):
 RevLSTM float32, T=1000, B=32, H=256, one ``loss_and_grad``: 1.53 s on one
 thread, 0.80 s on two.
 

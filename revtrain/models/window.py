@@ -35,6 +35,7 @@ from .._threads import get_row_threads
 from .pipeline import run_pipeline
 from .window_arrays import chunk_steps, stacked, transposed
 
+
 class WindowRun:
     """The arrays of one ``loss_and_grad`` call of a reversible stack through the kernels.
 
@@ -227,7 +228,7 @@ class WindowRun:
         """
         bw = self.begin_backward(batch, reverse, store, want_dx, grad)
         if reverse and self._pipelined():
-            self._pipelined_backward(bw.chunks, batch, bw)
+            self._pipelined_backward(bw)
         else:
             for k in range(len(bw.chunks)):
                 t, l, part, code = self.backward_chunk(bw, k, True)
@@ -335,8 +336,8 @@ class WindowRun:
         return (self.B == self.B_total and get_row_threads() >= 2
                 and self.kept_gates() is not None)
 
-    def _pipelined_backward(self, chunks, batch, bw):
-        """The reversible backward over ``chunks`` (last first) as a two-stage pipeline
+    def _pipelined_backward(self, bw):
+        """The reversible backward over ``bw.chunks`` (last first) as a two-stage pipeline
         (:func:`~revtrain.models.pipeline.run_pipeline`)."""
         def undo(t0, t1, slot):
             self._reserve(t1 - t0)
@@ -346,9 +347,9 @@ class WindowRun:
             t, l, part, c = code
             if c >= 0:
                 self._reversal_failed(t, l, part, c)
-            self._backprop_chunk(t0, t1, batch, bw, slot)
+            self._backprop_chunk(t0, t1, bw.batch, bw, slot)
 
-        run_pipeline(chunks, [self._undo_slot(), self._undo_slot()], undo, backprop)
+        run_pipeline(bw.chunks, [self._undo_slot(), self._undo_slot()], undo, backprop)
 
     def release(self):
         """Drop the run's arrays (information buffer, parameter copies, workspaces) once its
