@@ -123,3 +123,34 @@ def test_copy_is_independent():
     c = buf.copy()
     assert c.pop(10).tolist() == [3, 4]
     assert buf.pop(10).tolist() == [3, 4]
+
+
+def _divisions_to_check(f):
+    """Numerators ``k < 2**16`` where ``k // f`` changes (multiples of ``f`` and the number
+    below each), the largest, and some random ones."""
+    k = np.concatenate([np.arange(0, 1 << 16, f), np.arange(f - 1, 1 << 16, f), [(1 << 16) - 1],
+                        np.random.default_rng(f).integers(0, 1 << 16, 16)])
+    return k[k < (1 << 16)].astype(np.int64)
+
+
+def test_slot_division_by_reciprocal_tables_is_exact():
+    """The forward multiply's pop divides the slot ``k < 2**16`` by a frequency ``f`` as
+    ``(k * ceil(2**32 / f)) >> 32``, from the table MAGIC (``f < MAGIC_SIZE``) or computed the
+    same way (larger ``f``, up to 2**16): exactly ``k // f`` wherever the quotient steps."""
+    from revtrain._kernels.rans import MAGIC, MAGIC_SIZE
+    assert MAGIC[0] == 0
+    for f in range(1, (1 << 16) + 1):
+        m = int(MAGIC[f]) if f < MAGIC_SIZE else ((1 << 32) + f - 1) // f
+        assert m == -(-(1 << 32) // f)                        # ceil(2**32 / f)
+        k = _divisions_to_check(f)
+        assert np.array_equal((k * m) >> 32, k // f), f
+
+
+def test_slot_division_by_a_rounded_down_reciprocal_would_be_wrong():
+    """Negative control: ``floor(2**32 / f)`` instead of the ceiling misses quotients (the
+    exactness rests on rounding the reciprocal up)."""
+    wrong = 0
+    for f in (3, 7, 641, 4095):
+        k = _divisions_to_check(f)
+        wrong += int(np.sum(((k * ((1 << 32) // f)) >> 32) != k // f))
+    assert wrong > 0

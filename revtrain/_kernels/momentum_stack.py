@@ -38,7 +38,8 @@ from .gemm import dot_rows, add_tn_product
 from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, pass_down,
                      chunk_common_grads, copy_rows,
-                     add_rows, keep_step)
+                     add_rows, keep_step,
+                     state_float)
 
 #: Part indices in ``q``: h, v.
 PH, PV = 0, 1
@@ -215,8 +216,8 @@ def _layer_float_back(tt, i, T, top, ql, gt, floor, learned, beta, vweight, inv_
     """The float part of a layer's backward step from the fixed-point state before it ``ql``
     and its gates ``gt`` (3, B, H): output layer when ``top``, backpropagation into ``dsl``
     and ``dP``."""
-    to_float(ql[PH], inv_scale, spl[PH])
-    to_float(ql[PV], inv_scale, spl[PV])
+    state_float(ql[PH], inv_scale, spl[PH])
+    state_float(ql[PV], inv_scale, spl[PV])
     if top:
         head_step(tt, i, T, per_step, snl, 1, m_top, U, UT, by, softmax, labels, target, lscale,
                   htop, work, dH, dsl, terms)
@@ -250,7 +251,8 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs, m_btw
                                     bwd[r0:r1], binf[r0:r1], log2, hf, A, Gs[l, i], n, inc)
             if code >= 0:
                 return tt, l, part, code
-            keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
+            keep_step(l, mode_in, q[l], inv_scale, inp0, inpH, Qs[l, i], X0s[i],
+                      XHs[max(l - 1, 0), i])
     return t0, 0, 0, -1
 
 

@@ -40,7 +40,8 @@ from .quantize import quantise_convex, forget_add, forget_add_undo
 from .gemm import dot_rows, add_tn_product
 from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, pass_down,
-                     chunk_common_grads, copy_cols, copy_rows, add_rows, keep_step)
+                     chunk_common_grads, copy_cols, copy_rows, add_rows, keep_step,
+                     state_float)
 
 #: Part indices in ``q``: h1, h2.
 H1, H2 = 0, 1
@@ -217,7 +218,7 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dR
     into ``dsl`` and ``dP`` (the float recompute of a real step changes nothing)."""
     Hh = ql.shape[2]
     for k in range(2):
-        to_float(ql[k], inv_scale, spl[k])
+        state_float(ql[k], inv_scale, spl[k])
     if top:
         head_step(tt, i, T, per_step, snl, 2, m_top, U, UT, by, softmax, labels, target, lscale,
                   htop, work, dH, dsl, terms)
@@ -265,7 +266,8 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s, W2s, Wg
                                     inc)
             if code >= 0:
                 return tt, l, part, code
-            keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
+            keep_step(l, mode_in, q[l], inv_scale, inp0, inpH, Qs[l, i], X0s[i],
+                      XHs[max(l - 1, 0), i])
     return t0, 0, 0, -1
 
 

@@ -42,10 +42,16 @@ from .quantize import forget_add, forget_add_undo
 from .gemm import dot_rows, add_tn_product
 from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, pass_down,
-                     chunk_common_grads, copy_cols, copy_rows, add_rows, keep_step)
+                     chunk_common_grads, copy_cols, copy_rows, add_rows, keep_step,
+                     state_float)
 
 #: Part indices in ``q``: h1, h2, c1, c2.
 H1, H2, C1, C2 = 0, 1, 2, 3
+#: Rows of a half's gates ``g`` (7, B, Hh) a pipelined backward's slots keep, in their
+#: order (5, B, Hh): ``i``, ``sigmoid(A_f)``, ``o``, ``sigmoid(A_p)``, ``g``. The floored
+#: gates ``f = floor + (1 - floor) sigmoid(A_f)`` and ``p`` are recomputed from the
+#: sigmoids (:func:`_gate_rows`, the same bits): 5 of the 7 arrays.
+KEPT = (0, 2, 3, 5, 6)
 
 
 @njit(**ELEMENT_OPTS)
@@ -58,6 +64,31 @@ def _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g):
     to_float(ql[H2 if half == 0 else H1], inv_scale, o)
     dot_rows(o, W, A)
     revlstm_gates(A, P, b, half * 5 * Hh, floor, g[0], g[1], g[2], g[3], g[4], g[5], g[6])
+
+
+@njit(**ELEMENT_OPTS)
+def _keep_gates(g, K):
+    """Copy the kept rows (:data:`KEPT`) of a half's gates ``g`` (7, B, Hh) to ``K`` (5, B, Hh)."""
+    for k in range(5):
+        copy_rows(g[KEPT[k]], K[k])
+
+
+@njit(**ELEMENT_OPTS)
+def _gate_rows(g, floor, fp):
+    """A half's 7 gate arrays (``i, f, sf, o, p, sp, g``, each (B, Hh)) from its gates ``g``:
+    all 7 rows (7, B, Hh), or the kept 5 (5, B, Hh, :data:`KEPT`) with ``f`` and ``p``
+    recomputed into ``fp`` (2, B, Hh) by the expression of
+    :func:`~revtrain._kernels.revlstm.revlstm_gates` (its sigmoids are stored unrounded:
+    its arguments are all of the gates' dtype here), so the same bits."""
+    if g.shape[0] == 7:
+        return g[0], g[1], g[2], g[3], g[4], g[5], g[6]
+    B, Hh = fp.shape[1], fp.shape[2]
+    c1 = 1.0 - floor
+    for r in range(B):
+        for j in range(Hh):
+            fp[0, r, j] = floor + c1 * g[1, r, j]
+            fp[1, r, j] = floor + c1 * g[3, r, j]
+    return g[0], fp[0], g[1], g[2], fp[1], g[3], g[4]
 
 
 @njit(**ELEMENT_OPTS)
@@ -138,8 +169,8 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
-                   inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, n, inc, tc, htop, dH, work, Ob, dPb,
-                   Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4):
+                   inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, fp, n, inc, tc, htop, dH, work, Ob,
+                   dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
@@ -170,7 +201,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
             part, code = _layer_back(
                 tt, tt - t0, T, l == L - 1, reverse, q[l], st0, st1, P, W1s[l], W2s[l], bs[l],
                 tr[3][l], tr[4][l], floor, D, nmin, scale, inv_scale, bst[s0:s1], bct[s0:s1],
-                bwd[s0:s1], binf[s0:s1], log2, o, A, g1, g2, n, inc, tc, sp[l], sn[l], ds[l],
+                bwd[s0:s1], binf[s0:s1], log2, o, A, g1, g2, fp, n, inc, tc, sp[l], sn[l], ds[l],
                 m_top, U, tr[0], by, softmax, labels, target, lscale, per_step, htop, work, dH,
                 terms, dP, Ob[l])
             if code >= 0:
@@ -186,8 +217,8 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
 
 @njit(**ELEMENT_OPTS)
 def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, W1T, W2T, floor, D, nmin,
-                scale, inv_scale, st, ct, wd, inf, log2, o, A, g1, g2, n, inc, tc, spl, snl, dsl,
-                m_top, U, UT, by, softmax, labels, target, lscale, per_step, htop, work, dH,
+                scale, inv_scale, st, ct, wd, inf, log2, o, A, g1, g2, fp, n, inc, tc, spl, snl,
+                dsl, m_top, U, UT, by, softmax, labels, target, lscale, per_step, htop, work, dH,
                 terms, dP, Obl):
     """One layer of :func:`stack_backward` at step ``tt`` (row ``i`` of the chunk): undo it
     (``reverse``) or load it (``st0``, ``st1``: the stored states before and after), recompute
@@ -210,23 +241,27 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, W1T, W2T, fl
         _half_gates(0, ql, P, W1, b, floor, inv_scale, o, A, g1)
     _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl, dsl, m_top, U,
                       UT, by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
-                      dP, Obl, W1T, W2T, o, A)
+                      dP, Obl, W1T, W2T, o, A, fp)
     return 0, -1
 
 
 @njit(**ELEMENT_OPTS)
 def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl, dsl, m_top, U,
                       UT, by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
-                      dP, Obl, W1T, W2T, o, A):
-    """The float part of a layer's backward step: from the fixed-point state before the step
-    ``ql`` and the step's gates ``g1``, ``g2`` (7, B, Hh), recompute the step in float, run the
-    output layer when ``top``, backpropagate into ``dsl`` and ``dP``; ``o``, ``A``: scratch."""
+                      dP, Obl, W1T, W2T, o, A, fp):
+    """The float part of a layer's backward step: from the state before the step ``ql``
+    (fixed-point, or as float: :func:`~revtrain._kernels.window.state_float`) and the step's
+    gates ``g1``, ``g2`` (all 7, or the kept 5: :func:`_gate_rows`), recompute the step in
+    float, run the output layer when ``top``, backpropagate into ``dsl`` and ``dP``; ``o``,
+    ``A``, ``fp``: scratch."""
     Hh = ql.shape[2]
     for k in range(4):
-        to_float(ql[k], inv_scale, spl[k])
+        state_float(ql[k], inv_scale, spl[k])
     # float recompute (real: the fixed-point results stand; tanh(c_new) is kept)
-    revlstm_cell(spl[C1], spl[H1], g1[0], g1[1], g1[3], g1[4], g1[6], snl[C1], snl[H1], tc[0])
-    revlstm_cell(spl[C2], spl[H2], g2[0], g2[1], g2[3], g2[4], g2[6], snl[C2], snl[H2], tc[1])
+    gi, gf, sf, go, gp, sp, gg = _gate_rows(g1, floor, fp)
+    revlstm_cell(spl[C1], spl[H1], gi, gf, go, gp, gg, snl[C1], snl[H1], tc[0])
+    gi, gf, sf, go, gp, sp, gg = _gate_rows(g2, floor, fp)
+    revlstm_cell(spl[C2], spl[H2], gi, gf, go, gp, gg, snl[C2], snl[H2], tc[1])
     if top:
         head_step(tt, i, T, per_step, snl, 2, m_top, U, UT, by, softmax, labels, target, lscale,
                   htop, work, dH, dsl, terms)
@@ -238,8 +273,9 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl,
         # the other half's h this half read: h2 before the step (half 0), new h1 (half 1)
         ov = spl[H2] if half == 0 else snl[H1]
         off = half * 5 * Hh
-        revlstm_back(g[0], g[1], g[2], g[3], g[4], g[5], g[6], tc[half], spl[C1 + half],
-                     spl[mine], floor, dsl[mine], dsl[C1 + half], dP, off)
+        gi, gf, sf, go, gp, sp, gg = _gate_rows(g, floor, fp)
+        revlstm_back(gi, gf, sf, go, gp, sp, gg, tc[half], spl[C1 + half], spl[mine], floor,
+                     dsl[mine], dsl[C1 + half], dP, off)
         copy_cols(dP, off, A)              # dL/dA of this half; A: free scratch here
         copy_rows(ov, Obl[half, i])        # weight gradients: one product per chunk
         dot_rows(A, W1T if half == 0 else W2T, o)      # o: free scratch (B, Hh) here
@@ -250,13 +286,14 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl,
 
 @njit(**NJIT_OPTS)
 def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_btw, q, bst, bct,
-               bwd, binf, log2, D, nmin, scale, inv_scale, floor, inp0, inpH, P, o, A, n, inc,
-               Gs, Qs, X0s, XHs):
+               bwd, binf, log2, D, nmin, scale, inv_scale, floor, inp0, inpH, P, o, A, g1, g2,
+               n, inc, Gs, Qs, X0s, XHs):
     """The undo side of a pipelined backward (:meth:`~revtrain.models.window.WindowRun.backward`):
     steps ``t1-1 .. t0``, layers top-down, undone exactly, keeping what
     :func:`stack_backprop` needs of step ``tt`` (``i = tt - t0``) and layer ``l``:
-    its gates in ``Gs[l, i]`` (2, 7, B, Hh), the fixed-point state before it in
-    ``Qs[l, i]`` (4, B, Hh) int64 and the layer's float input in ``X0s[i]``
+    its kept gates in ``Gs[l, i]`` (2, 5, B, Hh, :data:`KEPT`; ``g1``, ``g2`` (7, B, Hh): the
+    undo's own), the state before it in ``Qs[l, i]`` (4, B, Hh, as float:
+    :func:`~revtrain._kernels.window.keep_step`) and the layer's float input in ``X0s[i]``
     (layer 0, float or embedding inputs) or ``XHs[l - 1, i]``.
 
     The same operations as the undo of :func:`stack_backward`. Returns ``(t, layer, part, code)``.
@@ -270,22 +307,29 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_bt
             s0, s1 = l * B, (l + 1) * B
             part, code = layer_undo(q[l], P, W1s[l], W2s[l], bs[l], floor, D, nmin, scale,
                                     inv_scale, bst[s0:s1], bct[s0:s1], bwd[s0:s1], binf[s0:s1],
-                                    log2, o, A, Gs[l, i, 0], Gs[l, i, 1], n, inc)
+                                    log2, o, A, g1, g2, n, inc)
             if code >= 0:
                 return tt, l, part, code
-            keep_step(l, mode_in, q[l], inp0, inpH, Qs[l, i], X0s[i], XHs[max(l - 1, 0), i])
+            _keep_gates(g1, Gs[l, i, 0])
+            _keep_gates(g2, Gs[l, i, 1])
+            keep_step(l, mode_in, q[l], inv_scale, inp0, inpH, Qs[l, i], X0s[i],
+                      XHs[max(l - 1, 0), i])
     return t0, 0, 0, -1
 
 
 @njit(**NJIT_OPTS)
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
                    softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
-                   gW2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, o, A, tc, htop, dH, work, Ob,
-                   dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, Gs, Qs, X0s, XHs):
+                   gW2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, o, A, fp, tc, htop, dH, work,
+                   Ob, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, Gs, Qs, X0s, XHs):
     """The backpropagation side of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from the gates, states and inputs :func:`stack_undo` kept, on
     another thread meanwhile undoing the chunk before. The same operations in the same
-    order as :func:`stack_backward`, so the same bits."""
+    order as :func:`stack_backward`, so the same bits.
+
+    ``dPb`` (L, chunk, B, 5H) may be a view of ``Gs``'s memory (the same size: 2 * 5 * Hh
+    = 5H per row): step ``i``'s pre-activation gradients overwrite its gates once they
+    have been used (:meth:`~revtrain.models.window.WindowRun._undo_slot`)."""
     # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
     tr = (tr0, tr1, tr2, tr3, tr4)
     L = sn.shape[0]
@@ -295,7 +339,7 @@ def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, flo
             _layer_float_back(tt, i, T, l == L - 1, Qs[l, i], Gs[l, i, 0], Gs[l, i, 1], floor,
                               inv_scale, tc, sp[l], sn[l], ds[l], m_top, U, tr[0], by, softmax,
                               labels, target, lscale, per_step, htop, work, dH, terms, dP, Ob[l],
-                              tr[3][l], tr[4][l], o, A)
+                              tr[3][l], tr[4][l], o, A, fp)
             dPb[l, i] = dP
             pass_down(tt, i, l, mode_in, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
                       m_btw, 2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)

@@ -6,7 +6,8 @@ the next layer and the output layer read; float states ``sn``/``ds`` of the
 same shape; inputs ``xtok`` / ``xflt`` with ``mode_in`` 0 (one-hot), 1
 (embedding) or 2 (float); input weights ``V0`` (D0, G), ``Vs`` (., H, G).
 """
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .head import xent_dz, mse_dz
@@ -21,6 +22,20 @@ def to_float(qp, inv_scale, out):
     for r in range(B):
         for j in range(w):
             out[r, j] = qp[r, j] * inv_scale
+
+
+def state_float(qp, inv_scale, out):
+    """``out`` (B, w) = a kept state part as float: ``qp * 2**-F`` for the fixed-point
+    int64 part, a copy for a part :func:`keep_step` already converted (the same bits).
+    (Numba only: an ``overload``.)"""
+    raise NotImplementedError("state_float runs inside Numba kernels")
+
+
+@overload(state_float, inline="always")
+def _state_float_impl(qp, inv_scale, out):
+    if isinstance(qp.dtype, types.Integer):
+        return lambda qp, inv_scale, out: to_float(qp, inv_scale, out)
+    return lambda qp, inv_scale, out: copy_rows(qp, out)
 
 
 @njit(**ELEMENT_OPTS)
@@ -41,12 +56,13 @@ def copy_rows(src, out):
 
 
 @njit(**ELEMENT_OPTS)
-def keep_step(l, mode_in, ql, inp0, inpH, Q, X0, XH):
+def keep_step(l, mode_in, ql, inv_scale, inp0, inpH, Q, X0, XH):
     """What a pipelined backward's undo stage keeps of layer ``l``'s step: its fixed-point
-    parts ``ql`` (n, B, w) in ``Q``, its float input in ``X0`` (layer 0, unless one-hot) or
-    ``XH`` (layers 1..)."""
+    parts ``ql`` (n, B, w) as float in ``Q`` (what the backpropagation reads of them:
+    :func:`state_float`; half the bytes of int64 in float32), its float input in ``X0``
+    (layer 0, unless one-hot) or ``XH`` (layers 1..)."""
     for k in range(ql.shape[0]):
-        copy_rows(ql[k], Q[k])
+        state_float(ql[k], inv_scale, Q[k])
     if l > 0:
         copy_rows(inpH, XH)
     elif mode_in != 0:

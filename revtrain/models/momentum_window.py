@@ -95,5 +95,5 @@ class MomentumRNNWindow(WindowRun):
             m.inv_scale, floor, learned, m.beta, 1.0 - m.beta, self.U, self.by, bw.softmax,
             batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0,
-            bw.dxH, c["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
+            bw.dxH, c["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
             bw.terms, *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

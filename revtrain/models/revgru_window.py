@@ -90,5 +90,5 @@ class RevGRUWindow(WindowRun):
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP,
             bw.dx0, bw.dxH, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
-            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr, slot.Gs,
+            bw.work, c["Ob"], c["ROb"], slot.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr, slot.Gs,
             slot.Qs, slot.X0s, slot.XHs)

@@ -27,6 +27,7 @@ class RevLSTMWindow(WindowRun):
                              self.once("W2T", lambda: transposed([q["W2"] for q in pl], dt)))
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 5 * Hh), dtype=dt)
         self.g1, self.g2 = np.empty((7, B, Hh), dtype=dt), np.empty((7, B, Hh), dtype=dt)
+        self.fp = np.empty((2, B, Hh), dtype=dt)
         self.n = np.empty((B, Hh), dtype=np.int64)
         self.inc = np.empty((B, Hh), dtype=np.int64)
 
@@ -43,7 +44,8 @@ class RevLSTMWindow(WindowRun):
         c.update(Ob=np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
                  tc=np.empty((2, B, Hh), dtype=dt),
                  # the backpropagation stage's own scratch when the backward is pipelined
-                 o=np.empty((B, Hh), dtype=dt), A=np.empty((B, 5 * Hh), dtype=dt))
+                 o=np.empty((B, Hh), dtype=dt), A=np.empty((B, 5 * Hh), dtype=dt),
+                 fp=np.empty((2, B, Hh), dtype=dt))
         return c
 
     def _backward_chunk(self, t0, t1, reverse, grads, store, batch, bw):
@@ -55,8 +57,8 @@ class RevLSTMWindow(WindowRun):
             batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx,
             self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.g1,
-            self.g2, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb,
-            bw.Xb0, bw.XbH, bw.terms, *self.tr)
+            self.g2, self.fp, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"],
+            bw.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr)
 
     def _chunk_grads(self, t0, t1, bw):
         c = bw.cell
@@ -65,16 +67,17 @@ class RevLSTMWindow(WindowRun):
                     bw.work, bw.gV0, bw.gVs, bw.gE, bw.gU, bw.gby)
 
     def kept_gates(self):
-        """(i, f, sf, o, p, sp, g of each half, B, units)."""
-        return (2, 7, self.B, self.H // 2)
+        """(each half's i, sigmoid(A_f), o, sigmoid(A_p), g; B, units): 5 of the 7 gate arrays
+        (the floored f and p are recomputed from their sigmoids: ``revlstm_stack.KEPT``)."""
+        return (2, 5, self.B, self.H // 2)
 
     def _undo_chunk(self, t0, t1, slot):
         m, b = self.m, self.buf
         return stack_undo(
             t0, t1, *self.inputs(), self.W1s, self.W2s, self.bs, self.m_btw, self.q, b.states,
             b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor,
-            self.inp0, self.inpH, self.P, self.o, self.A, self.n, self.inc, slot.Gs, slot.Qs,
-            slot.X0s, slot.XHs)
+            self.inp0, self.inpH, self.P, self.o, self.A, self.g1, self.g2, self.n, self.inc,
+            slot.Gs, slot.Qs, slot.X0s, slot.XHs)
 
     def _backprop_chunk(self, t0, t1, batch, bw, slot):
         m, c = self.m, bw.cell
@@ -83,5 +86,5 @@ class RevLSTMWindow(WindowRun):
             m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0, bw.dxH, c["o"],
-            c["A"], c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH, bw.terms,
-            *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)
+            c["A"], c["fp"], c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
+            bw.terms, *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

@@ -226,8 +226,10 @@ class WindowRun:
         Returns ``(terms, dstate0, dx)``: ``terms`` float64 (steps with a target, B) the
         per-row loss terms (the loss is :func:`~revtrain.models.window_calls.fold_terms`).
         """
-        bw = self.begin_backward(batch, reverse, store, want_dx, grad)
-        if reverse and self._pipelined():
+        pipelined = reverse and self._pipelined()
+        bw = self.begin_backward(batch, reverse, store, want_dx, grad,
+                                 chunk_dp=not (pipelined and self._gates_hold_dp()))
+        if pipelined:
             self._pipelined_backward(bw)
         else:
             for k in range(len(bw.chunks)):
@@ -236,9 +238,12 @@ class WindowRun:
                     self._reversal_failed(t, l, part, code)
         return self.end_backward(bw)
 
-    def begin_backward(self, batch, reverse, store, want_dx, grad):
+    def begin_backward(self, batch, reverse, store, want_dx, grad, chunk_dp=True):
         """The backward pass's arrays (a namespace; ``chunks``: the chunks' ``(t0, t1)``,
-        last first), the gradient ``grad`` (size,) in the run's dtype added into in place."""
+        last first), the gradient ``grad`` (size,) in the run's dtype added into in place.
+
+        ``chunk_dp`` False: no ``dPb`` (a chunk's pre-activation gradients), which a pipelined
+        backward then keeps in its slots' gates (:meth:`_undo_slot`)."""
         m = self.m
         L, B, H, T = self.L, self.B, self.H, self.T
         dt = self.dt
@@ -260,9 +265,9 @@ class WindowRun:
             # the output layer's inputs and dL/dz over a chunk's rows (one weight product per chunk)
             htop=np.empty((self.chunk * B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
             work=np.empty((self.chunk * B, m.n_out), dtype=dt),
-            dPb=np.empty((L, self.chunk, B, G), dtype=dt),
+            dPb=np.empty((L, self.chunk, B, G), dtype=dt) if chunk_dp else None,
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
-            XbH=np.empty((max(L - 1, 1), self.chunk, B, H), dtype=dt),
+            XbH=self._upper_inputs(self.chunk),
             target=batch.target.astype(dt, copy=False),
             cell=self._cell_grads(gl, grad),
             terms=np.zeros((T if batch.per_step else 1, B)),
@@ -312,14 +317,34 @@ class WindowRun:
 
     def _undo_slot(self):
         """Arrays :meth:`_undo_chunk` fills for :meth:`_backprop_chunk`, for a chunk's steps:
-        ``Gs`` (L, chunk, *gates) the gates, ``Qs`` (L, chunk, n_parts, B, w) int64 the
-        states before the steps, ``X0s`` (chunk, B, D0) and ``XHs`` (max(L-1, 1), chunk, B, H)
-        the layers' float inputs."""
-        L, B, H, k, dt = self.L, self.B, self.H, self.chunk, self.dt
-        return SimpleNamespace(Gs=np.empty((L, k) + self.kept_gates(), dtype=dt),
-                               Qs=np.empty((L, k) + self.q.shape[1:], dtype=np.int64),
+        ``Gs`` (L, chunk, *gates) the gates, ``Qs`` (L, chunk, n_parts, B, w) the states
+        before the steps (as float, in the run's dtype), ``X0s`` (chunk, B, D0) and ``XHs``
+        (L-1, chunk, B, H) the layers' float inputs (one layer: a (1, chunk, 1, 1) stand-in,
+        never read), and ``dPb`` (L, chunk, B, G) the steps' pre-activation gradients: a view
+        of ``Gs`` when a step's gates have as many elements (:meth:`_gates_hold_dp`; the
+        backpropagation overwrites a step's gates once it has used them), else None (the
+        backward's own ``dPb``)."""
+        L, B, k, dt = self.L, self.B, self.chunk, self.dt
+        Gs = np.empty((L, k) + self.kept_gates(), dtype=dt)
+        return SimpleNamespace(Gs=Gs,
+                               Qs=np.empty((L, k) + self.q.shape[1:], dtype=dt),
                                X0s=np.empty((k, B, self.D0), dtype=dt),
-                               XHs=np.empty((max(L - 1, 1), k, B, H), dtype=dt))
+                               XHs=self._upper_inputs(k),
+                               dPb=(Gs.reshape((L, k, B, self.m._n_proj))
+                                    if self._gates_hold_dp() else None))
+
+    def _gates_hold_dp(self):
+        """Whether a step's kept gates (:meth:`kept_gates`) have as many elements as its
+        pre-activation gradients (B, G): RevLSTM's 2 halves x 5 gates x Hh = 5H = G."""
+        kg = self.kept_gates()
+        return kg is not None and int(np.prod(kg)) == self.B * self.m._n_proj
+
+    def _upper_inputs(self, k):
+        """The float inputs of layers ``1 .. L-1`` over ``k`` steps, (L-1, k, B, H) in the
+        run's dtype; one layer: a (1, k, 1, 1) stand-in the kernels never read."""
+        L, dt = self.L, self.dt
+        return (np.empty((L - 1, k, self.B, self.H), dtype=dt) if L > 1
+                else np.empty((1, k, 1, 1), dtype=dt))
 
     def _undo_chunk(self, t0, t1, slot):
         """Undo steps ``t1-1 .. t0`` into ``slot``; return ``(t, layer, part, code)``."""
@@ -349,7 +374,11 @@ class WindowRun:
                 self._reversal_failed(t, l, part, c)
             self._backprop_chunk(t0, t1, bw.batch, bw, slot)
 
-        run_pipeline(bw.chunks, [self._undo_slot(), self._undo_slot()], undo, backprop)
+        slots = [self._undo_slot(), self._undo_slot()]
+        for slot in slots:
+            if slot.dPb is None:
+                slot.dPb = bw.dPb
+        run_pipeline(bw.chunks, slots, undo, backprop)
 
     def release(self):
         """Drop the run's arrays (information buffer, parameter copies, workspaces) once its
