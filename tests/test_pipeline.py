@@ -207,3 +207,33 @@ def test_a_forked_child_runs_both_thread_pools(threads):
         pytest.fail("the forked child hung")
     assert p.exitcode == 0
     assert q.get(timeout=5) == (want1, want2)
+
+
+def test_revlstm_slots_keep_five_gates_and_the_gradients_in_them(threads, monkeypatch):
+    """A pipelined RevLSTM's slots keep 5 of the 7 gate arrays per half (the floored f, p are
+    recomputed), its states as float (not int64), and the chunk's pre-activation gradients
+    in the gates' own memory: the backward allocates no ``dPb`` of its own. (The bits of
+    the result against the serial loop: test_pipelined_backward_gives_the_serial_bits.)"""
+    from revtrain.models.window import WindowRun
+    threads(2)
+    seen = {}
+    orig_slot, orig_begin = WindowRun._undo_slot, WindowRun.begin_backward
+
+    def slot(self):
+        s = orig_slot(self)
+        seen.setdefault("slots", []).append(s)
+        return s
+
+    def begin(self, *a, **k):
+        bw = orig_begin(self, *a, **k)
+        seen["bw"] = bw
+        return bw
+    monkeypatch.setattr(WindowRun, "_undo_slot", slot)
+    monkeypatch.setattr(WindowRun, "begin_backward", begin)
+    m, theta, x, y = _single_row()
+    m.loss_and_grad(theta, x, y)
+    assert len(seen["slots"]) == 2 and seen["bw"].dPb is None
+    for s in seen["slots"]:
+        assert s.Gs.shape[2:4] == (2, 5)
+        assert s.Qs.dtype == np.float64 and s.XHs.size == s.Gs.shape[1]   # one-layer stand-in
+        assert s.dPb.shape[-1] == m._n_proj and np.shares_memory(s.dPb, s.Gs)

@@ -9,6 +9,8 @@ window modules.
 import numpy as np
 from numba.typed import List
 
+from .._kernels.lists import typed_list
+
 
 #: Most steps per kernel call (the buffer gets room for a call's steps before it).
 CHUNK = 32
@@ -22,11 +24,8 @@ def stacked(arrays, dtype):
     Blocks already of ``dtype`` are passed as they are (views of ``theta``, no
     copies); others are converted.
     """
-    out = List()
-    for a in arrays:
-        out.append(a if a.dtype == dtype and a.flags.c_contiguous
-                   else np.ascontiguousarray(a, dtype=dtype))
-    return out
+    return _as_list([a if a.dtype == dtype and a.flags.c_contiguous
+                     else np.ascontiguousarray(a, dtype=dtype) for a in arrays])
 
 
 def transposed(arrays, dtype):
@@ -37,7 +36,7 @@ def transposed(arrays, dtype):
     as ``W.T`` itself, which they copy; made once per call and shared by the
     row groups). Other dtypes: the views ``W.T``, which BLAS reads transposed.
     """
-    out = List()
+    out = []
     for a in arrays:
         if dtype in (np.float32, np.float64):
             t = aligned_empty(a.shape[::-1], dtype)
@@ -45,6 +44,19 @@ def transposed(arrays, dtype):
             out.append(t)
         else:
             out.append(a.astype(dtype, copy=False).T)
+    return _as_list(out)
+
+
+def _as_list(arrays):
+    """``arrays`` (a list) as a Numba typed List: in one compiled call
+    (:func:`~revtrain._kernels.lists.typed_list`) when they are all of one Numba type, else
+    appended one by one (a mix of read-only and writable arrays, say)."""
+    if len({(a.dtype, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable)
+            for a in arrays}) == 1:
+        return typed_list(tuple(arrays))
+    out = List()
+    for a in arrays:
+        out.append(a)
     return out
 
 
