@@ -31,12 +31,11 @@ import numpy as np
 
 from ..buffer import InfoBuffer
 from ..errors import ReversalError, check_reversal
-from .._threads import get_row_threads
-from .pipeline import run_pipeline
 from .window_arrays import chunk_steps, stacked, transposed
+from .window_pipeline import PipelinedBackward
 
 
-class WindowRun:
+class WindowRun(PipelinedBackward):
     """The arrays of one ``loss_and_grad`` call of a reversible stack through the kernels.
 
     Parameters
@@ -180,6 +179,13 @@ class WindowRun:
         view.words, view.info = b.words[l * B:(l + 1) * B], b.info[l * B:(l + 1) * B]
         return view
 
+    def _upper_inputs(self, k):
+        """The float inputs of layers ``1 .. L-1`` over ``k`` steps, (L-1, k, B, H) in the
+        run's dtype; one layer: a (1, k, 1, 1) stand-in the kernels never read."""
+        L, dt = self.L, self.dt
+        return (np.empty((L - 1, k, self.B, self.H), dtype=dt) if L > 1
+                else np.empty((1, k, 1, 1), dtype=dt))
+
     # ------------------------------------------------------------ passes
     def forward(self, store=None):
         """All steps in fixed point; ``store`` (T+1, L, n_parts, B, w) gets every state (standard)."""
@@ -307,78 +313,6 @@ class WindowRun:
             dstate0[:, l * S:(l + 1) * S] = np.concatenate(list(bw.ds[l]), axis=1)
         dx = bw.dX.astype(np.float64, copy=False) if bw.want_dx else None
         return bw.terms, dstate0, dx
-
-    # ------------------------------------------------------------ pipelined backward
-    def kept_gates(self):
-        """Shape of the gates one layer's step keeps for its backward pass; a cell that
-        pipelines its backward returns it (and has :meth:`_undo_chunk` and
-        :meth:`_backprop_chunk`), None: the cell does not."""
-        return None
-
-    def _undo_slot(self):
-        """Arrays :meth:`_undo_chunk` fills for :meth:`_backprop_chunk`, for a chunk's steps:
-        ``Gs`` (L, chunk, *gates) the gates, ``Qs`` (L, chunk, n_parts, B, w) the states
-        before the steps (as float, in the run's dtype), ``X0s`` (chunk, B, D0) and ``XHs``
-        (L-1, chunk, B, H) the layers' float inputs (one layer: a (1, chunk, 1, 1) stand-in,
-        never read), and ``dPb`` (L, chunk, B, G) the steps' pre-activation gradients: a view
-        of ``Gs`` when a step's gates have as many elements (:meth:`_gates_hold_dp`; the
-        backpropagation overwrites a step's gates once it has used them), else None (the
-        backward's own ``dPb``)."""
-        L, B, k, dt = self.L, self.B, self.chunk, self.dt
-        Gs = np.empty((L, k) + self.kept_gates(), dtype=dt)
-        return SimpleNamespace(Gs=Gs,
-                               Qs=np.empty((L, k) + self.q.shape[1:], dtype=dt),
-                               X0s=np.empty((k, B, self.D0), dtype=dt),
-                               XHs=self._upper_inputs(k),
-                               dPb=(Gs.reshape((L, k, B, self.m._n_proj))
-                                    if self._gates_hold_dp() else None))
-
-    def _gates_hold_dp(self):
-        """Whether a step's kept gates (:meth:`kept_gates`) have as many elements as its
-        pre-activation gradients (B, G): RevLSTM's 2 halves x 5 gates x Hh = 5H = G."""
-        kg = self.kept_gates()
-        return kg is not None and int(np.prod(kg)) == self.B * self.m._n_proj
-
-    def _upper_inputs(self, k):
-        """The float inputs of layers ``1 .. L-1`` over ``k`` steps, (L-1, k, B, H) in the
-        run's dtype; one layer: a (1, k, 1, 1) stand-in the kernels never read."""
-        L, dt = self.L, self.dt
-        return (np.empty((L - 1, k, self.B, self.H), dtype=dt) if L > 1
-                else np.empty((1, k, 1, 1), dtype=dt))
-
-    def _undo_chunk(self, t0, t1, slot):
-        """Undo steps ``t1-1 .. t0`` into ``slot``; return ``(t, layer, part, code)``."""
-        raise NotImplementedError
-
-    def _backprop_chunk(self, t0, t1, batch, bw, slot):
-        """Backpropagate steps ``t1-1 .. t0`` from what :meth:`_undo_chunk` kept in ``slot``."""
-        raise NotImplementedError
-
-    def _pipelined(self):
-        """Whether the reversible backward runs as a pipeline on two threads: a run alone in
-        its call (one row group: no other group keeps a second core busy), with
-        :func:`~revtrain.get_row_threads` ``>= 2`` and a cell that supports it."""
-        return (self.B == self.B_total and get_row_threads() >= 2
-                and self.kept_gates() is not None)
-
-    def _pipelined_backward(self, bw):
-        """The reversible backward over ``bw.chunks`` (last first) as a two-stage pipeline
-        (:func:`~revtrain.models.pipeline.run_pipeline`)."""
-        def undo(t0, t1, slot):
-            self._reserve(t1 - t0)
-            return self._undo_chunk(t0, t1, slot)
-
-        def backprop(t0, t1, slot, code):
-            t, l, part, c = code
-            if c >= 0:
-                self._reversal_failed(t, l, part, c)
-            self._backprop_chunk(t0, t1, bw.batch, bw, slot)
-
-        slots = [self._undo_slot(), self._undo_slot()]
-        for slot in slots:
-            if slot.dPb is None:
-                slot.dPb = bw.dPb
-        run_pipeline(bw.chunks, slots, undo, backprop)
 
     def release(self):
         """Drop the run's arrays (information buffer, parameter copies, workspaces) once its
