@@ -133,7 +133,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, gamma, learned, nbeta, cbeta, beta, vweight, U, by, softmax, labels,
                    target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gWs, gbs, gU, gby, dX,
-                   want_dx, inp0, inpH, P, dP, dx0, dxH, hf, A, gt, n, inc, htop, dH, work, Ob,
+                   want_dx, inp0, inpH, P, dx0, dxH, hf, A, gt, n, inc, htop, dH, work, Ob,
                    dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
@@ -167,6 +167,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                     inpH, P)
             r0, r1 = l * B, (l + 1) * B
             st0 = store[tt, l] if not reverse else q[l]
+            dP = dPb[l, tt - t0]          # the step's dL/dP, in the chunk's rows
             part, code = _layer_back(
                 tt, tt - t0, T, l == L - 1, reverse, q[l], st0, P, Ws[l], bs[l], bgs[l],
                 tr[3][l], floor, gamma, learned, nbeta, cbeta, beta, vweight, D, nmin, scale,
@@ -175,7 +176,6 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                 lscale, per_step, htop, work, dH, terms, dP, Ob[l])
             if code >= 0:
                 return tt, l, part, code
-            dPb[l, tt - t0] = dP
             pass_down(tt, tt - t0, l, mode_in, dP, tr[1], tr[2], inp0, inpH, m_btw,
                       1, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     if grads:

@@ -169,7 +169,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                    m_btw, m_top, q, store, bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale,
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
-                   inp0, inpH, P, dP, dx0, dxH, o, A, g1, g2, fp, n, inc, tc, htop, dH, work, Ob,
+                   inp0, inpH, P, dx0, dxH, o, A, g1, g2, fp, n, inc, tc, htop, dH, work, Ob,
                    dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
@@ -198,6 +198,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                     inpH, P)
             s0, s1 = l * B, (l + 1) * B
             st0, st1 = (store[tt, l], store[tt + 1, l]) if not reverse else (q[l], q[l])
+            dP = dPb[l, tt - t0]          # the step's dL/dP, in the chunk's rows
             part, code = _layer_back(
                 tt, tt - t0, T, l == L - 1, reverse, q[l], st0, st1, P, W1s[l], W2s[l], bs[l],
                 tr[3][l], tr[4][l], floor, D, nmin, scale, inv_scale, bst[s0:s1], bct[s0:s1],
@@ -206,7 +207,6 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                 terms, dP, Ob[l])
             if code >= 0:
                 return tt, l, part, code
-            dPb[l, tt - t0] = dP
             pass_down(tt, tt - t0, l, mode_in, dP, tr[1], tr[2], inp0, inpH, m_btw,
                       2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     if grads:

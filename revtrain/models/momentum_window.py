@@ -53,9 +53,10 @@ class MomentumRNNWindow(WindowRun):
         L, B, H, dt = self.L, self.B, self.H, self.dt
         return {"Ws": stacked([q["W"] for q in gl], dt),
                 "bs": stacked(self._bias_views(grad), dt),
-                "Ob": np.empty((L, self.chunk, B, H), dtype=dt),
-                # the backpropagation stage's own scratch when the backward is pipelined
-                "scratch": np.empty((B, H), dtype=dt)}
+                "Ob": np.empty((L, self.chunk, B, H), dtype=dt)}
+
+    def _stage_scratch(self):
+        return {"scratch": np.empty((self.B, self.H), dtype=self.dt)}
 
     def _backward_chunk(self, t0, t1, reverse, grads, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
@@ -65,7 +66,7 @@ class MomentumRNNWindow(WindowRun):
             m.D, m.nmin, m.scale, m.inv_scale, *self.consts, m.beta, 1.0 - m.beta, self.U,
             self.by, bw.softmax, batch.labels, bw.target, batch.scale, batch.per_step, bw.sn,
             bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX,
-            bw.want_dx, self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.hf, self.A,
+            bw.want_dx, self.inp0, self.inpH, self.P, bw.dx0, bw.dxH, self.hf, self.A,
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
             bw.terms, *self.tr)
 
@@ -95,5 +96,5 @@ class MomentumRNNWindow(WindowRun):
             m.inv_scale, floor, learned, m.beta, 1.0 - m.beta, self.U, self.by, bw.softmax,
             batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0,
-            bw.dxH, c["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
+            bw.dxH, bw.stage["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
             bw.terms, *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

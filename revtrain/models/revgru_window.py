@@ -60,7 +60,7 @@ class RevGRUWindow(WindowRun):
             m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, self.inp0,
-            self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
+            self.inpH, self.P, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
             self.n, self.inc, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
             bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr)
 

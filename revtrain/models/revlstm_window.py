@@ -42,11 +42,13 @@ class RevLSTMWindow(WindowRun):
         L, B, Hh, dt = self.L, self.B, self.H // 2, self.dt
         c = {nm + "s": stacked([q[nm] for q in gl], dt) for nm in ("W1", "W2", "b")}
         c.update(Ob=np.empty((L, 2, self.chunk, B, Hh), dtype=dt),
-                 tc=np.empty((2, B, Hh), dtype=dt),
-                 # the backpropagation stage's own scratch when the backward is pipelined
-                 o=np.empty((B, Hh), dtype=dt), A=np.empty((B, 5 * Hh), dtype=dt),
-                 fp=np.empty((2, B, Hh), dtype=dt))
+                 tc=np.empty((2, B, Hh), dtype=dt))
         return c
+
+    def _stage_scratch(self):
+        B, Hh, dt = self.B, self.H // 2, self.dt
+        return dict(o=np.empty((B, Hh), dtype=dt), A=np.empty((B, 5 * Hh), dtype=dt),
+                    fp=np.empty((2, B, Hh), dtype=dt))
 
     def _backward_chunk(self, t0, t1, reverse, grads, store, batch, bw):
         m, b, c = self.m, self.buf, bw.cell
@@ -56,7 +58,7 @@ class RevLSTMWindow(WindowRun):
             m.D, m.nmin, m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax,
             batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx,
-            self.inp0, self.inpH, self.P, bw.dP, bw.dx0, bw.dxH, self.o, self.A, self.g1,
+            self.inp0, self.inpH, self.P, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.fp, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"],
             bw.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr)
 
@@ -80,11 +82,11 @@ class RevLSTMWindow(WindowRun):
             slot.Gs, slot.Qs, slot.X0s, slot.XHs)
 
     def _backprop_chunk(self, t0, t1, batch, bw, slot):
-        m, c = self.m, bw.cell
+        m, c, s = self.m, bw.cell, bw.stage
         stack_backprop(
             t0, t1, self.T, self.xtok, self.mode_in, self.m_emb, self.m_btw, self.m_top,
             m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
-            c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0, bw.dxH, c["o"],
-            c["A"], c["fp"], c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
+            c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0, bw.dxH, s["o"],
+            s["A"], s["fp"], c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
             bw.terms, *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

@@ -233,8 +233,7 @@ class WindowRun(PipelinedBackward):
         per-row loss terms (the loss is :func:`~revtrain.models.window_calls.fold_terms`).
         """
         pipelined = reverse and self._pipelined()
-        bw = self.begin_backward(batch, reverse, store, want_dx, grad,
-                                 chunk_dp=not (pipelined and self._gates_hold_dp()))
+        bw = self.begin_backward(batch, reverse, store, want_dx, grad, pipelined)
         if pipelined:
             self._pipelined_backward(bw)
         else:
@@ -244,12 +243,14 @@ class WindowRun(PipelinedBackward):
                     self._reversal_failed(t, l, part, code)
         return self.end_backward(bw)
 
-    def begin_backward(self, batch, reverse, store, want_dx, grad, chunk_dp=True):
+    def begin_backward(self, batch, reverse, store, want_dx, grad, pipelined=False):
         """The backward pass's arrays (a namespace; ``chunks``: the chunks' ``(t0, t1)``,
         last first), the gradient ``grad`` (size,) in the run's dtype added into in place.
 
-        ``chunk_dp`` False: no ``dPb`` (a chunk's pre-activation gradients), which a pipelined
-        backward then keeps in its slots' gates (:meth:`_undo_slot`)."""
+        ``dPb`` (L, chunk, B, G) receives the chunk's pre-activation gradients, step by step
+        (the serial kernels write them there directly). ``pipelined``: also the
+        backpropagation stage's own scratch (``dP``, ``stage``), and no ``dPb`` when the
+        slots' gates hold it (:meth:`_undo_slot`)."""
         m = self.m
         L, B, H, T = self.L, self.B, self.H, self.T
         dt = self.dt
@@ -263,7 +264,7 @@ class WindowRun(PipelinedBackward):
             gU=g["U"], gby=g["b_y"], gE=gE, gV0=gl[0]["V"],
             gVs=stacked(self._upper_v(gl, dt), dt),
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
-            want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt),
+            want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt) if pipelined else None,
             # layer 0's input gradients over a chunk's steps (the embedding rows' sums per chunk)
             dx0=np.empty((self.chunk if self.mode_in == 1 or want_dx else 1, B, self.D0),
                          dtype=dt),
@@ -271,7 +272,9 @@ class WindowRun(PipelinedBackward):
             # the output layer's inputs and dL/dz over a chunk's rows (one weight product per chunk)
             htop=np.empty((self.chunk * B, H), dtype=dt), dH=np.empty((B, H), dtype=dt),
             work=np.empty((self.chunk * B, m.n_out), dtype=dt),
-            dPb=np.empty((L, self.chunk, B, G), dtype=dt) if chunk_dp else None,
+            dPb=(None if pipelined and self._gates_hold_dp()
+                 else np.empty((L, self.chunk, B, G), dtype=dt)),
+            stage=self._stage_scratch() if pipelined else None,
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=self._upper_inputs(self.chunk),
             target=batch.target.astype(dt, copy=False),

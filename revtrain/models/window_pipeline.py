@@ -51,6 +51,11 @@ class PipelinedBackward:
         kg = self.kept_gates()
         return kg is not None and int(np.prod(kg)) == self.B * self.m._n_proj
 
+    def _stage_scratch(self):
+        """The backpropagation stage's own scratch arrays (a dict, ``bw.stage``): it runs
+        beside the undo stage, which uses the run's."""
+        return {}
+
     def _undo_chunk(self, t0, t1, slot):
         """Undo steps ``t1-1 .. t0`` into ``slot``; return ``(t, layer, part, code)``."""
         raise NotImplementedError
