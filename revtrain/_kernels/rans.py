@@ -226,8 +226,9 @@ def pop_small(states, counts, words, s, b):
     with ``0 <= e < 1``, so ``k * ceil(2**32 / f) / 2**32`` exceeds ``k / f`` by less than
     ``2**-16 <= 1 / f``, the least distance from ``k / f`` up to the next integer: its floor
     is ``k // f``. Against reciprocals in float64 (the same words and states) this took
-    11.2 -> 6.2 ns per forward multiply of one stream (64 elements), 9.2 -> 8.1 ns over 32
-    streams (measured, ``/tmp`` microbenchmark of :func:`~revtrain._kernels.quantize.forget_add`).
+    11.2 -> 6.3-7.2 ns per forward multiply of one stream (64-128 elements), 9.2 -> 8.0-8.5 ns
+    over 32 streams (a microbenchmark of :func:`~revtrain._kernels.quantize.forget_add`, two
+    processes: the figures move by 10-15 % with where the compiled code lands).
     """
     if b <= 1:
         return int64(0)
