@@ -213,9 +213,9 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, P, W, b, bg, WT, floor, gamma, 
 def _layer_float_back(tt, i, T, top, ql, gt, floor, learned, beta, vweight, inv_scale, scratch,
                       spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale, per_step,
                       htop, work, dH, terms, dP, Obl, WT):
-    """The float part of a layer's backward step from the fixed-point state before it ``ql``
-    and its gates ``gt`` (3, B, H): output layer when ``top``, backpropagation into ``dsl``
-    and ``dP``."""
+    """The float part of a layer's backward step from the state before it ``ql`` (fixed-point,
+    or as float: :func:`~revtrain._kernels.window.state_float`) and its gates ``gt``
+    (3, B, H): output layer when ``top``, backpropagation into ``dsl`` and ``dP``."""
     state_float(ql[PH], inv_scale, spl[PH])
     state_float(ql[PV], inv_scale, spl[PV])
     if top:

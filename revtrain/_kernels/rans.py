@@ -151,11 +151,12 @@ def _pop_symbol(states, counts, words, s, b):
 
 # ---------------------------------------------------------------------------------------
 # Fast paths of the forget-gate multiply ``q * n / D`` (``D = 2**m <= 2**12``): the same
-# code as _push_symbol / _pop_symbol (the same words and states), with the data-dependent
-# choices made without branches and the base-``D`` shift known once per call. Branches on
-# the symbol class and on the refill were mispredicted about half the time with varying
+# code as _push_symbol / _pop_symbol (the same words and states), with the symbol class
+# chosen without a branch and the base-``D`` shift known once per call. Branches on the
+# symbol class and on the refill were mispredicted about half the time with varying
 # ratios: measured 14.8 -> 10.0 ns per forward multiply and 18.1 -> 14.4 ns per undo
-# (32 x 128 elements, ratios spread over [D/8, D]). They repeat the bodies of _push_symbol /
+# (32 x 128 elements, ratios spread over [D/8, D]); pop_small's refill is a branch again
+# since its division became a table multiplication (measured no slower: see there). They repeat the bodies of _push_symbol /
 # _pop_symbol on purpose: calling those (a second level of Numba inlining) made the
 # RevLSTM float32 pass at T=1000, B=32, H=256 6 % slower (0.774 against 0.729 s, measured).
 

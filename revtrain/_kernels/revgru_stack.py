@@ -213,8 +213,9 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, Wg1, W2, Wg2, b, W1
 def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dRO, do, tmp,
                       spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale,
                       per_step, htop, work, dH, terms, dP, Obl, ROl, W1T, Wg1T, W2T, Wg2T):
-    """The float part of a layer's backward step from the fixed-point state before it ``ql``
-    and its gates ``g1``, ``g2`` (5, B, Hh): output layer when ``top``, backpropagation
+    """The float part of a layer's backward step from the state before it ``ql`` (fixed-point,
+    or as float: :func:`~revtrain._kernels.window.state_float`) and its gates ``g1``, ``g2``
+    (5, B, Hh): output layer when ``top``, backpropagation
     into ``dsl`` and ``dP`` (the float recompute of a real step changes nothing)."""
     Hh = ql.shape[2]
     for k in range(2):

@@ -17,6 +17,8 @@ class RevLSTMWindow(WindowRun):
     """A RevLSTM stack's arrays: ``W1s``, ``W2s`` (L, Hh, 5Hh), ``bs`` (L, 5H); parts ``[h1, h2, c1, c2]``."""
 
     error_parts = ("c1", "h1", "c2", "h2")
+    #: stack_backprop overwrites a step's kept gates with its dL/dP only once it used them
+    gates_hold_dp = True
 
     def _pack_cell(self):
         pl, B, Hh, dt = self.pl, self.B, self.H // 2, self.dt
@@ -27,6 +29,7 @@ class RevLSTMWindow(WindowRun):
                              self.once("W2T", lambda: transposed([q["W2"] for q in pl], dt)))
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 5 * Hh), dtype=dt)
         self.g1, self.g2 = np.empty((7, B, Hh), dtype=dt), np.empty((7, B, Hh), dtype=dt)
+        # f, p recomputed from kept gates (_gate_rows; the serial path's 7-row gates skip it)
         self.fp = np.empty((2, B, Hh), dtype=dt)
         self.n = np.empty((B, Hh), dtype=np.int64)
         self.inc = np.empty((B, Hh), dtype=np.int64)

@@ -264,7 +264,8 @@ class WindowRun(PipelinedBackward):
             gU=g["U"], gby=g["b_y"], gE=gE, gV0=gl[0]["V"],
             gVs=stacked(self._upper_v(gl, dt), dt),
             dX=np.empty(self.xflt.shape, dtype=dt) if want_dx else np.zeros((1, 1, 1), dtype=dt),
-            want_dx=want_dx, softmax=m.loss_kind == "softmax", dP=np.empty((B, G), dtype=dt) if pipelined else None,
+            want_dx=want_dx, softmax=m.loss_kind == "softmax",
+            dP=np.empty((B, G), dtype=dt) if pipelined else None,
             # layer 0's input gradients over a chunk's steps (the embedding rows' sums per chunk)
             dx0=np.empty((self.chunk if self.mode_in == 1 or want_dx else 1, B, self.D0),
                          dtype=dt),

@@ -49,8 +49,8 @@ def transposed(arrays, dtype):
 
 def _as_list(arrays):
     """``arrays`` (a list) as a Numba typed List: in one compiled call
-    (:func:`~revtrain._kernels.lists.typed_list`) when they are all of one Numba type, else
-    appended one by one (a mix of read-only and writable arrays, say)."""
+    (:func:`~revtrain._kernels.lists.typed_list`) when they look all of one Numba type, else
+    appended one by one as before (the List then takes the first array's type)."""
     if len({(a.dtype, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable)
             for a in arrays}) == 1:
         return typed_list(tuple(arrays))

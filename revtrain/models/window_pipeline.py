@@ -45,11 +45,17 @@ class PipelinedBackward:
                                dPb=(Gs.reshape((L, k, B, self.m._n_proj))
                                     if self._gates_hold_dp() else None))
 
+    #: A cell sets it True when its backpropagation kernel reads a step's kept gates only
+    #: before writing the step's ``dPb`` row, and the gates have as many elements as that
+    #: row (RevLSTM: 2 halves x 5 gates x Hh = 5H = G per row): :meth:`_undo_slot`.
+    gates_hold_dp = False
+
     def _gates_hold_dp(self):
-        """Whether a step's kept gates (:meth:`kept_gates`) have as many elements as its
-        pre-activation gradients (B, G): RevLSTM's 2 halves x 5 gates x Hh = 5H = G."""
+        """Whether the slots' gates also hold the steps' pre-activation gradients (B, G): the
+        cell opts in (:attr:`gates_hold_dp`) and the sizes agree."""
         kg = self.kept_gates()
-        return kg is not None and int(np.prod(kg)) == self.B * self.m._n_proj
+        return (self.gates_hold_dp and kg is not None
+                and int(np.prod(kg)) == self.B * self.m._n_proj)
 
     def _stage_scratch(self):
         """The backpropagation stage's own scratch arrays (a dict, ``bw.stage``): it runs
@@ -89,4 +95,3 @@ class PipelinedBackward:
             if slot.dPb is None:
                 slot.dPb = bw.dPb
         run_pipeline(bw.chunks, slots, undo, backprop)
-
