@@ -172,6 +172,12 @@ class ThreadCount:
             self.n -= 1
 
 
+class CallToken:
+    """A token whose life is one call's (the pipeline's or the lockstep's): the call's frame
+    alone holds it, so its threads, keeping a weak reference, see the call gone once an
+    interruption has unwound it, even one that came before the call could set its stop flag."""
+
+
 #: How often (s) a thread of the pipeline or the lockstep, waiting for a lock, looks whether
 #: its call stopped.
 POLL_SECONDS = 0.05

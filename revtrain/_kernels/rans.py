@@ -155,9 +155,10 @@ def _pop_symbol(states, counts, words, s, b):
 # chosen without a branch and the base-``D`` shift known once per call. Branches on the
 # symbol class and on the refill were mispredicted about half the time with varying
 # ratios: measured 14.8 -> 10.0 ns per forward multiply and 18.1 -> 14.4 ns per undo
-# (32 x 128 elements, ratios spread over [D/8, D]); pop_small's refill is a branch again
-# since its division became a table multiplication (measured no slower: see there). They repeat the bodies of _push_symbol /
-# _pop_symbol on purpose: calling those (a second level of Numba inlining) made the
+# (32 x 128 elements, ratios spread over [D/8, D]). pop_small's refill is a branch again
+# since its division became a table multiplication: with it, 6.2 against 7.5 ns per forward
+# multiply on one stream, 8.1 against 8.6 on 32 (measured). They repeat the bodies of
+# _push_symbol / _pop_symbol on purpose: calling those (a second level of Numba inlining) made the
 # RevLSTM float32 pass at T=1000, B=32, H=256 6 % slower (0.774 against 0.729 s, measured).
 
 #: ``M // b`` for ``b = 0 .. 2**12`` (entry 0 unused) and ``ceil(2**32 / f)`` for

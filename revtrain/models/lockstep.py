@@ -23,14 +23,10 @@ or not when interrupted, and every wait polls a stop flag, as the pipeline does
 import _thread
 import weakref
 
-from .._threads import ThreadCount, POLL_SECONDS, held_lock, release_if_held
+from .._threads import ThreadCount, CallToken, POLL_SECONDS, held_lock, release_if_held
 
 #: Lanes running now (:func:`running`).
 _running = ThreadCount()
-
-
-class _Call:
-    """A token whose life is one :func:`run_lockstep` call's."""
 
 
 def running():
@@ -80,7 +76,7 @@ def run_lockstep(n_chunks, compute, add, threads):
     first = [None]                  # (k, g, code or exception) first in the serial order
     first_lock = _thread.allocate_lock()
     stop = [False]
-    call = _Call()                  # gone once an interruption has unwound this call
+    call = CallToken()              # gone once an interruption has unwound this call
     alive = weakref.ref(call)
 
     def stopped():

@@ -21,14 +21,10 @@ threads with ``Thread.start`` and hung the next call with a thread pool).
 import _thread
 import weakref
 
-from .._threads import ThreadCount, POLL_SECONDS, held_lock, release_if_held
+from .._threads import ThreadCount, CallToken, POLL_SECONDS, held_lock, release_if_held
 
 #: First stages running now (:func:`running`).
 _running = ThreadCount()
-
-
-class _Call:
-    """A token whose life is one :func:`run_pipeline` call's."""
 
 
 def running():
@@ -67,9 +63,7 @@ def run_pipeline(chunks, slots, first, second):
     free = [_thread.allocate_lock(), _thread.allocate_lock()]
     done = held_lock()
     codes, failed, stop = [None] * len(chunks), [], [False]
-    # held by this call's frame alone: gone once an interruption has unwound it, even one
-    # that came before ``stop`` could be set
-    call = _Call()
+    call = CallToken()
     alive = weakref.ref(call)
 
     def stopped():

@@ -19,7 +19,8 @@ CHUNK_ROWS = 64
 
 
 def stacked(arrays, dtype):
-    """The per-layer blocks ``arrays`` as a Numba typed List of ``dtype`` arrays (``[l]`` in kernels).
+    """The per-layer blocks ``arrays`` as a Numba typed List of ``dtype`` arrays (``[l]`` in
+    kernels).
 
     Blocks already of ``dtype`` are passed as they are (views of ``theta``, no
     copies); others are converted.
