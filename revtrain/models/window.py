@@ -51,20 +51,26 @@ class WindowRun(PipelinedBackward):
     shared : dict or None
         Arrays computed once per call and shared by its row groups
         (:meth:`once`); None: this run's own.
+    row0, B_total : int
+        A row group's first row and the whole batch's rows (None: this run's ``B``).
+    chunk : int or None
+        Steps per kernel call; None: :func:`~revtrain.models.window_arrays.chunk_steps` of
+        this run's rows (two halves take the first half's, to step their chunks together).
     """
 
     #: Names of the parts in ``q``'s order, and the part names of the kernels' error codes.
     error_parts = ()
 
-    def __init__(self, model, theta, x, tokens, state0, masks, shared=None):
+    def __init__(self, model, theta, x, tokens, state0, masks, shared=None, row0=0,
+                 B_total=None, chunk=None):
         m = self.m = model
         dt = self.dt = np.dtype(getattr(m, "dtype", "float64"))
         L, H, G = m.n_layers, m.n_hidden, m._n_proj
         self.T, self.B = x.shape[0], x.shape[1]
         B = self.B
         #: First row and rows of the whole batch (a group of rows runs as its own WindowRun).
-        self.row0, self.B_total = 0, B
-        self.chunk = chunk_steps(B)
+        self.row0, self.B_total = row0, B if B_total is None else B_total
+        self.chunk = chunk_steps(B) if chunk is None else chunk
         self.L, self.H = L, H
         self.parts = tuple(nm for nm, _ in m._layout_parts)
         self.w = m._layout_parts[0][1]

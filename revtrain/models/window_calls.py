@@ -36,15 +36,15 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
         theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
     out, shared = [], {}
     groups = window_row_groups(B)
+    # two halves take their backward chunks in step: the first half's chunk length
+    chunk = chunk_steps(groups[0][1] - groups[0][0]) if len(groups) == 2 else None
     for i, (r0, r1) in enumerate(groups):
         whole = r0 == 0 and r1 == B
         xg = x if whole else (xs[i] if xs is not None else np.ascontiguousarray(x[:, r0:r1]))
         run = run_class(model, theta, xg, tokens,
                         None if state0 is None else state0[r0:r1],
-                        masks if whole else group_masks(masks, r0, r1), shared)
-        run.row0, run.B_total = r0, B
-        if len(groups) == 2:    # two halves take their backward chunks in step: the first's
-            run.chunk = chunk_steps(groups[0][1] - groups[0][0])
+                        masks if whole else group_masks(masks, r0, r1), shared,
+                        row0=r0, B_total=B, chunk=chunk)
         out.append((r0, r1, run))
     return out
 
