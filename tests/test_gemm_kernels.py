@@ -12,7 +12,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from revtrain._kernels.gemm import matmul_rows
+from revtrain._kernels.gemm import matmul_rows, matmul_rows_t
+from revtrain._kernels.gemm_nt import matmul_vec_t
 from revtrain._kernels.gemm_vec import matmul_vec, rows_matmul_add, tn_add, add_column_sums
 
 
@@ -86,8 +87,7 @@ def test_rows_do_not_depend_on_the_other_rows():
 
 
 def test_matmul_rows_reads_a_transposed_view_as_its_copy():
-    """``matmul_rows(A, W.T)`` (a view) gives the bits of the transposed copy the window
-    kernels pass (so the per-step reference and the kernels agree)."""
+    """``matmul_rows(A, W.T)`` (a view) gives the bits of ``W.T``'s C-contiguous copy."""
     rng = np.random.default_rng(4)
     A = rng.standard_normal((16, 80)).astype(np.float32)
     W = rng.standard_normal((48, 80)).astype(np.float32)
@@ -231,3 +231,95 @@ def test_tn_add_and_column_sums_check_their_shapes():
         tn_add(np.zeros((3, 4), f), np.zeros((5, 3), f), np.zeros((5, 4), f), 6, 0)
     with pytest.raises(ValueError, match="do not match"):
         add_column_sums(np.zeros(4, f), np.zeros((5, 4), f), 5, 1)
+
+
+# ------------------------------------------------- A @ W.T with W read in place (gemm_nt)
+
+def dot_lanes_reference(A, W):
+    """``out[r, i]`` in the order of :mod:`revtrain._kernels.gemm_nt`: lane ``j`` of ``L``
+    (16 float32, 8 float64) chains ``fma(A[r, k], W[i, k], .)`` over ``k = j, j+L, ..`` below
+    ``K - K % L``; the lanes are added in the tree (lane ``j + n/2`` onto lane ``j``); the
+    last ``K % L`` columns chain onto that sum. Every operation exact, then rounded."""
+    f32 = A.dtype == np.float32
+    L = 16 if f32 else 8
+
+    def rnd(x):
+        return Fraction(float(round_f32(x))) if f32 else Fraction(float(x))
+    M, K = A.shape
+    N = W.shape[0]
+    Kv = K - K % L
+    Af = [[Fraction(float(v)) for v in row] for row in A]
+    Wf = [[Fraction(float(v)) for v in row] for row in W]
+    out = np.empty((M, N), dtype=A.dtype)
+    for r in range(M):
+        for i in range(N):
+            acc = [Fraction(0)] * L
+            for k in range(Kv):
+                acc[k % L] = rnd(Af[r][k] * Wf[i][k] + acc[k % L])
+            while len(acc) > 1:
+                h = len(acc) // 2
+                acc = [rnd(acc[j] + acc[j + h]) for j in range(h)]
+            s = acc[0]
+            for k in range(Kv, K):
+                s = rnd(Af[r][k] * Wf[i][k] + s)
+            out[r, i] = float(s)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 70, 11), (4, 40, 13), (5, 19, 9),
+                                   (9, 33, 17), (8, 64, 8)])
+def test_matmul_t_is_the_lane_order(dtype, M, K, N):
+    """Every block (4x4, 1x8, single elements, the tail columns) gives the documented bits."""
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    W = rng.standard_normal((N, K)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype=dtype)
+    matmul_vec_t(A, W, out)
+    assert np.array_equal(out, dot_lanes_reference(A, W))
+    via_rows = np.full_like(out, np.nan)
+    matmul_rows_t(A, W, via_rows)
+    assert np.array_equal(via_rows, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_t_rows_do_not_depend_on_the_other_rows(dtype):
+    """A row alone, or any block of rows, gives the bits it has in a larger product (the
+    window kernels' row groups and the per-step reference agree)."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((23, 150)).astype(dtype)
+    W = rng.standard_normal((37, 150)).astype(dtype)
+    out = np.empty((23, 37), dtype=dtype)
+    matmul_rows_t(A, W, out)
+    for r0, r1 in [(0, 1), (5, 6), (22, 23), (3, 10), (16, 23)]:
+        part = np.empty((r1 - r0, 37), dtype=dtype)
+        matmul_rows_t(np.ascontiguousarray(A[r0:r1]), W, part)
+        assert np.array_equal(part, out[r0:r1])
+    assert np.allclose(out, A.astype(np.float64) @ W.T.astype(np.float64),
+                       rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+def test_matmul_t_order_is_not_the_single_chain():
+    """Negative control: the lane order gives other bits than one chain over ``k`` (the
+    order of a transposed copy through ``matmul_vec``), so the test above can fail."""
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((4, 64)).astype(np.float32)
+    W = rng.standard_normal((16, 64)).astype(np.float32)
+    lanes_out = np.empty((4, 16), np.float32)
+    matmul_vec_t(A, W, lanes_out)
+    chain = np.empty((4, 16), np.float32)
+    matmul_vec(A, np.ascontiguousarray(W.T), chain)
+    assert not np.array_equal(lanes_out, chain)
+    assert np.array_equal(chain, fma_chain_reference(A, np.ascontiguousarray(W.T)))
+
+
+def test_matmul_t_complex_and_shape_errors():
+    """complex128 runs through BLAS on ``W.T`` (the complex step); mismatched shapes raise."""
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((20, 6)) + 1j * rng.standard_normal((20, 6))
+    W = rng.standard_normal((5, 6)) + 1j * rng.standard_normal((5, 6))
+    out = np.empty((20, 5), dtype=np.complex128)
+    matmul_rows_t(A, W, out)
+    assert np.allclose(out, A @ W.T)
+    with pytest.raises(ValueError, match="matmul_t"):
+        matmul_vec_t(np.ones((2, 3)), np.ones((4, 5)), np.empty((2, 4)))

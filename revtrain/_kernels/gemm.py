@@ -33,6 +33,7 @@ from numba.extending import overload
 
 from ._options import NJIT_OPTS
 from .gemm_vec import matmul_vec, tn_add
+from .gemm_nt import matmul_vec_t
 
 #: Rows per block of the reversible cells' per-step products (and rows per thread group).
 ROW_BLOCK = 16
@@ -65,6 +66,35 @@ def _dot_rows_impl(A, B, out):
         for r0 in range(0, M, ROW_BLOCK):
             r1 = min(M, r0 + ROW_BLOCK)
             np.dot(A[r0:r1], B, out[r0:r1])
+    return blocked
+
+
+def dot_rows_t(A, W, out):
+    """``out = A @ W.T`` with each row's bits independent of the product's other rows.
+
+    A : (m, k).  W : (n, k), read in place (no transposed copy).  out : (m, n) C-contiguous.
+
+    float32 / float64: :func:`~revtrain._kernels.gemm_nt.matmul_vec_t` (each element
+    a dot product of two rows in the fixed order documented there); complex128: BLAS
+    on ``W.T`` in blocks of :data:`ROW_BLOCK` rows. (Numba only: an ``overload``.)
+    """
+    raise NotImplementedError("dot_rows_t runs inside Numba kernels; use matmul_rows_t")
+
+
+@overload(dot_rows_t, inline="always")
+def _dot_rows_t_impl(A, W, out):
+    if A.dtype == W.dtype and A.dtype in (types.float32, types.float64):
+        if A.layout == "C" and W.layout == "C":
+            return lambda A, W, out: matmul_vec_t(A, W, out)
+        return lambda A, W, out: matmul_vec_t(np.ascontiguousarray(A),
+                                              np.ascontiguousarray(W), out)
+
+    def blocked(A, W, out):
+        M = A.shape[0]
+        WT = W.T
+        for r0 in range(0, M, ROW_BLOCK):
+            r1 = min(M, r0 + ROW_BLOCK)
+            np.dot(A[r0:r1], WT, out[r0:r1])
     return blocked
 
 
@@ -122,6 +152,12 @@ def _transpose_for_dot_impl(W):
 def matmul_rows(A, B, out):
     """``out = A @ B`` by :func:`dot_rows` (the reversible cells' per-step products)."""
     dot_rows(A, B, out)
+
+
+@njit(**NJIT_OPTS)
+def matmul_rows_t(A, W, out):
+    """``out = A @ W.T`` by :func:`dot_rows_t` (the reversible cells' backward products)."""
+    dot_rows_t(A, W, out)
 
 
 @njit(**NJIT_OPTS)

@@ -10,7 +10,7 @@ from numba.extending import overload
 
 from ._options import NJIT_OPTS, INLINE_OPTS
 from .mathfn import exp_, log_, real_
-from .gemm import dot_rows
+from .gemm import dot_rows, dot_rows_t
 
 
 def terms_like(work):
@@ -46,7 +46,10 @@ def _backprop_output(h, U, dz, dh, dU, dby, blocked):
             acc += dz[n, k]
         dby[k] += acc
     dU[:, :] += np.dot(h.T, dz)      # (an in-place "dU +=" is lost when inlined twice)
-    _product(dz, U.T, dh, blocked)
+    if blocked:
+        dot_rows_t(dz, U, dh)
+    else:
+        np.dot(dz, U.T, dh)
 
 
 @njit(**INLINE_OPTS)

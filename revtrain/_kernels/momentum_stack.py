@@ -34,7 +34,7 @@ from numba import njit
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .momentum_rnn import momentum_gates, leaky_h_inc, momentum_back
 from .quantize import quantise_convex, forget_add, forget_add_undo
-from .gemm import dot_rows, add_tn_product
+from .gemm import dot_rows, dot_rows_t, add_tn_product
 from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, pass_down,
                      chunk_common_grads, copy_rows,
@@ -134,7 +134,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                    floor, gamma, learned, nbeta, cbeta, beta, vweight, U, by, softmax, labels,
                    target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gWs, gbs, gU, gby, dX,
                    want_dx, inp0, inpH, P, dx0, dxH, hf, A, gt, n, inc, htop, dH, work, Ob,
-                   dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3):
+                   dPb, Xb0, XbH, terms):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
@@ -158,8 +158,6 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
     (``Ob``, ``dPb``, ``Xb0``, ``XbH``, ``dx0``, ``htop``, ``work``) for the caller to add
     with :func:`chunk_grads` when its turn comes (two row groups adding into one gradient).
     """
-    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
-    tr = (tr0, tr1, tr2, tr3)
     L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
@@ -170,13 +168,13 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
             dP = dPb[l, tt - t0]          # the step's dL/dP, in the chunk's rows
             part, code = _layer_back(
                 tt, tt - t0, T, l == L - 1, reverse, q[l], st0, P, Ws[l], bs[l], bgs[l],
-                tr[3][l], floor, gamma, learned, nbeta, cbeta, beta, vweight, D, nmin, scale,
+                floor, gamma, learned, nbeta, cbeta, beta, vweight, D, nmin, scale,
                 inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1], binf[r0:r1], log2, hf, A, gt, n,
-                inc, hf, sp[l], sn[l], ds[l], m_top, U, tr[0], by, softmax, labels, target,
+                inc, hf, sp[l], sn[l], ds[l], m_top, U, by, softmax, labels, target,
                 lscale, per_step, htop, work, dH, terms, dP, Ob[l])
             if code >= 0:
                 return tt, l, part, code
-            pass_down(tt, tt - t0, l, mode_in, dP, tr[1], tr[2], inp0, inpH, m_btw,
+            pass_down(tt, tt - t0, l, mode_in, dP, V0, Vs, inp0, inpH, m_btw,
                       1, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     if grads:
         chunk_grads(t1 - t0, t0, Ob, dPb, gWs, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
@@ -185,9 +183,9 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
 
 
 @njit(**ELEMENT_OPTS)
-def _layer_back(tt, i, T, top, reverse, ql, st0, P, W, b, bg, WT, floor, gamma, learned, nbeta,
+def _layer_back(tt, i, T, top, reverse, ql, st0, P, W, b, bg, floor, gamma, learned, nbeta,
                 cbeta, beta, vweight, D, nmin, scale, inv_scale, st, ct, wd, inf, log2, hf, A, gt,
-                n, inc, scratch, spl, snl, dsl, m_top, U, UT, by, softmax, labels, target,
+                n, inc, scratch, spl, snl, dsl, m_top, U, by, softmax, labels, target,
                 lscale, per_step, htop, work, dH, terms, dP, Obl):
     """One layer of :func:`stack_backward` at step ``tt`` (row ``i`` of the chunk): undo it
     (``reverse``) or load it (``st0``: the stored state before it) with its gates in ``gt``,
@@ -204,27 +202,27 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, P, W, b, bg, WT, floor, gamma, 
             copy_rows(st0[k], ql[k])
         _gates(ql[PH], P, W, b, bg, floor, gamma, learned, inv_scale, hf, A, gt)
     _layer_float_back(tt, i, T, top, ql, gt, floor, learned, beta, vweight, inv_scale, scratch,
-                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale, per_step,
-                      htop, work, dH, terms, dP, Obl, WT)
+                      spl, snl, dsl, m_top, U, by, softmax, labels, target, lscale, per_step,
+                      htop, work, dH, terms, dP, Obl, W)
     return 0, -1
 
 
 @njit(**ELEMENT_OPTS)
 def _layer_float_back(tt, i, T, top, ql, gt, floor, learned, beta, vweight, inv_scale, scratch,
-                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale, per_step,
-                      htop, work, dH, terms, dP, Obl, WT):
+                      spl, snl, dsl, m_top, U, by, softmax, labels, target, lscale, per_step,
+                      htop, work, dH, terms, dP, Obl, W):
     """The float part of a layer's backward step from the state before it ``ql`` (fixed-point,
     or as float: :func:`~revtrain._kernels.window.state_float`) and its gates ``gt``
     (3, B, H): output layer when ``top``, backpropagation into ``dsl`` and ``dP``."""
     state_float(ql[PH], inv_scale, spl[PH])
     state_float(ql[PV], inv_scale, spl[PV])
     if top:
-        head_step(tt, i, T, per_step, snl, 1, m_top, U, UT, by, softmax, labels, target, lscale,
+        head_step(tt, i, T, per_step, snl, 1, m_top, U, by, softmax, labels, target, lscale,
                   htop, work, dH, dsl, terms)
     momentum_back(gt[0], gt[1], gt[2], spl[PV], floor, learned, beta, vweight, dsl[PH],
                   dsl[PV], dP)
     copy_rows(spl[PH], Obl[i])              # weight gradients: one product per chunk
-    dot_rows(dP, WT, scratch)               # W.T
+    dot_rows_t(dP, W, scratch)              # dP @ W.T
     add_rows(scratch, dsl[PH])
     copy_rows(spl[PH], snl[PH])
     copy_rows(spl[PV], snl[PV])
@@ -260,22 +258,20 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, Ws, bs, bgs, m_btw
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, learned,
                    beta, vweight, U, by, softmax, labels, target, lscale, per_step, sn, sp, ds, gE,
                    gV0, gVs, gWs, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, scratch, htop, dH,
-                   work, Ob, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, Gs, Qs, X0s, XHs):
+                   work, Ob, dPb, Xb0, XbH, terms, V0, Vs, Ws, Gs, Qs, X0s, XHs):
     """The backpropagation stage of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from what :func:`stack_undo` kept; the same operations in the
     same order, so the same bits."""
-    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
-    tr = (tr0, tr1, tr2, tr3)
     L = sn.shape[0]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
         for l in range(L - 1, -1, -1):
             _layer_float_back(tt, i, T, l == L - 1, Qs[l, i], Gs[l, i], floor, learned, beta,
-                              vweight, inv_scale, scratch, sp[l], sn[l], ds[l], m_top, U, tr[0],
+                              vweight, inv_scale, scratch, sp[l], sn[l], ds[l], m_top, U,
                               by, softmax, labels, target, lscale, per_step, htop, work, dH,
-                              terms, dP, Ob[l], tr[3][l])
+                              terms, dP, Ob[l], Ws[l])
             dPb[l, i] = dP
-            pass_down(tt, i, l, mode_in, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+            pass_down(tt, i, l, mode_in, dP, V0, Vs, X0s[i], XHs[max(l - 1, 0), i],
                       m_btw, 1, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     chunk_grads(t1 - t0, t0, Ob, dPb, gWs, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
                 htop, work, gV0, gVs, gE, gU, gby)

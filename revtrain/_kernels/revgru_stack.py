@@ -37,7 +37,7 @@ from numba import njit
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .revgru import revgru_gates1, revgru_gates2, revgru_back1, revgru_back2
 from .quantize import quantise_convex, forget_add, forget_add_undo
-from .gemm import dot_rows, add_tn_product
+from .gemm import dot_rows, dot_rows_t, add_tn_product
 from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, pass_down,
                      chunk_common_grads, copy_cols, copy_rows, add_rows, keep_step,
@@ -134,8 +134,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                    scale, inv_scale, floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dx0, dxH, o, A, Gm, g1, g2, n, inc, dAzr, dAg, dRO, do,
-                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4,
-                   tr5, tr6):
+                   tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state and recompute the gates, output layer on the top, backpropagate.
 
@@ -157,8 +156,6 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
     (``Ob``, ``dPb``, ``Xb0``, ``XbH``, ``dx0``, ``htop``, ``work``) for the caller to add
     with :func:`chunk_grads` when its turn comes (two row groups adding into one gradient).
     """
-    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
-    tr = (tr0, tr1, tr2, tr3, tr4, tr5, tr6)
     L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
@@ -169,14 +166,14 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
             dP = dPb[l, tt - t0]          # the step's dL/dP, in the chunk's rows
             part, code = _layer_back(
                 tt, tt - t0, T, l == L - 1, reverse, q[l], st0, st1, P, W1s[l], Wg1s[l],
-                W2s[l], Wg2s[l], bs[l], tr[3][l], tr[4][l], tr[5][l], tr[6][l], floor, D, nmin,
+                W2s[l], Wg2s[l], bs[l], floor, D, nmin,
                 scale, inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1], binf[r0:r1], log2, o, A,
                 Gm, g1, g2, n, inc, dAzr, dAg, dRO, do, tmp, sp[l], sn[l], ds[l], m_top, U,
-                tr[0], by, softmax, labels, target, lscale, per_step, htop, work, dH, terms, dP,
+                by, softmax, labels, target, lscale, per_step, htop, work, dH, terms, dP,
                 Ob[l], ROb[l])
             if code >= 0:
                 return tt, l, part, code
-            pass_down(tt, tt - t0, l, mode_in, dP, tr[1], tr[2], inp0, inpH, m_btw,
+            pass_down(tt, tt - t0, l, mode_in, dP, V0, Vs, inp0, inpH, m_btw,
                       2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     if grads:
         chunk_grads(t1 - t0, t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs, mode_in, xtok,
@@ -185,9 +182,9 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
 
 
 @njit(**ELEMENT_OPTS)
-def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, Wg1, W2, Wg2, b, W1T, Wg1T, W2T,
-                Wg2T, floor, D, nmin, scale, inv_scale, st, ct, wd, inf, log2, o, A, Gm, g1, g2,
-                n, inc, dAzr, dAg, dRO, do, tmp, spl, snl, dsl, m_top, U, UT, by, softmax,
+def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, Wg1, W2, Wg2, b,
+                floor, D, nmin, scale, inv_scale, st, ct, wd, inf, log2, o, A, Gm, g1, g2,
+                n, inc, dAzr, dAg, dRO, do, tmp, spl, snl, dsl, m_top, U, by, softmax,
                 labels, target, lscale, per_step, htop, work, dH, terms, dP, Obl, ROl):
     """One layer of :func:`stack_backward` at step ``tt`` (row ``i`` of the chunk): undo it
     (``reverse``) or load it (``st0``, ``st1``: the stored states before and after), then
@@ -204,15 +201,15 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, Wg1, W2, Wg2, b, W1
         _half_gates(1, st1, P, W2, Wg2, b, floor, inv_scale, o, A, Gm, g2)
         _half_gates(0, ql, P, W1, Wg1, b, floor, inv_scale, o, A, Gm, g1)
     _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dRO, do, tmp,
-                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale,
-                      per_step, htop, work, dH, terms, dP, Obl, ROl, W1T, Wg1T, W2T, Wg2T)
+                      spl, snl, dsl, m_top, U, by, softmax, labels, target, lscale,
+                      per_step, htop, work, dH, terms, dP, Obl, ROl, W1, Wg1, W2, Wg2)
     return 0, -1
 
 
 @njit(**ELEMENT_OPTS)
 def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dRO, do, tmp,
-                      spl, snl, dsl, m_top, U, UT, by, softmax, labels, target, lscale,
-                      per_step, htop, work, dH, terms, dP, Obl, ROl, W1T, Wg1T, W2T, Wg2T):
+                      spl, snl, dsl, m_top, U, by, softmax, labels, target, lscale,
+                      per_step, htop, work, dH, terms, dP, Obl, ROl, W1, Wg1, W2, Wg2):
     """The float part of a layer's backward step from the state before it ``ql`` (fixed-point,
     or as float: :func:`~revtrain._kernels.window.state_float`) and its gates ``g1``, ``g2``
     (5, B, Hh): output layer when ``top``, backpropagation
@@ -221,7 +218,7 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dR
     for k in range(2):
         state_float(ql[k], inv_scale, spl[k])
     if top:
-        head_step(tt, i, T, per_step, snl, 2, m_top, U, UT, by, softmax, labels, target, lscale,
+        head_step(tt, i, T, per_step, snl, 2, m_top, U, by, softmax, labels, target, lscale,
                   htop, work, dH, dsl, terms)
     # backpropagate: half 2, then half 1
     for hh in range(2):
@@ -233,10 +230,10 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, dAzr, dAg, dR
         off = half * 3 * Hh
         revgru_back1(g[GZ], g[GSZ], g[GG], spl[mine], floor, dsl[mine], dP, off)
         copy_cols(dP, off + 2 * Hh, dAg)
-        dot_rows(dAg, Wg1T if half == 0 else Wg2T, dRO)
+        dot_rows_t(dAg, Wg1 if half == 0 else Wg2, dRO)         # dAg @ Wg.T
         revgru_back2(dRO, g[GR], ov, dP, off, do)
         copy_cols(dP, off, dAzr)
-        dot_rows(dAzr, W1T if half == 0 else W2T, tmp)
+        dot_rows_t(dAzr, W1 if half == 0 else W2, tmp)          # dAzr @ W.T
         add_rows(tmp, do)
         add_rows(do, dsl[other])
         copy_rows(ov, Obl[half, i])        # weight gradients: one product per chunk
@@ -276,24 +273,21 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, Wg1s, W2s, Wg
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
                    softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
                    gWg1s, gW2s, gWg2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, dAzr, dAg, dRO,
-                   do, tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4,
-                   tr5, tr6, Gs, Qs, X0s, XHs):
+                   do, tmp, htop, dH, work, Ob, ROb, dPb, Xb0, XbH, terms, V0, Vs, W1s, Wg1s,
+                   W2s, Wg2s, Gs, Qs, X0s, XHs):
     """The backpropagation stage of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from what :func:`stack_undo` kept; the same operations in the
     same order, so the same bits."""
-    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
-    tr = (tr0, tr1, tr2, tr3, tr4, tr5, tr6)
     L = sn.shape[0]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
         for l in range(L - 1, -1, -1):
             _layer_float_back(tt, i, T, l == L - 1, Qs[l, i], Gs[l, i, 0], Gs[l, i, 1], floor,
                               inv_scale, dAzr, dAg, dRO, do, tmp, sp[l], sn[l], ds[l], m_top, U,
-                              tr[0], by, softmax, labels, target, lscale, per_step, htop, work,
-                              dH, terms, dP, Ob[l], ROb[l], tr[3][l], tr[4][l], tr[5][l],
-                              tr[6][l])
+                              by, softmax, labels, target, lscale, per_step, htop, work,
+                              dH, terms, dP, Ob[l], ROb[l], W1s[l], Wg1s[l], W2s[l], Wg2s[l])
             dPb[l, i] = dP
-            pass_down(tt, i, l, mode_in, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+            pass_down(tt, i, l, mode_in, dP, V0, Vs, X0s[i], XHs[max(l - 1, 0), i],
                       m_btw, 2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     chunk_grads(t1 - t0, t0, Ob, ROb, dPb, gW1s, gWg1s, gW2s, gWg2s, gbs, mode_in, xtok, m_emb,
                 Xb0, XbH, dx0, htop, work, gV0, gVs, gE, gU, gby)

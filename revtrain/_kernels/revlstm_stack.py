@@ -39,7 +39,7 @@ from numba import njit
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .revlstm import revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell, revlstm_back
 from .quantize import forget_add, forget_add_undo
-from .gemm import dot_rows, add_tn_product
+from .gemm import dot_rows, dot_rows_t, add_tn_product
 from .gemm_vec import add_column_sums
 from .window import (to_float, project, head_step, pass_down,
                      chunk_common_grads, copy_cols, copy_rows, add_rows, keep_step,
@@ -170,7 +170,7 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
                    floor, U, by, softmax, labels, target, lscale, per_step,
                    sn, sp, ds, gE, gV0, gVs, gW1s, gW2s, gbs, gU, gby, dX, want_dx,
                    inp0, inpH, P, dx0, dxH, o, A, g1, g2, fp, n, inc, tc, htop, dH, work, Ob,
-                   dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4):
+                   dPb, Xb0, XbH, terms):
     """Steps ``t1-1 .. t0`` backwards: per step, layers top-down: undo (``reverse``) or load
     the stored state, recompute in float, output layer on the top, backpropagate.
 
@@ -189,8 +189,6 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
     (``Ob``, ``dPb``, ``Xb0``, ``XbH``, ``dx0``, ``htop``, ``work``) for the caller to add
     with :func:`chunk_grads` when its turn comes (two row groups adding into one gradient).
     """
-    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
-    tr = (tr0, tr1, tr2, tr3, tr4)
     L, B = q.shape[0], q.shape[2]
     for tt in range(t1 - 1, t0 - 1, -1):
         for l in range(L - 1, -1, -1):
@@ -201,13 +199,13 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
             dP = dPb[l, tt - t0]          # the step's dL/dP, in the chunk's rows
             part, code = _layer_back(
                 tt, tt - t0, T, l == L - 1, reverse, q[l], st0, st1, P, W1s[l], W2s[l], bs[l],
-                tr[3][l], tr[4][l], floor, D, nmin, scale, inv_scale, bst[s0:s1], bct[s0:s1],
-                bwd[s0:s1], binf[s0:s1], log2, o, A, g1, g2, fp, n, inc, tc, sp[l], sn[l], ds[l],
-                m_top, U, tr[0], by, softmax, labels, target, lscale, per_step, htop, work, dH,
+                floor, D, nmin, scale, inv_scale, bst[s0:s1], bct[s0:s1], bwd[s0:s1],
+                binf[s0:s1], log2, o, A, g1, g2, fp, n, inc, tc, sp[l], sn[l], ds[l],
+                m_top, U, by, softmax, labels, target, lscale, per_step, htop, work, dH,
                 terms, dP, Ob[l])
             if code >= 0:
                 return tt, l, part, code
-            pass_down(tt, tt - t0, l, mode_in, dP, tr[1], tr[2], inp0, inpH, m_btw,
+            pass_down(tt, tt - t0, l, mode_in, dP, V0, Vs, inp0, inpH, m_btw,
                       2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     if grads:
         chunk_grads(t1 - t0, t0, Ob, dPb, gW1s, gW2s, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
@@ -216,9 +214,9 @@ def stack_backward(t0, t1, T, reverse, grads, xtok, xflt, mode_in, E, m_emb, V0,
 
 
 @njit(**ELEMENT_OPTS)
-def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, W1T, W2T, floor, D, nmin,
+def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, floor, D, nmin,
                 scale, inv_scale, st, ct, wd, inf, log2, o, A, g1, g2, fp, n, inc, tc, spl, snl,
-                dsl, m_top, U, UT, by, softmax, labels, target, lscale, per_step, htop, work, dH,
+                dsl, m_top, U, by, softmax, labels, target, lscale, per_step, htop, work, dH,
                 terms, dP, Obl):
     """One layer of :func:`stack_backward` at step ``tt`` (row ``i`` of the chunk): undo it
     (``reverse``) or load it (``st0``, ``st1``: the stored states before and after), recompute
@@ -240,15 +238,15 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, W1T, W2T, fl
         _half_gates(1, st1, P, W2, b, floor, inv_scale, o, A, g2)
         _half_gates(0, ql, P, W1, b, floor, inv_scale, o, A, g1)
     _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl, dsl, m_top, U,
-                      UT, by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
-                      dP, Obl, W1T, W2T, o, A, fp)
+                      by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
+                      dP, Obl, W1, W2, o, A, fp)
     return 0, -1
 
 
 @njit(**ELEMENT_OPTS)
 def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl, dsl, m_top, U,
-                      UT, by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
-                      dP, Obl, W1T, W2T, o, A, fp):
+                      by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
+                      dP, Obl, W1, W2, o, A, fp):
     """The float part of a layer's backward step: from the state before the step ``ql``
     (fixed-point, or as float: :func:`~revtrain._kernels.window.state_float`) and the step's
     gates ``g1``, ``g2`` (all 7, or the kept 5: :func:`_gate_rows`), recompute the step in
@@ -263,7 +261,7 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl,
     gi, gf, sf, go, gp, sp, gg = _gate_rows(g2, floor, fp)
     revlstm_cell(spl[C2], spl[H2], gi, gf, go, gp, gg, snl[C2], snl[H2], tc[1])
     if top:
-        head_step(tt, i, T, per_step, snl, 2, m_top, U, UT, by, softmax, labels, target, lscale,
+        head_step(tt, i, T, per_step, snl, 2, m_top, U, by, softmax, labels, target, lscale,
                   htop, work, dH, dsl, terms)
     # backpropagate: half 2, then half 1
     for hh in range(2):
@@ -278,7 +276,7 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl,
                      dsl[mine], dsl[C1 + half], dP, off)
         copy_cols(dP, off, A)              # dL/dA of this half; A: free scratch here
         copy_rows(ov, Obl[half, i])        # weight gradients: one product per chunk
-        dot_rows(A, W1T if half == 0 else W2T, o)      # o: free scratch (B, Hh) here
+        dot_rows_t(A, W1 if half == 0 else W2, o)      # A @ W.T; o: free scratch (B, Hh)
         add_rows(o, dsl[other])
     for k in range(4):
         copy_rows(spl[k], snl[k])
@@ -321,7 +319,7 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_bt
 def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, floor, U, by,
                    softmax, labels, target, lscale, per_step, sn, sp, ds, gE, gV0, gVs, gW1s,
                    gW2s, gbs, gU, gby, dX, want_dx, dP, dx0, dxH, o, A, fp, tc, htop, dH, work,
-                   Ob, dPb, Xb0, XbH, terms, tr0, tr1, tr2, tr3, tr4, Gs, Qs, X0s, XHs):
+                   Ob, dPb, Xb0, XbH, terms, V0, Vs, W1s, W2s, Gs, Qs, X0s, XHs):
     """The backpropagation side of a pipelined backward: steps ``t1-1 .. t0`` of
     :func:`stack_backward` from the gates, states and inputs :func:`stack_undo` kept, on
     another thread meanwhile undoing the chunk before. The same operations in the same
@@ -330,18 +328,16 @@ def stack_backprop(t0, t1, T, xtok, mode_in, m_emb, m_btw, m_top, inv_scale, flo
     ``dPb`` (L, chunk, B, 5H) may be a view of ``Gs``'s memory (the same size: 2 * 5 * Hh
     = 5H per row): step ``i``'s pre-activation gradients overwrite its gates once they
     have been used (:meth:`~revtrain.models.window.WindowRun._undo_slot`)."""
-    # the transposes come as separate arguments: a tuple of typed Lists takes 30 us to unbox
-    tr = (tr0, tr1, tr2, tr3, tr4)
     L = sn.shape[0]
     for tt in range(t1 - 1, t0 - 1, -1):
         i = tt - t0
         for l in range(L - 1, -1, -1):
             _layer_float_back(tt, i, T, l == L - 1, Qs[l, i], Gs[l, i, 0], Gs[l, i, 1], floor,
-                              inv_scale, tc, sp[l], sn[l], ds[l], m_top, U, tr[0], by, softmax,
+                              inv_scale, tc, sp[l], sn[l], ds[l], m_top, U, by, softmax,
                               labels, target, lscale, per_step, htop, work, dH, terms, dP, Ob[l],
-                              tr[3][l], tr[4][l], o, A, fp)
+                              W1s[l], W2s[l], o, A, fp)
             dPb[l, i] = dP
-            pass_down(tt, i, l, mode_in, dP, tr[1], tr[2], X0s[i], XHs[max(l - 1, 0), i],
+            pass_down(tt, i, l, mode_in, dP, V0, Vs, X0s[i], XHs[max(l - 1, 0), i],
                       m_btw, 2, ds, dX, want_dx, dx0, dxH, Xb0, XbH)
     chunk_grads(t1 - t0, t0, Ob, dPb, gW1s, gW2s, gbs, mode_in, xtok, m_emb, Xb0, XbH, dx0,
                 htop, work, gV0, gVs, gE, gU, gby)

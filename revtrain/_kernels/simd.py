@@ -20,6 +20,8 @@ is a kernel's local variable, never stored in an array.
     ``a*b + c`` lane by lane with one rounding (``llvm.fma``).
 ``vadd(a, b)``
     ``a + b`` lane by lane.
+``vsum(v)``
+    the lanes of ``v`` added in a fixed tree (:func:`vsum`).
 ``lanes(a)``
     the lanes of the vectors of matrix ``a`` (a compile-time constant).
 """
@@ -155,3 +157,25 @@ def vadd(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fadd(args[0], args[1])
     return a(a, b), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):
+    """The lanes of ``v`` added in a fixed tree: the upper half of the lanes is added to
+    the lower half lane by lane (lane ``j + n/2`` onto lane ``j``) until one lane is left.
+    For eight lanes: ``((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))``. The order is the
+    type's, never the machine's."""
+    if not isinstance(v, _VectorType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, n = args[0], v.lanes
+        while n > 1:
+            h = n // 2
+            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), h),
+                                                          list(range(h))))
+            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(ir.IntType(32), h),
+                                                          list(range(h, n))))
+            x, n = builder.fadd(lo, hi), h
+        return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
+    return v.dtype(v), codegen

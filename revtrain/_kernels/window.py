@@ -11,7 +11,7 @@ from numba.extending import overload
 
 from ._options import NJIT_OPTS, ELEMENT_OPTS
 from .head import xent_dz, mse_dz
-from .gemm import dot_rows, add_tn_product
+from .gemm import dot_rows, dot_rows_t, add_tn_product
 from .gemm_vec import add_column_sums
 
 
@@ -134,11 +134,10 @@ def _add_h(dsl, nh, d, m):
 
 
 @njit(**ELEMENT_OPTS)
-def head_step(t, i, T, per_step, snl, nh, m_top, U, UT, by, softmax, labels, target, lscale,
+def head_step(t, i, T, per_step, snl, nh, m_top, U, by, softmax, labels, target, lscale,
               Hb, Zb, dH, dsl, terms):
     """Output layer of step ``t`` (row ``i`` of its chunk) on the top layer's (masked) ``h``;
-    adds dL/dh to ``dsl``. ``UT``: ``U.T`` (a transposed copy for real dtypes, see
-    :func:`revtrain.models.window_arrays.transposed`).
+    adds dL/dh = ``dz U^T`` (:func:`~revtrain._kernels.gemm.dot_rows_t`) to ``dsl``.
 
     The masked ``h`` goes to rows ``i*B .. (i+1)*B`` of ``Hb`` (chunk rows, H)
     and dL/dz to those of ``Zb`` (chunk rows, O; zeros for a step without a
@@ -168,7 +167,7 @@ def head_step(t, i, T, per_step, snl, nh, m_top, U, UT, by, softmax, labels, tar
         xent_dz(htop, U, by, labels[r0:r0 + B], lscale, dz, terms[row], True)
     else:
         mse_dz(htop, U, by, target[r0:r0 + B], lscale, dz, terms[row], True)
-    dot_rows(dz, UT, dH)
+    dot_rows_t(dz, U, dH)
     _add_h(dsl, nh, dH, m_top)
 
 
@@ -182,7 +181,7 @@ def chunk_head_grads(k, B, Hb, Zb, gU, gby):
 
 
 @njit(**NJIT_OPTS)
-def pass_down(t, i, l, mode_in, dP, V0T, VsT, inp0, inpH, m_btw, nh, ds, dX, want_dx, dxb0, dxH,
+def pass_down(t, i, l, mode_in, dP, V0, Vs, inp0, inpH, m_btw, nh, ds, dX, want_dx, dxb0, dxH,
               Xb0, XbH):
     """Input side of layer ``l``'s backward at step ``t`` (row ``i`` of the chunk).
 
@@ -190,8 +189,8 @@ def pass_down(t, i, l, mode_in, dP, V0T, VsT, inp0, inpH, m_btw, nh, ds, dX, wan
     dL/d(input) = ``dP V^T`` goes to ``dxb0[i]`` (layer 0: embedding rows, for
     :func:`chunk_scatter`, or ``dX[t]``) or the layer below's ``h`` (masked).
     One-hot inputs need nothing here: :func:`chunk_scatter` adds the chunk's ``dP``
-    into rows of ``gV0``. ``V0T``, ``VsT``: the input weights transposed (``V0.T``,
-    ``Vs[l].T``; see :func:`revtrain.models.window_arrays.transposed`).
+    into rows of ``gV0``. The products by the transposed input weights ``V0``, ``Vs[l - 1]``
+    read them in place (:func:`~revtrain._kernels.gemm.dot_rows_t`).
     """
     B = dP.shape[0]
     if l == 0 and mode_in == 0:
@@ -200,7 +199,7 @@ def pass_down(t, i, l, mode_in, dP, V0T, VsT, inp0, inpH, m_btw, nh, ds, dX, wan
         Xb0[i] = inp0
         if mode_in == 1 or want_dx:
             dx0 = dxb0[i]
-            dot_rows(dP, V0T, dx0)
+            dot_rows_t(dP, V0, dx0)
             if mode_in == 2:
                 D0 = dx0.shape[1]
                 for r in range(B):
@@ -208,7 +207,7 @@ def pass_down(t, i, l, mode_in, dP, V0T, VsT, inp0, inpH, m_btw, nh, ds, dX, wan
                         dX[t, r, c] = dx0[r, c]
     else:
         XbH[l - 1, i] = inpH
-        dot_rows(dP, VsT[l - 1], dxH)
+        dot_rows_t(dP, Vs[l - 1], dxH)
         _add_h(ds[l - 1], nh, dxH, m_btw[l - 1])
 
 

@@ -6,7 +6,7 @@ from ..params import ParamSpec
 from .reversible import ReversibleModel, REV_FRAC_BITS, MAX_FORGET_BITS, GATE_BITS
 from .._kernels.momentum_rnn import momentum_gates, leaky_h_inc, momentum_snap, momentum_back
 from .._kernels.quantize import quantise_convex
-from .._kernels.gemm import matmul_rows, matmul_tn_add
+from .._kernels.gemm import matmul_rows, matmul_rows_t, matmul_tn_add
 from .momentum_window import MomentumRNNWindow
 
 
@@ -260,5 +260,5 @@ class MomentumRNN(MomentumCoupled):
         if self.learned:
             g["b_g"] += dP[:, H:].sum(axis=0)
         d_h = np.empty_like(ds["h"])
-        matmul_rows(dP, p["W"].T, d_h)
+        matmul_rows_t(dP, p["W"], d_h)
         ds["h"] += d_h

@@ -8,7 +8,7 @@ gradients once per chunk).
 import numpy as np
 
 from .window import WindowRun
-from .window_arrays import stacked, transposed
+from .window_arrays import stacked
 from .._kernels.momentum_stack import (stack_forward, stack_backward, stack_undo,
                                        stack_backprop, chunk_grads)
 
@@ -24,7 +24,6 @@ class MomentumRNNWindow(WindowRun):
     def _pack_cell(self):
         m, pl, B, H, L, dt = self.m, self.pl, self.B, self.H, self.L, self.dt
         self.Ws = stacked([q["W"] for q in pl], dt)
-        self.tr = self.tr + (self.once("WT", lambda: transposed([q["W"] for q in pl], dt)),)
         self.bs = stacked([q["b"] for q in pl], dt)
         self.bgs = (stacked([q["b_g"] for q in pl], dt) if m.learned
                     else stacked([np.zeros(H, dtype=dt)] * L, dt))
@@ -68,7 +67,7 @@ class MomentumRNNWindow(WindowRun):
             bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX,
             bw.want_dx, self.inp0, self.inpH, self.P, bw.dx0, bw.dxH, self.hf, self.A,
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
-            bw.terms, *self.tr)
+            bw.terms)
 
     def _chunk_grads(self, t0, t1, bw):
         c = bw.cell
@@ -97,4 +96,4 @@ class MomentumRNNWindow(WindowRun):
             batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0,
             bw.dxH, bw.stage["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
-            bw.terms, *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)
+            bw.terms, self.V0, self.Vs, self.Ws, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

@@ -44,7 +44,7 @@ from ..buffer import InfoBuffer
 from ..errors import FixedPointError, ReversalError, check_reversal
 from .._kernels.head import softmax_xent_rows, mse_rows, sum_terms
 from .._kernels.inputs import scatter_add_rows
-from .._kernels.gemm import matmul_rows, matmul_tn_add
+from .._kernels.gemm import matmul_rows, matmul_rows_t, matmul_tn_add
 
 
 class ReversibleBPTT:
@@ -316,7 +316,7 @@ class ReversibleBPTT:
         if l == 0 and self.embed_dim is None and dX is None:
             return
         d = np.empty((dP.shape[0], p["V"].shape[0]), dtype=dP.dtype)
-        matmul_rows(dP, p["V"].T, d)
+        matmul_rows_t(dP, p["V"], d)
         if l > 0:
             self._add_dh(ds[l - 1], d if masks is None else d * masks.between[l - 1])
         elif self.embed_dim is not None:

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..params import ParamSpec
-from .._kernels.gemm import matmul_rows, matmul_tn_add
+from .._kernels.gemm import matmul_rows, matmul_rows_t, matmul_tn_add
 from .reversible import ReversibleModel
 from .revgru_window import RevGRUWindow
 from .._kernels.revgru import revgru_gates1, revgru_gates2, revgru_cell, revgru_back1, revgru_back2
@@ -154,13 +154,13 @@ class RevGRU(ReversibleModel):
             gWg = g["Wg" + mine]
             matmul_tn_add(c["ro" + mine], dAg, gWg, np.empty_like(gWg))
             dRO = np.empty_like(do)
-            matmul_rows(dAg, p["Wg" + mine].T, dRO)
+            matmul_rows_t(dAg, p["Wg" + mine], dRO)
             revgru_back2(dRO, c["r" + mine], o, dP, off, do)
             dAzr = np.ascontiguousarray(dP[:, off:off + 2 * Hh])
             gW = g["W" + mine]
             matmul_tn_add(o, dAzr, gW, np.empty_like(gW))
             d_o = np.empty_like(do)
-            matmul_rows(dAzr, p["W" + mine].T, d_o)
+            matmul_rows_t(dAzr, p["W" + mine], d_o)
             do += d_o
             ds["h" + other] += do
         g["b"] += dP.sum(axis=0)

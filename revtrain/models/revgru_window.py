@@ -8,7 +8,7 @@ gradients once per chunk).
 import numpy as np
 
 from .window import WindowRun
-from .window_arrays import stacked, transposed
+from .window_arrays import stacked
 from .._kernels.revgru_stack import (stack_forward, stack_backward, stack_undo,
                                      stack_backprop, chunk_grads)
 
@@ -23,9 +23,6 @@ class RevGRUWindow(WindowRun):
         pl, B, Hh, dt = self.pl, self.B, self.H // 2, self.dt
         for nm in ("W1", "Wg1", "W2", "Wg2", "b"):
             setattr(self, nm + "s", stacked([q[nm] for q in pl], dt))
-        self.tr = self.tr + tuple(
-            self.once(nm + "T", lambda nm=nm: transposed([q[nm] for q in pl], dt))
-            for nm in ("W1", "Wg1", "W2", "Wg2"))
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 2 * Hh), dtype=dt)
         self.Gm = np.empty((B, Hh), dtype=dt)
         self.g1, self.g2 = np.empty((5, B, Hh), dtype=dt), np.empty((5, B, Hh), dtype=dt)
@@ -62,7 +59,7 @@ class RevGRUWindow(WindowRun):
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, self.inp0,
             self.inpH, self.P, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
             self.n, self.inc, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
-            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr)
+            bw.work, c["Ob"], c["ROb"], bw.dPb, bw.Xb0, bw.XbH, bw.terms)
 
     def _chunk_grads(self, t0, t1, bw):
         c = bw.cell
@@ -90,5 +87,5 @@ class RevGRUWindow(WindowRun):
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP,
             bw.dx0, bw.dxH, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
-            bw.work, c["Ob"], c["ROb"], slot.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr, slot.Gs,
-            slot.Qs, slot.X0s, slot.XHs)
+            bw.work, c["Ob"], c["ROb"], slot.dPb, bw.Xb0, bw.XbH, bw.terms, self.V0, self.Vs,
+            *self._weights()[:4], slot.Gs, slot.Qs, slot.X0s, slot.XHs)

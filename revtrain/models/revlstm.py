@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..params import ParamSpec
-from .._kernels.gemm import matmul_rows, matmul_tn_add
+from .._kernels.gemm import matmul_rows, matmul_rows_t, matmul_tn_add
 from .reversible import ReversibleModel
 from .revlstm_window import RevLSTMWindow
 from .._kernels.revlstm import (revlstm_gates, revlstm_quant_c, revlstm_quant_h, revlstm_cell,
@@ -169,6 +169,6 @@ class RevLSTM(ReversibleModel):
             dA = np.ascontiguousarray(dA)
             matmul_tn_add(np.ascontiguousarray(o), dA, g["W" + mine], np.empty_like(g["W" + mine]))
             d_other = np.empty_like(ds["h" + other])
-            matmul_rows(dA, p["W" + mine].T, d_other)
+            matmul_rows_t(dA, p["W" + mine], d_other)     # dA @ W.T
             ds["h" + other] += d_other
         g["b"] += dP.sum(axis=0)

@@ -8,7 +8,7 @@ gradients once per chunk).
 import numpy as np
 
 from .window import WindowRun
-from .window_arrays import stacked, transposed
+from .window_arrays import stacked
 from .._kernels.revlstm_stack import (stack_forward, stack_backward, stack_undo,
                                       stack_backprop, chunk_grads)
 
@@ -25,8 +25,6 @@ class RevLSTMWindow(WindowRun):
         self.W1s = stacked([q["W1"] for q in pl], dt)
         self.W2s = stacked([q["W2"] for q in pl], dt)
         self.bs = stacked([q["b"] for q in pl], dt)
-        self.tr = self.tr + (self.once("W1T", lambda: transposed([q["W1"] for q in pl], dt)),
-                             self.once("W2T", lambda: transposed([q["W2"] for q in pl], dt)))
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 5 * Hh), dtype=dt)
         self.g1, self.g2 = np.empty((7, B, Hh), dtype=dt), np.empty((7, B, Hh), dtype=dt)
         # f, p recomputed from kept gates (_gate_rows; the serial path's 7-row gates skip it)
@@ -63,7 +61,7 @@ class RevLSTMWindow(WindowRun):
             bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx,
             self.inp0, self.inpH, self.P, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.fp, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"],
-            bw.dPb, bw.Xb0, bw.XbH, bw.terms, *self.tr)
+            bw.dPb, bw.Xb0, bw.XbH, bw.terms)
 
     def _chunk_grads(self, t0, t1, bw):
         c = bw.cell
@@ -92,4 +90,5 @@ class RevLSTMWindow(WindowRun):
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0, bw.dxH, s["o"],
             s["A"], s["fp"], c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
-            bw.terms, *self.tr, slot.Gs, slot.Qs, slot.X0s, slot.XHs)
+            bw.terms, self.V0, self.Vs, self.W1s, self.W2s, slot.Gs, slot.Qs, slot.X0s,
+            slot.XHs)

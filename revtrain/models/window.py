@@ -31,7 +31,7 @@ import numpy as np
 
 from ..buffer import InfoBuffer
 from ..errors import ReversalError, check_reversal
-from .window_arrays import chunk_steps, stacked, transposed
+from .window_arrays import chunk_steps, stacked
 from .window_pipeline import PipelinedBackward
 
 
@@ -106,11 +106,6 @@ class WindowRun(PipelinedBackward):
         self.buf = InfoBuffer(L * B, capacity=16)
         self.inp0, self.inpH = np.empty((B, D0), dtype=dt), np.empty((B, H), dtype=dt)
         self.P = np.empty((B, G), dtype=dt)
-        # U.T, V0.T, Vs.T for the backward's products (the cells append their own transposes)
-        self.tr = (self.once("UT", lambda: transposed([self.U], dt)[0]),
-                   self.once("V0T", lambda: transposed([self.V0 if self.mode_in else
-                                                        self.V0[:1]], dt)[0]),
-                   self.once("VsT", lambda: transposed(self.Vs, dt)))
         self._pack_cell()
 
     def once(self, key, make):

@@ -1,9 +1,9 @@
 """The arrays a reversible stack's whole-window kernels take, made once per call.
 
-Per-layer parameter blocks as Numba typed Lists (:func:`stacked`), their
-transposed copies for the backward's products (:func:`transposed`, aligned by
-:func:`aligned_empty`), and the number of steps per kernel call
-(:func:`chunk_steps`). Used by :mod:`revtrain.models.window` and the cells'
+Per-layer parameter blocks as Numba typed Lists (:func:`stacked`; the
+backward's products by their transposes read them in place,
+:func:`~revtrain._kernels.gemm.dot_rows_t`) and the number of steps per kernel
+call (:func:`chunk_steps`). Used by :mod:`revtrain.models.window` and the cells'
 window modules.
 """
 import numpy as np
@@ -29,25 +29,6 @@ def stacked(arrays, dtype):
                      else np.ascontiguousarray(a, dtype=dtype) for a in arrays])
 
 
-def transposed(arrays, dtype):
-    """The blocks ``arrays`` transposed, as a typed List, for the kernels' products ``dA @ W.T``.
-
-    float32 and float64: C-contiguous copies aligned to 64 bytes, which the vector kernels
-    (:func:`~revtrain._kernels.gemm.dot_rows`) read row by row (the same bits
-    as ``W.T`` itself, which they copy; made once per call and shared by the
-    row groups). Other dtypes: the views ``W.T``, which BLAS reads transposed.
-    """
-    out = []
-    for a in arrays:
-        if dtype in (np.float32, np.float64):
-            t = aligned_empty(a.shape[::-1], dtype)
-            t[...] = a.T
-            out.append(t)
-        else:
-            out.append(a.astype(dtype, copy=False).T)
-    return _as_list(out)
-
-
 def _as_list(arrays):
     """``arrays`` (a list) as a Numba typed List: in one compiled call
     (:func:`~revtrain._kernels.lists.typed_list`) when they look all of one Numba type, else
@@ -59,17 +40,6 @@ def _as_list(arrays):
     for a in arrays:
         out.append(a)
     return out
-
-
-def aligned_empty(shape, dtype, align=64):
-    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary:
-    the vector kernels' rows of 64 bytes then never straddle two cache lines (a misaligned
-    copy made RevLSTM float32 at T=1000, B=1, H=128 up to 1 ms slower, measured)."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(n + align, dtype=np.uint8)
-    off = (-raw.ctypes.data) % align
-    return raw[off:off + n].view(dtype).reshape(shape)
 
 
 def chunk_steps(B):
