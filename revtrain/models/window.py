@@ -70,7 +70,7 @@ class WindowRun(PipelinedBackward):
         B = self.B
         #: First row and rows of the whole batch (a group of rows runs as its own WindowRun).
         self.row0, self.B_total = row0, B if B_total is None else B_total
-        self.chunk = chunk_steps(B) if chunk is None else chunk
+        self.chunk = chunk_steps(B, dt) if chunk is None else chunk
         self.L, self.H = L, H
         self.parts = tuple(nm for nm, _ in m._layout_parts)
         self.w = m._layout_parts[0][1]

@@ -37,7 +37,7 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
     out, shared = [], {}
     groups = window_row_groups(B)
     # two halves take their backward chunks in step: the first half's chunk length
-    chunk = chunk_steps(groups[0][1] - groups[0][0]) if len(groups) == 2 else None
+    chunk = chunk_steps(groups[0][1] - groups[0][0], dt) if len(groups) == 2 else None
     for i, (r0, r1) in enumerate(groups):
         whole = r0 == 0 and r1 == B
         xg = x if whole else (xs[i] if xs is not None else np.ascontiguousarray(x[:, r0:r1]))
