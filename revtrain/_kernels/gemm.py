@@ -88,14 +88,7 @@ def _dot_rows_t_impl(A, W, out):
             return lambda A, W, out: matmul_vec_t(A, W, out)
         return lambda A, W, out: matmul_vec_t(np.ascontiguousarray(A),
                                               np.ascontiguousarray(W), out)
-
-    def blocked(A, W, out):
-        M = A.shape[0]
-        WT = W.T
-        for r0 in range(0, M, ROW_BLOCK):
-            r1 = min(M, r0 + ROW_BLOCK)
-            np.dot(A[r0:r1], WT, out[r0:r1])
-    return blocked
+    return lambda A, W, out: dot_rows(A, W.T, out)       # complex: dot_rows' BLAS blocks
 
 
 def dot_step(A, B, out):

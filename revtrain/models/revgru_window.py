@@ -88,4 +88,4 @@ class RevGRUWindow(WindowRun):
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP,
             bw.dx0, bw.dxH, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,
             bw.work, c["Ob"], c["ROb"], slot.dPb, bw.Xb0, bw.XbH, bw.terms, self.V0, self.Vs,
-            *self._weights()[:4], slot.Gs, slot.Qs, slot.X0s, slot.XHs)
+            self.W1s, self.Wg1s, self.W2s, self.Wg2s, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

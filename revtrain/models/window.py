@@ -48,9 +48,6 @@ class WindowRun(PipelinedBackward):
     tokens : bool
     state0 : ndarray (B, state_size) or None
     masks : DropoutMasks or None
-    shared : dict or None
-        Arrays computed once per call and shared by its row groups
-        (:meth:`once`); None: this run's own.
     row0, B_total : int
         A row group's first row and the whole batch's rows (None: this run's ``B``).
     chunk : int or None
@@ -61,8 +58,8 @@ class WindowRun(PipelinedBackward):
     #: Names of the parts in ``q``'s order, and the part names of the kernels' error codes.
     error_parts = ()
 
-    def __init__(self, model, theta, x, tokens, state0, masks, shared=None, row0=0,
-                 B_total=None, chunk=None):
+    def __init__(self, model, theta, x, tokens, state0, masks, row0=0, B_total=None,
+                 chunk=None):
         m = self.m = model
         dt = self.dt = np.dtype(getattr(m, "dtype", "float64"))
         L, H, G = m.n_layers, m.n_hidden, m._n_proj
@@ -75,7 +72,6 @@ class WindowRun(PipelinedBackward):
         self.parts = tuple(nm for nm, _ in m._layout_parts)
         self.w = m._layout_parts[0][1]
         self.theta = theta
-        self._shared = {} if shared is None else shared
         p = self.p = m.layout.views(theta)
         pl = self.pl = m.layer_params(p)
         self.V0 = pl[0]["V"].astype(dt, copy=False)
@@ -107,12 +103,6 @@ class WindowRun(PipelinedBackward):
         self.inp0, self.inpH = np.empty((B, D0), dtype=dt), np.empty((B, H), dtype=dt)
         self.P = np.empty((B, G), dtype=dt)
         self._pack_cell()
-
-    def once(self, key, make):
-        """``make()``, computed once per call: the row groups of a call share the result."""
-        if key not in self._shared:
-            self._shared[key] = make()
-        return self._shared[key]
 
     # ------------------------------------------------------------ hooks
     def _pack_cell(self):

@@ -34,7 +34,7 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
     dt = np.dtype(getattr(model, "dtype", "float64"))
     if dt != theta.dtype:
         theta = theta.astype(dt)         # one copy in the run's dtype, shared by the groups
-    out, shared = [], {}
+    out = []
     groups = window_row_groups(B)
     # two halves take their backward chunks in step: the first half's chunk length
     chunk = chunk_steps(groups[0][1] - groups[0][0], dt) if len(groups) == 2 else None
@@ -43,8 +43,8 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
         xg = x if whole else (xs[i] if xs is not None else np.ascontiguousarray(x[:, r0:r1]))
         run = run_class(model, theta, xg, tokens,
                         None if state0 is None else state0[r0:r1],
-                        masks if whole else group_masks(masks, r0, r1), shared,
-                        row0=r0, B_total=B, chunk=chunk)
+                        masks if whole else group_masks(masks, r0, r1), row0=r0, B_total=B,
+                        chunk=chunk)
         out.append((r0, r1, run))
     return out
 
