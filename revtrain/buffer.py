@@ -9,6 +9,10 @@ from ._kernels.rans import INITIAL_STATE, PROB_TOTAL, push_streams, pop_streams
 MAX_BASE = PROB_TOTAL
 #: Word stacks of at least this many bytes live in an anonymous memory map of their own.
 MAP_BYTES = 1 << 16
+#: :meth:`InfoBuffer.release_popped` returns a stream's pages once it has popped this many
+#: bytes of words since its last release.
+RELEASE_BYTES = 1 << 13
+_PAGE = mmap.PAGESIZE
 
 
 def zeroed_words(n_streams, capacity):
@@ -25,7 +29,18 @@ def zeroed_words(n_streams, capacity):
     n = int(n_streams) * int(capacity) * 4
     if n < MAP_BYTES:
         return np.zeros((n_streams, capacity), dtype=np.uint32)
-    return np.frombuffer(mmap.mmap(-1, n), dtype=np.uint32).reshape(n_streams, capacity)
+    # private: its pages are the process's own, so a released page is freed (shared
+    # anonymous memory would keep it in its shared-memory object)
+    flags = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+    return np.frombuffer(mmap.mmap(-1, n, **flags), dtype=np.uint32).reshape(n_streams, capacity)
+
+
+def _memory_map(words):
+    """The anonymous memory map under ``words`` (:func:`zeroed_words`), or None."""
+    a = words
+    while a is not None and not isinstance(a, mmap.mmap):
+        a = getattr(a, "base", None) if isinstance(a, np.ndarray) else getattr(a, "obj", None)
+    return a
 
 
 def _as_stream_ints(value, n_streams, name):
@@ -85,6 +100,7 @@ class InfoBuffer:
         self.counts = np.zeros(S, dtype=np.int64)
         self.words = zeroed_words(S, max(int(capacity), 0))
         self.info = np.zeros(S, dtype=np.float64)
+        self._released = np.zeros(S, dtype=np.int64)   # counts at each stream's last release
 
     @property
     def n_streams(self):
@@ -118,6 +134,32 @@ class InfoBuffer:
             new = zeroed_words(self.n_streams, max(need, cap + cap // 2 + 16))
             new[:, :cap] = self.words
             self.words = new
+
+    def release_popped(self):
+        """Give the memory pages of the word stacks above each stream's stored words back to
+        the operating system, for stacks in a memory map (:func:`zeroed_words`).
+
+        A backward pass pops the buffer empty, step after step; without this the pages of
+        the popped words stay resident until the buffer is dropped, so the buffer's largest
+        size is held beside everything the backward pass allocates. A stream's pages are
+        released once it has popped :data:`RELEASE_BYTES` since its last release; they read
+        as zeros afterwards (the words above a stack's top are never read) and cost memory
+        again only when pushed to. Returns the number of streams released.
+        """
+        mm = _memory_map(self.words)
+        if mm is None or not hasattr(mm, "madvise"):
+            return 0
+        counts = self.counts
+        self._released = np.maximum(self._released, counts)
+        due = np.flatnonzero((self._released - counts) * 4 >= RELEASE_BYTES)
+        row = self.words.shape[1] * 4
+        for s in due.tolist():
+            lo = -(-(s * row + int(counts[s]) * 4) // _PAGE) * _PAGE
+            hi = ((s + 1) * row // _PAGE) * _PAGE
+            if hi > lo:
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            self._released[s] = counts[s]
+        return len(due)
 
     def push(self, r, base):
         """Push symbol ``r[s]`` of base ``base[s]`` on every stream.

@@ -1,3 +1,5 @@
+import mmap
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -154,3 +156,40 @@ def test_slot_division_by_a_rounded_down_reciprocal_would_be_wrong():
         k = _divisions_to_check(f)
         wrong += int(np.sum(((k * ((1 << 32) // f)) >> 32) != k // f))
     assert wrong > 0
+
+
+def test_release_popped_frees_the_pages_above_the_stacks_and_keeps_the_words_below():
+    from revtrain.buffer import InfoBuffer, RELEASE_BYTES
+    S, n = 3, 12000                        # 3 x 12064 words: a memory-mapped stack
+    buf = InfoBuffer(S, capacity=n + 64)
+    rng = np.random.default_rng(0)
+    symbols = rng.integers(0, 1 << 16, (n, S))
+    for k in range(n):
+        buf.push(symbols[k], 1 << 16)
+    assert buf.release_popped() == 0        # nothing popped yet
+    full, top = buf.counts.copy(), buf.words.copy()
+    half = n // 2
+    for k in range(n - 1, half - 1, -1):
+        buf.pop(1 << 16)
+    counts = buf.counts.copy()
+    assert ((full - counts) * 4 >= RELEASE_BYTES).all()
+    assert buf.release_popped() == S
+    row, page_words = buf.words.shape[1], mmap.PAGESIZE // 4
+    for s in range(S):
+        c = int(counts[s])
+        assert np.array_equal(buf.words[s, :c], top[s, :c])          # the stack is intact
+        free = -(-(s * row + c) // page_words) * page_words - s * row
+        assert free < full[s] and (top[s, free:full[s]] != 0).any()  # popped words were there
+        assert (buf.words[s, free:] == 0).all()                      # released: zero pages
+    assert buf.release_popped() == 0        # nothing more popped since
+    for k in range(half - 1, -1, -1):
+        assert np.array_equal(buf.pop(1 << 16), symbols[k])
+    assert buf.is_empty()
+
+
+def test_release_popped_leaves_a_small_buffer_alone():
+    from revtrain.buffer import InfoBuffer
+    buf = InfoBuffer(2, capacity=16)        # not memory-mapped
+    buf.push([1, 2], 4)
+    buf.pop(4)
+    assert buf.release_popped() == 0

@@ -50,7 +50,9 @@ def overflows(q, n, d):
     """True if ``floor(q / d) * n + (n - 1)`` does not fit in int64."""
     if n <= d:
         return False
-    if abs(float(q)) * (float(n) / float(d)) < 4.0e18:   # < 2**62: far from the limit
+    # |q| n / d < 4e18 < 2**62: far from the limit (a product, not a quotient: a division
+    # per element limited the undo of a forget-multiply, whose other divisions are needed)
+    if abs(float(q)) * float(n) < 4.0e18 * float(d):
         return False
     base = q // d
     if base >= 0:

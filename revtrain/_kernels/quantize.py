@@ -21,7 +21,10 @@ Rows of ``q`` are streams (one per batch row). The loops here push and pop per
 element, so they are compiled with ``buffer_kernel`` (no Numba runtime) and
 return an error code instead of raising: ``-1`` = fine, otherwise the flat
 index of the first element that left the allowed range ``|q| < LIMIT``
-(forward) or whose undo would overflow int64 (reverse).
+(forward) or whose undo would overflow int64 (reverse). They take one stream
+(row) after another: the elements of a row are one dependency chain through
+the stream's rANS state, which the loop keeps in registers (the rows' chains
+do not overlap in time, measured no slower), so "first" is in row order.
 """
 import numpy as np
 from numba import njit, int64, uint64, types
@@ -123,8 +126,8 @@ def forget_add(q, n, inc, D, states, counts, words, info, log2tab):
 def _forget_add_generic(q, n, inc, D, states, counts, words, info, log2tab):
     S, K = q.shape
     ld = log2tab[D]
-    for j in range(K):
-        for s in range(S):
+    for s in range(S):
+        for j in range(K):
             nn = n[s, j]
             v, ok = forget_add_elem(q[s, j], nn, inc[s, j], D, states, counts, words, s)
             if not ok:
@@ -141,16 +144,20 @@ def _forget_add_small(q, n, inc, D, states, counts, words, info, log2tab):
     m = trailing_zeros(D)
     sh = uint64(PROB_BITS - m)
     mask = D - 1
-    for j in range(K):
-        for s in range(S):
+    for s in range(S):
+        x, cnt, inf = states[s], counts[s], info[s]
+        for j in range(K):
             nn = n[s, j]
             qq = q[s, j]
-            push_pow2_shift(states, counts, words, s, qq & mask, sh)   # r = q mod D
-            v = (qq >> m) * nn + pop_small(states, counts, words, s, nn) + inc[s, j]
+            x, cnt = push_pow2_shift(x, cnt, words, s, qq & mask, sh)    # r = q mod D
+            r, x, cnt = pop_small(x, cnt, words, s, nn)
+            v = (qq >> m) * nn + r + inc[s, j]
             if not -LIMIT < v < LIMIT:
+                states[s], counts[s], info[s] = x, cnt, inf
                 return s * K + j
             q[s, j] = v
-            info[s] += ld - log2tab[nn]
+            inf += ld - log2tab[nn]
+        states[s], counts[s], info[s] = x, cnt, inf
     return -1
 
 
@@ -170,9 +177,9 @@ def forget_add_undo(q, n, inc, D, states, counts, words, info, log2tab):
 def _forget_add_undo_generic(q, n, inc, D, states, counts, words, info, log2tab):
     S, K = q.shape
     ld = log2tab[D]
-    for jj in range(K):
-        j = K - 1 - jj
-        for s in range(S):
+    for s in range(S):
+        for jj in range(K):
+            j = K - 1 - jj
             nn = n[s, j]
             v, ok = forget_add_undo_elem(q[s, j], nn, inc[s, j], D, states, counts, words, s)
             if not ok:
@@ -188,20 +195,25 @@ def _forget_add_undo_small(q, n, inc, D, states, counts, words, info, log2tab):
     ld = log2tab[D]
     m = trailing_zeros(D)
     sh = PROB_BITS - m
-    for jj in range(K):
-        j = K - 1 - jj
-        for s in range(S):
+    for s in range(S):
+        x, cnt, inf = states[s], counts[s], info[s]
+        for jj in range(K):
+            j = K - 1 - jj
             nn = n[s, j]
             qq = q[s, j]
             if qq >= LIMIT or qq <= -LIMIT:
+                states[s], counts[s], info[s] = x, cnt, inf
                 return s * K + j
             v = qq - inc[s, j]
             if overflows(v, D, nn):
+                states[s], counts[s], info[s] = x, cnt, inf
                 return s * K + j
             base = v // nn                  # floor: 0 <= r < n also for negative v
-            push_small(states, counts, words, s, v - base * nn, nn)
-            q[s, j] = (base << m) + pop_pow2_shift(states, counts, words, s, sh)
-            info[s] -= ld - log2tab[nn]
+            x, cnt = push_small(x, cnt, words, s, v - base * nn, nn)
+            r, x, cnt = pop_pow2_shift(x, cnt, words, s, sh)
+            q[s, j] = (base << m) + r
+            inf -= ld - log2tab[nn]
+        states[s], counts[s], info[s] = x, cnt, inf
     return -1
 
 

@@ -160,6 +160,9 @@ def _pop_symbol(states, counts, words, s, b):
 # multiply on one stream, 8.1 against 8.6 on 32 (measured). They repeat the bodies of
 # _push_symbol / _pop_symbol on purpose: calling those (a second level of Numba inlining) made the
 # RevLSTM float32 pass at T=1000, B=32, H=256 6 % slower (0.774 against 0.729 s, measured).
+# They take and return the stream's state and word count: a caller's loop over one stream's
+# elements keeps them in registers instead of loading and storing ``states[s]`` and
+# ``counts[s]`` per element (:func:`~revtrain._kernels.quantize.forget_add`).
 
 #: ``M // b`` for ``b = 0 .. 2**12`` (entry 0 unused) and ``ceil(2**32 / f)`` for
 #: ``f = 0 .. MAGIC_SIZE - 1`` (entry 0 unused): the divisions of :func:`pop_small`, read from
@@ -170,56 +173,93 @@ MAGIC = np.array([0] + [((1 << 32) + f - 1) // f for f in range(1, MAGIC_SIZE)],
 
 
 @buffer_op
-def push_pow2_shift(states, counts, words, s, r, sh):
-    """:func:`_push_symbol` of ``0 <= r < 2**(16 - sh)`` in base ``2**(16 - sh)``."""
-    x = states[s]
-    if x >= (uint64(1) << (uint64(48) + sh)):
-        x = _emit_word(counts, words, s, x)
-    states[s] = ((x >> sh) << uint64(PROB_BITS)) + (x & ((uint64(1) << sh) - uint64(1))) \
-        + (uint64(r) << sh)
+def _emit_local(words, s, n, x):
+    """:func:`_emit_word` on a stream whose count ``n`` the caller holds: ``(x >> 32, n)``."""
+    w = x & WORD_MASK
+    if n > 0 or w != 0:
+        if n >= words.shape[1]:
+            raise RuntimeError("InfoBuffer is full: reserve more words before pushing")
+        words[s, n] = np.uint32(w)
+        n += 1
+    return x >> uint64(32), n
 
 
 @buffer_op
-def pop_pow2_shift(states, counts, words, s, sh):
-    """:func:`_pop_symbol` in base ``2**(16 - sh)``."""
-    x = states[s]
+def _refill_local(words, s, n, x):
+    """:func:`_read_word` without a branch on the refill's need (it is mispredicted often):
+    ``(x, n)`` after the refill of a state ``x < 2**32`` on stream ``s``, else unchanged."""
+    need = x < STATE_LOW
+    if need and n > 0:
+        w = uint64(words[s, n - 1])
+    else:
+        w = uint64(0)
+    take = int64(need) * int64(n > 0)
+    x = ((x << uint64(32)) | w) if need else x
+    return x, n - take
+
+
+@buffer_op
+def push_pow2_shift(x, n, words, s, r, sh):
+    """:func:`_push_symbol` of ``0 <= r < 2**(16 - sh)`` in base ``2**(16 - sh)`` on a stream
+    whose state ``x`` and word count ``n`` the caller holds: returns ``(x, n)``."""
+    if x >= (uint64(1) << (uint64(48) + sh)):
+        x, n = _emit_local(words, s, n, x)
+    return (((x >> sh) << uint64(PROB_BITS)) + (x & ((uint64(1) << sh) - uint64(1)))
+            + (uint64(r) << sh)), n
+
+
+@buffer_op
+def pop_pow2_shift(x, n, words, s, sh):
+    """:func:`_pop_symbol` in base ``2**(16 - sh)`` on a stream whose state ``x`` and count
+    ``n`` the caller holds: returns ``(r, x, n)``."""
     slot = int64(x & uint64(PROB_TOTAL - 1))
     r = slot >> sh
     x = ((x >> uint64(PROB_BITS)) << uint64(sh)) + uint64(slot & ((int64(1) << sh) - 1))
     if x < STATE_LOW:
-        x = _read_word(counts, words, s, x)
-    states[s] = x
-    return r
+        x = _read_word_local(words, s, n, x)
+        n -= int64(n > 0)
+    return r, x, n
 
 
 @buffer_op
-def push_small(states, counts, words, s, r, b):
-    """:func:`rans_push` for ``1 <= b <= 2**12`` (no digit split), the class chosen arithmetically."""
+def _read_word_local(words, s, n, x):
+    """``(x << 32) | words[s, n - 1]`` (0 for an empty stack): :func:`_read_word`'s state."""
+    w = uint64(0)
+    if n > 0:
+        w = uint64(words[s, n - 1])
+    return (x << uint64(32)) | w
+
+
+@buffer_op
+def push_small(x, n, words, s, r, b):
+    """:func:`rans_push` for ``1 <= b <= 2**12`` (no digit split), the class chosen
+    arithmetically, on a stream whose state ``x`` and count ``n`` the caller holds:
+    returns ``(x, n)``."""
     if b <= 1:
-        return
-    x = states[s]
+        return x, n
     if (b & (b - 1)) == 0:
         sh = uint64(PROB_BITS - trailing_zeros(b))
         if x >= (uint64(1) << (uint64(48) + sh)):
-            x = _emit_word(counts, words, s, x)
+            x, n = _emit_local(words, s, n, x)
         x = ((x >> sh) << uint64(PROB_BITS)) + (x & ((uint64(1) << sh) - uint64(1))) \
             + (uint64(r) << sh)
     else:
-        q = small_floordiv(PROB_TOTAL, b)
+        q = int64(M_DIV[b])                 # M // b, from the table
         e = PROB_TOTAL - q * b
         lo = int64(r < e)                   # the first e symbols have frequency q + 1
         f = q + lo
         c = r * f + (1 - lo) * e
         fu = uint64(f)
         if x >= (fu << uint64(48)):
-            x = _emit_word(counts, words, s, x)
+            x, n = _emit_local(words, s, n, x)
         x = ((x // fu) << uint64(PROB_BITS)) + (x % fu) + uint64(c)
-    states[s] = x
+    return x, n
 
 
 @buffer_op
-def pop_small(states, counts, words, s, b):
-    """:func:`rans_pop` for ``1 <= b <= 2**12``, the symbol class chosen arithmetically.
+def pop_small(x, n, words, s, b):
+    """:func:`rans_pop` for ``1 <= b <= 2**12``, the symbol class chosen arithmetically, on a
+    stream whose state ``x`` and count ``n`` the caller holds: returns ``(r, x, n)``.
 
     The symbol class (frequency ``q + 1`` or ``q``) is selected without a branch and the
     division ``k // f`` of the slot is a multiplication by ``ceil(2**32 / f)`` read from a
@@ -233,8 +273,7 @@ def pop_small(states, counts, words, s, b):
     processes: the figures move by 10-15 % with where the compiled code lands).
     """
     if b <= 1:
-        return int64(0)
-    x = states[s]
+        return int64(0), x, n
     slot = int64(x & uint64(PROB_TOTAL - 1))
     if (b & (b - 1)) == 0:
         sh = PROB_BITS - trailing_zeros(b)
@@ -258,17 +297,8 @@ def pop_small(states, counts, words, s, b):
         r = d + hi * e
         c = r * f + hi * e
         x = uint64(f) * (x >> uint64(PROB_BITS)) + uint64(slot - c)
-    n = counts[s]
-    need = x < STATE_LOW
-    if need and n > 0:
-        w = uint64(words[s, n - 1])
-    else:
-        w = uint64(0)
-    take = int64(need) * int64(n > 0)
-    x = ((x << uint64(32)) | w) if need else x
-    counts[s] = n - take
-    states[s] = x
-    return r
+    x, n = _refill_local(words, s, n, x)
+    return r, x, n
 
 
 @buffer_op

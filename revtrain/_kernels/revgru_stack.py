@@ -17,7 +17,8 @@ Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
   views of ``theta`` in float64): ``Vs`` of (H, 3H) for layers 1.., ``W1s``, ``W2s``
   of (Hh, 2Hh) (columns ``[z | r]``), ``Wg1s``, ``Wg2s`` of (Hh, Hh), ``bs`` of (3H,);
   gradients ``gV0``, ``gVs``, ... alike (float64: views of the gradient, added into).
-* Inputs: ``xtok`` int64 ``(T, B)`` (token ids, ``mode_in = 0``: one-hot,
+* Inputs: ``xtok`` = ``(ids, c0)``: the run's token ids ``ids[t, c0 + r]`` of the batch's
+  int64 ``(T, B_total)`` (``mode_in = 0``: one-hot,
   ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float ``(T, B, D0)``
   (``mode_in = 2``). Dropout masks ``m_btw`` ``(max(L-1, 1), B, H)`` and
   ``m_top`` ``(B, H)`` are all ones without dropout.

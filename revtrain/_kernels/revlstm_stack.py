@@ -21,7 +21,8 @@ Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
   views of ``theta`` in float64): ``Vs`` of (H, 5H) for layers 1.. (one (1, 5H)
   stand-in for a single layer), ``W1s``, ``W2s`` of (Hh, 5Hh), ``bs`` of (5H,);
   gradients ``gV0``, ``gVs``, ... alike (float64: views of the gradient, added into).
-* Inputs: ``xtok`` int64 ``(T, B)`` (token ids, ``mode_in = 0``: one-hot,
+* Inputs: ``xtok`` = ``(ids, c0)``: the run's token ids ``ids[t, c0 + r]`` of the batch's
+  int64 ``(T, B_total)`` (``mode_in = 0``: one-hot,
   ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float ``(T, B, D0)``
   (``mode_in = 2``). Dropout masks ``m_btw`` ``(max(L-1, 1), B, H)`` and
   ``m_top`` ``(B, H)`` are all ones without dropout.
@@ -47,41 +48,33 @@ from .window import (to_float, project, head_step, pass_down,
 
 #: Part indices in ``q``: h1, h2, c1, c2.
 H1, H2, C1, C2 = 0, 1, 2, 3
-#: Rows of a half's gates ``g`` (7, B, Hh) a pipelined backward's slots keep, in their
-#: order (5, B, Hh): ``i``, ``sigmoid(A_f)``, ``o``, ``sigmoid(A_p)``, ``g``. The floored
-#: gates ``f = floor + (1 - floor) sigmoid(A_f)`` and ``p`` are recomputed from the
-#: sigmoids (:func:`_gate_rows`, the same bits): 5 of the 7 arrays.
-KEPT = (0, 2, 3, 5, 6)
+#: A half's gates ``g`` (5, B, Hh) hold, in this order: ``i``, ``sigmoid(A_f)``, ``o``,
+#: ``sigmoid(A_p)``, ``g``. The floored gates ``f = floor + (1 - floor) sigmoid(A_f)`` and
+#: ``p`` go to a scratch ``fp`` (2, B, Hh) where they are used, and are recomputed from the
+#: sigmoids for the backward (:func:`_gate_rows`, the same bits): 5 arrays per half kept
+#: per step instead of 7.
+GATE_ROWS = 5
 
 
 @njit(**ELEMENT_OPTS)
-def _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g):
+def _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g, fp):
     """Gates of half ``half`` (0 or 1) from the other half's current fixed-point ``h``.
 
-    ``g`` (7, B, Hh) receives ``i, f, sf, o, p, sp, g``; ``o`` (B, Hh) the other half's float h.
+    ``g`` (5, B, Hh) receives ``i, sf, o, sp, g`` (:data:`GATE_ROWS`), ``fp`` (2, B, Hh) the
+    floored ``f, p``; ``o`` (B, Hh) the other half's float h.
     """
     Hh = o.shape[1]
     to_float(ql[H2 if half == 0 else H1], inv_scale, o)
     dot_rows(o, W, A)
-    revlstm_gates(A, P, b, half * 5 * Hh, floor, g[0], g[1], g[2], g[3], g[4], g[5], g[6])
-
-
-@njit(**ELEMENT_OPTS)
-def _keep_gates(g, K):
-    """Copy the kept rows (:data:`KEPT`) of a half's gates ``g`` (7, B, Hh) to ``K`` (5, B, Hh)."""
-    for k in range(5):
-        copy_rows(g[KEPT[k]], K[k])
+    revlstm_gates(A, P, b, half * 5 * Hh, floor, g[0], fp[0], g[1], g[2], fp[1], g[3], g[4])
 
 
 @njit(**ELEMENT_OPTS)
 def _gate_rows(g, floor, fp):
-    """A half's 7 gate arrays (``i, f, sf, o, p, sp, g``, each (B, Hh)) from its gates ``g``:
-    all 7 rows (7, B, Hh), or the kept 5 (5, B, Hh, :data:`KEPT`) with ``f`` and ``p``
-    recomputed into ``fp`` (2, B, Hh) by the expression of
-    :func:`~revtrain._kernels.revlstm.revlstm_gates` (its sigmoids are stored unrounded:
-    its arguments are all of the gates' dtype here), so the same bits."""
-    if g.shape[0] == 7:
-        return g[0], g[1], g[2], g[3], g[4], g[5], g[6]
+    """A half's 7 gate arrays (``i, f, sf, o, p, sp, g``, each (B, Hh)) from its gates ``g``
+    (5, B, Hh, :data:`GATE_ROWS`), with ``f`` and ``p`` recomputed into ``fp`` (2, B, Hh) by
+    the expression of :func:`~revtrain._kernels.revlstm.revlstm_gates` (its sigmoids are
+    stored unrounded: its arguments are all of the gates' dtype here), so the same bits."""
     B, Hh = fp.shape[1], fp.shape[2]
     c1 = 1.0 - floor
     for r in range(B):
@@ -93,18 +86,19 @@ def _gate_rows(g, floor, fp):
 
 @njit(**ELEMENT_OPTS)
 def layer_forward(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf, log2,
-                  o, A, g, n, inc):
-    """One fixed-point step of one layer (both halves); returns ``(part, code)``."""
+                  o, A, g, fp, n, inc):
+    """One fixed-point step of one layer (both halves); returns ``(part, code)``.
+    ``g`` (5, B, Hh), ``fp`` (2, B, Hh): the gates' scratch (:func:`_half_gates`)."""
     for half in range(2):
         W = W1 if half == 0 else W2
         c = ql[C1 + half]
         h = ql[H1 + half]
-        _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g)
-        revlstm_quant_c(g[0], g[1], g[6], D, nmin, scale, n, inc)
+        _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g, fp)
+        revlstm_quant_c(g[0], fp[0], g[4], D, nmin, scale, n, inc)
         code = forget_add(c, n, inc, D, st, ct, wd, inf, log2)
         if code >= 0:
             return 2 * half, code
-        revlstm_quant_h(c, inv_scale, g[3], g[4], D, nmin, scale, n, inc)
+        revlstm_quant_h(c, inv_scale, g[2], fp[1], D, nmin, scale, n, inc)
         code = forget_add(h, n, inc, D, st, ct, wd, inf, log2)
         if code >= 0:
             return 2 * half + 1, code
@@ -113,8 +107,9 @@ def layer_forward(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd
 
 @njit(**ELEMENT_OPTS)
 def layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, inf, log2,
-               o, A, g1, g2, n, inc):
-    """Undo one step of one layer exactly (half 2, then half 1); the gates stay in ``g1``, ``g2``.
+               o, A, g1, g2, fp, n, inc):
+    """Undo one step of one layer exactly (half 2, then half 1); the gates stay in ``g1``, ``g2``
+    (5, B, Hh each, :data:`GATE_ROWS`; ``fp`` (2, B, Hh): scratch).
 
     Returns ``(part, code)``.
     """
@@ -124,12 +119,12 @@ def layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, i
         g = g1 if half == 0 else g2
         c = ql[C1 + half]
         h = ql[H1 + half]
-        _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g)
-        revlstm_quant_h(c, inv_scale, g[3], g[4], D, nmin, scale, n, inc)
+        _half_gates(half, ql, P, W, b, floor, inv_scale, o, A, g, fp)
+        revlstm_quant_h(c, inv_scale, g[2], fp[1], D, nmin, scale, n, inc)
         code = forget_add_undo(h, n, inc, D, st, ct, wd, inf, log2)
         if code >= 0:
             return 2 * half + 1, code
-        revlstm_quant_c(g[0], g[1], g[6], D, nmin, scale, n, inc)
+        revlstm_quant_c(g[0], fp[0], g[4], D, nmin, scale, n, inc)
         code = forget_add_undo(c, n, inc, D, st, ct, wd, inf, log2)
         if code >= 0:
             return 2 * half, code
@@ -139,7 +134,7 @@ def layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd, i
 @njit(**NJIT_OPTS)
 def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_btw, q,
                   bst, bct, bwd, binf, log2, D, nmin, scale, inv_scale, floor, store, s0, inp0,
-                  inpH, P, o, A, g, n, inc):
+                  inpH, P, o, A, g, fp, n, inc):
     """Steps ``t0 .. t1-1`` of every layer in fixed point (layers 0..L-1 per step).
 
     ``store`` (., L, 4, B, Hh) int64 receives the state after step ``t`` at row
@@ -156,7 +151,7 @@ def stack_forward(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m
             r0, r1 = l * B, (l + 1) * B
             part, code = layer_forward(q[l], P, W1s[l], W2s[l], bs[l], floor, D, nmin, scale,
                                        inv_scale, bst[r0:r1], bct[r0:r1], bwd[r0:r1],
-                                       binf[r0:r1], log2, o, A, g, n, inc)
+                                       binf[r0:r1], log2, o, A, g, fp, n, inc)
             if code >= 0:
                 return t, l, part, code
             if keep:
@@ -229,14 +224,14 @@ def _layer_back(tt, i, T, top, reverse, ql, st0, st1, P, W1, W2, b, floor, D, nm
     """
     if reverse:
         part, code = layer_undo(ql, P, W1, W2, b, floor, D, nmin, scale, inv_scale, st, ct, wd,
-                                inf, log2, o, A, g1, g2, n, inc)
+                                inf, log2, o, A, g1, g2, fp, n, inc)
         if code >= 0:
             return part, code
     else:
         for k in range(4):
             copy_rows(st0[k], ql[k])
-        _half_gates(1, st1, P, W2, b, floor, inv_scale, o, A, g2)
-        _half_gates(0, ql, P, W1, b, floor, inv_scale, o, A, g1)
+        _half_gates(1, st1, P, W2, b, floor, inv_scale, o, A, g2, fp)
+        _half_gates(0, ql, P, W1, b, floor, inv_scale, o, A, g1, fp)
     _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl, dsl, m_top, U,
                       by, softmax, labels, target, lscale, per_step, htop, work, dH, terms,
                       dP, Obl, W1, W2, o, A, fp)
@@ -249,7 +244,7 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl,
                       dP, Obl, W1, W2, o, A, fp):
     """The float part of a layer's backward step: from the state before the step ``ql``
     (fixed-point, or as float: :func:`~revtrain._kernels.window.state_float`) and the step's
-    gates ``g1``, ``g2`` (all 7, or the kept 5: :func:`_gate_rows`), recompute the step in
+    gates ``g1``, ``g2`` (5, B, Hh each: :func:`_gate_rows`), recompute the step in
     float, run the output layer when ``top``, backpropagate into ``dsl`` and ``dP``; ``o``,
     ``A``, ``fp``: scratch."""
     Hh = ql.shape[2]
@@ -284,13 +279,13 @@ def _layer_float_back(tt, i, T, top, ql, g1, g2, floor, inv_scale, tc, spl, snl,
 
 @njit(**NJIT_OPTS)
 def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_btw, q, bst, bct,
-               bwd, binf, log2, D, nmin, scale, inv_scale, floor, inp0, inpH, P, o, A, g1, g2,
+               bwd, binf, log2, D, nmin, scale, inv_scale, floor, inp0, inpH, P, o, A, fp,
                n, inc, Gs, Qs, X0s, XHs):
     """The undo side of a pipelined backward (:meth:`~revtrain.models.window.WindowRun.backward`):
     steps ``t1-1 .. t0``, layers top-down, undone exactly, keeping what
     :func:`stack_backprop` needs of step ``tt`` (``i = tt - t0``) and layer ``l``:
-    its kept gates in ``Gs[l, i]`` (2, 5, B, Hh, :data:`KEPT`; ``g1``, ``g2`` (7, B, Hh): the
-    undo's own), the state before it in ``Qs[l, i]`` (4, B, Hh, as float:
+    its gates in ``Gs[l, i]`` (2, 5, B, Hh, :data:`GATE_ROWS`: the undo writes them there), the
+    state before it in ``Qs[l, i]`` (4, B, Hh, as float:
     :func:`~revtrain._kernels.window.keep_step`) and the layer's float input in ``X0s[i]``
     (layer 0, float or embedding inputs) or ``XHs[l - 1, i]``.
 
@@ -305,11 +300,9 @@ def stack_undo(t0, t1, xtok, xflt, mode_in, E, m_emb, V0, Vs, W1s, W2s, bs, m_bt
             s0, s1 = l * B, (l + 1) * B
             part, code = layer_undo(q[l], P, W1s[l], W2s[l], bs[l], floor, D, nmin, scale,
                                     inv_scale, bst[s0:s1], bct[s0:s1], bwd[s0:s1], binf[s0:s1],
-                                    log2, o, A, g1, g2, n, inc)
+                                    log2, o, A, Gs[l, i, 0], Gs[l, i, 1], fp, n, inc)
             if code >= 0:
                 return tt, l, part, code
-            _keep_gates(g1, Gs[l, i, 0])
-            _keep_gates(g2, Gs[l, i, 1])
             keep_step(l, mode_in, q[l], inv_scale, inp0, inpH, Qs[l, i], X0s[i],
                       XHs[max(l - 1, 0), i])
     return t0, 0, 0, -1

@@ -5,6 +5,13 @@ with the first ``nh`` parts forming the hidden state ``h`` (B, H = nh * w) that
 the next layer and the output layer read; float states ``sn``/``ds`` of the
 same shape; inputs ``xtok`` / ``xflt`` with ``mode_in`` 0 (one-hot), 1
 (embedding) or 2 (float); input weights ``V0`` (D0, G), ``Vs`` (., H, G).
+
+A run may hold a group of the batch's rows (``B`` of ``B_total``, from row ``c0``): it
+reads its token ids, labels and targets in the batch's arrays, with no copy of
+them: ``xtok = (ids, c0)`` with ``ids`` int64 (T, B_total), ``labels = (lab, c0,
+B_total)`` with ``lab`` int64 (steps with a target * B_total,) and ``target =
+(values, c0, B_total)`` alike (rows, O) (:func:`project`, :func:`head_step`,
+:func:`chunk_scatter`).
 """
 from numba import njit, types
 from numba.extending import overload
@@ -91,20 +98,22 @@ def h_float(ql, nh, inv_scale, out):
 def project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, nh, m_btw, inv_scale, inp0, inpH,
             P):
     """``P = input_l(t) @ V_l`` (B, G); the float input goes to ``inp0`` (layer 0, embedding
-    or float inputs) or ``inpH``. Layer ``l``'s input is layer ``l-1``'s current ``h``, masked."""
+    or float inputs) or ``inpH``. Layer ``l``'s input is layer ``l-1``'s current ``h``, masked.
+    ``xtok`` = ``(ids, c0)``: the run's token ids are ``ids[t, c0 + r]`` (:func:`token_rows`)."""
     B = P.shape[0]
+    ids, c0 = xtok
     if l == 0:
         if mode_in == 0:
             G = P.shape[1]
             for r in range(B):
-                row = xtok[t, r]
+                row = ids[t, c0 + r]
                 for c in range(G):
                     P[r, c] = V0[row, c]
             return
         if mode_in == 1:
             Ed = E.shape[1]
             for r in range(B):
-                row = xtok[t, r]
+                row = ids[t, c0 + r]
                 for c in range(Ed):
                     inp0[r, c] = E[row, c] * m_emb[r, c]
         else:
@@ -145,9 +154,12 @@ def head_step(t, i, T, per_step, snl, nh, m_top, U, by, softmax, labels, target,
     once per chunk. The step's per-row loss terms go to ``terms[t]``
     (``terms[0]`` when only the last step has a target; nothing when step ``t``
     has none): the loss is ``lscale * sum_terms(terms[t])``
-    (:func:`revtrain.models.window_calls.fold_terms`).
+    (:func:`revtrain.models.window_calls.fold_terms`). ``labels``, ``target``: the batch's,
+    with the run's first row and the batch's rows (the module's docstring).
     """
     B, w = snl.shape[1], snl.shape[2]
+    lab, c0, Bl = labels
+    tgt = target[0]
     htop = Hb[i * B:(i + 1) * B]
     dz = Zb[i * B:(i + 1) * B]
     for k in range(nh):
@@ -155,18 +167,18 @@ def head_step(t, i, T, per_step, snl, nh, m_top, U, by, softmax, labels, target,
             for j in range(w):
                 htop[r, k * w + j] = snl[k, r, j] * m_top[r, k * w + j]
     if per_step:
-        r0 = t * B
+        r0 = t * Bl + c0
         row = t
     elif t == T - 1:
-        r0 = 0
+        r0 = c0
         row = 0
     else:
         dz[:, :] = 0.0
         return
     if softmax:
-        xent_dz(htop, U, by, labels[r0:r0 + B], lscale, dz, terms[row], True)
+        xent_dz(htop, U, by, lab[r0:r0 + B], lscale, dz, terms[row], True)
     else:
-        mse_dz(htop, U, by, target[r0:r0 + B], lscale, dz, terms[row], True)
+        mse_dz(htop, U, by, tgt[r0:r0 + B], lscale, dz, terms[row], True)
     dot_rows_t(dz, U, dH)
     _add_h(dsl, nh, dH, m_top)
 
@@ -218,10 +230,11 @@ def chunk_scatter(k, t0, mode_in, xtok, m_emb, dPb, dxb0, gV0, gE):
     (the backward's order), rows in order: the additions of a per-step scatter."""
     B, G = dPb.shape[2], dPb.shape[3]
     D0 = dxb0.shape[2]
+    ids, c0 = xtok
     for i in range(k - 1, -1, -1):
         t = t0 + i
         for r in range(B):
-            row = xtok[t, r]
+            row = ids[t, c0 + r]
             if mode_in == 0:
                 for c in range(G):
                     gV0[row, c] += dPb[0, i, r, c]

@@ -63,7 +63,7 @@ class MomentumRNNWindow(WindowRun):
             t0, t1, self.T, reverse, grads, *self.inputs(), self.Ws, self.bs, self.bgs,
             self.m_btw, self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2,
             m.D, m.nmin, m.scale, m.inv_scale, *self.consts, m.beta, 1.0 - m.beta, self.U,
-            self.by, bw.softmax, batch.labels, bw.target, batch.scale, batch.per_step, bw.sn,
+            self.by, bw.softmax, bw.labels, bw.target, batch.scale, batch.per_step, bw.sn,
             bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX,
             bw.want_dx, self.inp0, self.inpH, self.P, bw.dx0, bw.dxH, self.hf, self.A,
             self.gt, self.n, self.inc, bw.htop, bw.dH, bw.work, c["Ob"], bw.dPb, bw.Xb0, bw.XbH,
@@ -93,7 +93,7 @@ class MomentumRNNWindow(WindowRun):
         stack_backprop(
             t0, t1, self.T, self.xtok, self.mode_in, self.m_emb, self.m_btw, self.m_top,
             m.inv_scale, floor, learned, m.beta, 1.0 - m.beta, self.U, self.by, bw.softmax,
-            batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
+            bw.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["Ws"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0,
             bw.dxH, bw.stage["scratch"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,
             bw.terms, self.V0, self.Vs, self.Ws, slot.Gs, slot.Qs, slot.X0s, slot.XHs)

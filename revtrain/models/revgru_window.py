@@ -54,7 +54,7 @@ class RevGRUWindow(WindowRun):
         return stack_backward(
             t0, t1, self.T, reverse, grads, *self.inputs(), *self._weights(), self.m_btw,
             self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2, m.D, m.nmin,
-            m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
+            m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax, bw.labels, bw.target,
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, self.inp0,
             self.inpH, self.P, bw.dx0, bw.dxH, self.o, self.A, self.Gm, self.g1, self.g2,
@@ -83,7 +83,7 @@ class RevGRUWindow(WindowRun):
         m, c = self.m, bw.cell
         stack_backprop(
             t0, t1, self.T, self.xtok, self.mode_in, self.m_emb, self.m_btw, self.m_top,
-            m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
+            m.inv_scale, m.floor, self.U, self.by, bw.softmax, bw.labels, bw.target,
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["Wg1s"], c["W2s"], c["Wg2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP,
             bw.dx0, bw.dxH, c["dAzr"], c["dAg"], c["dRO"], c["do"], c["tmp"], bw.htop, bw.dH,

@@ -26,8 +26,8 @@ class RevLSTMWindow(WindowRun):
         self.W2s = stacked([q["W2"] for q in pl], dt)
         self.bs = stacked([q["b"] for q in pl], dt)
         self.o, self.A = np.empty((B, Hh), dtype=dt), np.empty((B, 5 * Hh), dtype=dt)
-        self.g1, self.g2 = np.empty((7, B, Hh), dtype=dt), np.empty((7, B, Hh), dtype=dt)
-        # f, p recomputed from kept gates (_gate_rows; the serial path's 7-row gates skip it)
+        # each half's gates (revlstm_stack.GATE_ROWS); the floored f, p in fp where used
+        self.g1, self.g2 = np.empty((5, B, Hh), dtype=dt), np.empty((5, B, Hh), dtype=dt)
         self.fp = np.empty((2, B, Hh), dtype=dt)
         self.n = np.empty((B, Hh), dtype=np.int64)
         self.inc = np.empty((B, Hh), dtype=np.int64)
@@ -37,7 +37,8 @@ class RevLSTMWindow(WindowRun):
         return stack_forward(
             t0, t1, *self.inputs(), self.W1s, self.W2s, self.bs, self.m_btw, self.q, b.states,
             b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor,
-            store, s0, self.inp0, self.inpH, self.P, self.o, self.A, self.g1, self.n, self.inc)
+            store, s0, self.inp0, self.inpH, self.P, self.o, self.A, self.g1, self.fp, self.n,
+            self.inc)
 
     def _cell_grads(self, gl, grad):
         L, B, Hh, dt = self.L, self.B, self.H // 2, self.dt
@@ -57,7 +58,7 @@ class RevLSTMWindow(WindowRun):
             t0, t1, self.T, reverse, grads, *self.inputs(), self.W1s, self.W2s, self.bs,
             self.m_btw, self.m_top, self.q, store, b.states, b.counts, b.words, b.info, m._log2,
             m.D, m.nmin, m.scale, m.inv_scale, m.floor, self.U, self.by, bw.softmax,
-            batch.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
+            bw.labels, bw.target, batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE,
             bw.gV0, bw.gVs, c["W1s"], c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx,
             self.inp0, self.inpH, self.P, bw.dx0, bw.dxH, self.o, self.A, self.g1,
             self.g2, self.fp, self.n, self.inc, c["tc"], bw.htop, bw.dH, bw.work, c["Ob"],
@@ -71,7 +72,7 @@ class RevLSTMWindow(WindowRun):
 
     def kept_gates(self):
         """(each half's i, sigmoid(A_f), o, sigmoid(A_p), g; B, units): 5 of the 7 gate arrays
-        (the floored f and p are recomputed from their sigmoids: ``revlstm_stack.KEPT``)."""
+        (the floored f and p are recomputed from their sigmoids: ``revlstm_stack.GATE_ROWS``)."""
         return (2, 5, self.B, self.H // 2)
 
     def _undo_chunk(self, t0, t1, slot):
@@ -79,14 +80,14 @@ class RevLSTMWindow(WindowRun):
         return stack_undo(
             t0, t1, *self.inputs(), self.W1s, self.W2s, self.bs, self.m_btw, self.q, b.states,
             b.counts, b.words, b.info, m._log2, m.D, m.nmin, m.scale, m.inv_scale, m.floor,
-            self.inp0, self.inpH, self.P, self.o, self.A, self.g1, self.g2, self.n, self.inc,
+            self.inp0, self.inpH, self.P, self.o, self.A, self.fp, self.n, self.inc,
             slot.Gs, slot.Qs, slot.X0s, slot.XHs)
 
     def _backprop_chunk(self, t0, t1, batch, bw, slot):
         m, c, s = self.m, bw.cell, bw.stage
         stack_backprop(
             t0, t1, self.T, self.xtok, self.mode_in, self.m_emb, self.m_btw, self.m_top,
-            m.inv_scale, m.floor, self.U, self.by, bw.softmax, batch.labels, bw.target,
+            m.inv_scale, m.floor, self.U, self.by, bw.softmax, bw.labels, bw.target,
             batch.scale, batch.per_step, bw.sn, bw.sp, bw.ds, bw.gE, bw.gV0, bw.gVs, c["W1s"],
             c["W2s"], c["bs"], bw.gU, bw.gby, bw.dX, bw.want_dx, bw.dP, bw.dx0, bw.dxH, s["o"],
             s["A"], s["fp"], c["tc"], bw.htop, bw.dH, bw.work, c["Ob"], slot.dPb, bw.Xb0, bw.XbH,

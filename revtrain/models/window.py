@@ -14,11 +14,12 @@ Layouts shared with the kernels (``L`` layers, ``B`` rows):
   cell's order (``model._parts()``, all of width ``w``);
 * the information buffer has ``L * B`` streams, layer ``l`` uses streams
   ``l*B .. (l+1)*B - 1``;
-* inputs ``xtok`` int64 ``(T, B)`` with ``mode_in`` 0 (one-hot: rows of
-  ``V0``) or 1 (embedding rows ``E[x] * m_emb``), or ``xflt`` ``(T, B, D0)``
-  with ``mode_in`` 2; input weights ``V0`` (D0, G) and ``Vs`` (max(L-1, 1), H, G);
-* dropout masks ``m_emb`` (B, D0), ``m_btw`` (max(L-1, 1), B, H), ``m_top``
-  (B, H), all ones without dropout.
+* inputs ``xtok`` = (the batch's int64 ids ``(T, B_total)``, the run's first row) with
+  ``mode_in`` 0 (one-hot: rows of ``V0``) or 1 (embedding rows ``E[x] * m_emb``), or
+  ``xflt`` ``(T, B, D0)`` with ``mode_in`` 2; input weights ``V0`` (D0, G) and ``Vs``
+  (max(L-1, 1), H, G);
+* dropout masks ``m_emb`` (B, D0), ``m_btw`` (L-1, B, H; one layer: a (1, 1, 1) stand-in),
+  ``m_top`` (B, H), all ones without dropout.
 
 A cell subclasses :class:`WindowRun` with ``_pack_cell``, ``_forward_chunk``,
 ``_backward_chunk``, ``_chunk_grads`` and ``_cell_grads`` (and, to pipeline its backward,
@@ -44,12 +45,17 @@ class WindowRun(PipelinedBackward):
     theta : ndarray (size,)
         float64, or already in the model's dtype (the row groups of one call share
         one float32 copy).
-    x : ndarray, int64 (T, B) token ids or float64 (T, B, n_in)
+    x : ndarray, int64 (T, B_total) token ids or float64 (T, B_total, n_in)
+        The whole batch's inputs. The run reads its rows of the token ids in place (the
+        kernels take ``(ids, row0)``, so a row group costs no copy of them; the labels
+        likewise, :meth:`begin_backward`) and copies its rows of float inputs.
     tokens : bool
     state0 : ndarray (B, state_size) or None
+        This run's rows.
     masks : DropoutMasks or None
-    row0, B_total : int
-        A row group's first row and the whole batch's rows (None: this run's ``B``).
+        This run's rows.
+    rows : (int, int) or None
+        The run's rows ``row0 .. row1-1`` of the batch (None: all of them).
     chunk : int or None
         Steps per kernel call; None: :func:`~revtrain.models.window_arrays.chunk_steps` of
         this run's rows (two halves take the first half's, to step their chunks together).
@@ -58,15 +64,15 @@ class WindowRun(PipelinedBackward):
     #: Names of the parts in ``q``'s order, and the part names of the kernels' error codes.
     error_parts = ()
 
-    def __init__(self, model, theta, x, tokens, state0, masks, row0=0, B_total=None,
-                 chunk=None):
+    def __init__(self, model, theta, x, tokens, state0, masks, rows=None, chunk=None):
         m = self.m = model
         dt = self.dt = np.dtype(getattr(m, "dtype", "float64"))
         L, H, G = m.n_layers, m.n_hidden, m._n_proj
-        self.T, self.B = x.shape[0], x.shape[1]
+        row0, row1 = (0, x.shape[1]) if rows is None else rows
+        self.T, self.B = x.shape[0], row1 - row0
         B = self.B
         #: First row and rows of the whole batch (a group of rows runs as its own WindowRun).
-        self.row0, self.B_total = row0, B if B_total is None else B_total
+        self.row0, self.B_total = row0, x.shape[1]
         self.chunk = chunk_steps(B, dt) if chunk is None else chunk
         self.L, self.H = L, H
         self.parts = tuple(nm for nm, _ in m._layout_parts)
@@ -80,18 +86,22 @@ class WindowRun(PipelinedBackward):
                   else np.zeros((1, 1), dtype=dt))
         self.U, self.by = p["U"].astype(dt, copy=False), p["b_y"].astype(dt, copy=False)
         self.mode_in = 2 if not tokens else (1 if m.embed_dim is not None else 0)
-        self.xtok = x if tokens else np.zeros((1, 1), dtype=np.int64)
-        self.xflt = x.astype(dt, copy=False) if not tokens else np.zeros((1, 1, 1), dtype=dt)
+        #: the kernels' token ids: (the batch's ids (T, B_total), the run's first row)
+        self.xtok = ((np.ascontiguousarray(x, dtype=np.int64) if tokens
+                      else np.zeros((1, 1), dtype=np.int64)), row0)
+        self.xflt = (np.ascontiguousarray(x[:, row0:row1], dtype=dt) if not tokens
+                     else np.zeros((1, 1, 1), dtype=dt))
         D0 = self.D0 = self.V0.shape[0] if self.mode_in == 2 else (m.embed_dim or 1)
+        # one layer reads no mask between layers: a (1, 1) stand-in
+        no_btw = [np.ones((1, 1), dtype=dt)]
         if masks is None:
             self.m_emb = np.ones((B, D0), dtype=dt)
-            self.m_btw = stacked([np.ones((B, H), dtype=dt)] * max(L - 1, 1), dt)
+            self.m_btw = stacked([np.ones((B, H), dtype=dt)] * (L - 1) if L > 1 else no_btw, dt)
             self.m_top = np.ones((B, H), dtype=dt)
         else:
             self.m_emb = (masks.embed.astype(dt, copy=False) if masks.embed is not None
                           else np.ones((B, D0), dtype=dt))
-            self.m_btw = stacked(list(masks.between) if L > 1
-                                 else [np.ones((B, H), dtype=dt)], dt)
+            self.m_btw = stacked(list(masks.between) if L > 1 else no_btw, dt)
             self.m_top = masks.top.astype(dt, copy=False)
         q0 = m._initial_fixed(state0, B)
         self.q = np.empty((L, len(self.parts), B, self.w), dtype=np.int64)
@@ -269,7 +279,10 @@ class WindowRun(PipelinedBackward):
             stage=self._stage_scratch() if pipelined else None,
             Xb0=np.empty((self.chunk, B, self.D0), dtype=dt),
             XbH=self._upper_inputs(self.chunk),
-            target=batch.target.astype(dt, copy=False),
+            # the batch's labels and targets, read in place at the run's rows (head_step)
+            labels=(np.ascontiguousarray(batch.labels, dtype=np.int64), self.row0,
+                    self.B_total),
+            target=(batch.target.astype(dt, copy=False), self.row0, self.B_total),
             cell=self._cell_grads(gl, grad),
             terms=np.zeros((T if batch.per_step else 1, B)),
             batch=batch, reverse=reverse,
@@ -284,9 +297,12 @@ class WindowRun(PipelinedBackward):
         """Steps of chunk ``bw.chunks[k]``, backwards; ``grads``: add their parameter gradients
         now, else leave them for :meth:`add_chunk_grads`. Returns ``(t, layer, part, code)``."""
         t0, t1 = bw.chunks[k]
-        if bw.reverse:
-            self._reserve(t1 - t0)
-        return self._backward_chunk(t0, t1, bw.reverse, grads, bw.store, bw.batch, bw)
+        if not bw.reverse:
+            return self._backward_chunk(t0, t1, False, grads, bw.store, bw.batch, bw)
+        self._reserve(t1 - t0)
+        code = self._backward_chunk(t0, t1, True, grads, bw.store, bw.batch, bw)
+        self.buf.release_popped()
+        return code
 
     def add_chunk_grads(self, bw, k):
         """Add the parameter gradients :meth:`backward_chunk` left of chunk ``bw.chunks[k]``."""
@@ -343,6 +359,6 @@ class WindowRun(PipelinedBackward):
         bufs = [self.layer_buffer(j) for j in range(self.L)]
         masks = SimpleNamespace(embed=self.m_emb, between=tuple(self.m_btw), top=self.m_top)
         ebuf = None if m.embed_dim is None else np.empty((self.B, m.embed_dim))
-        x = self.xtok if self.mode_in < 2 else self.xflt
+        x = self.xtok[0][:, self.row0:self.row0 + self.B] if self.mode_in < 2 else self.xflt
         raise m._blame(e, l, t, self.pl, self.p, x, self.mode_in < 2, q, q0, bufs,
                        np.empty((self.B, m._n_proj)), masks, ebuf, self.B) from None

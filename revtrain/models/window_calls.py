@@ -27,9 +27,9 @@ def fold_terms(terms, scale, forward=False):
                            bool(forward)))
 
 
-def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
+def _group_runs(model, theta, x, tokens, state0, masks, run_class):
     """One :class:`~revtrain.models.window.WindowRun` per row group of ``x`` (T, B, ...):
-    ``[(r0, r1, run), ...]``; ``xs`` the groups' rows of ``x`` when the caller has them."""
+    ``[(r0, r1, run), ...]``. Each reads its rows of ``x`` (token ids in place)."""
     B = x.shape[1]
     dt = np.dtype(getattr(model, "dtype", "float64"))
     if dt != theta.dtype:
@@ -38,12 +38,10 @@ def _group_runs(model, theta, x, tokens, state0, masks, run_class, xs=None):
     groups = window_row_groups(B)
     # two halves take their backward chunks in step: the first half's chunk length
     chunk = chunk_steps(groups[0][1] - groups[0][0], dt) if len(groups) == 2 else None
-    for i, (r0, r1) in enumerate(groups):
+    for r0, r1 in groups:
         whole = r0 == 0 and r1 == B
-        xg = x if whole else (xs[i] if xs is not None else np.ascontiguousarray(x[:, r0:r1]))
-        run = run_class(model, theta, xg, tokens,
-                        None if state0 is None else state0[r0:r1],
-                        masks if whole else group_masks(masks, r0, r1), row0=r0, B_total=B,
+        run = run_class(model, theta, x, tokens, None if state0 is None else state0[r0:r1],
+                        masks if whole else group_masks(masks, r0, r1), rows=(r0, r1),
                         chunk=chunk)
         out.append((r0, r1, run))
     return out
@@ -56,11 +54,9 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     :class:`~revtrain.models.window.WindowRun` s, side by side on threads.
     """
     B = batch.B
-    groups = window_row_groups(B)
-    gbatches = [batch] if len(groups) == 1 else [group_batch(batch, r0, r1) for r0, r1 in groups]
-    grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class,
-                          xs=[gb.x for gb in gbatches])
+    grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
     runs = [run for _, _, run in grouped]
+    gbatches = [batch] * len(runs)       # each run reads its rows of the batch's labels
     T = batch.lead[0]
     stores = [np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None
               for run in runs]

@@ -82,7 +82,9 @@ class PipelinedBackward:
         (:func:`~revtrain.models.pipeline.run_pipeline`)."""
         def undo(t0, t1, slot):
             self._reserve(t1 - t0)
-            return self._undo_chunk(t0, t1, slot)
+            code = self._undo_chunk(t0, t1, slot)
+            self.buf.release_popped()
+            return code
 
         def backprop(t0, t1, slot, code):
             t, l, part, c = code
