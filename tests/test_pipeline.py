@@ -237,3 +237,53 @@ def test_revlstm_slots_keep_five_gates_and_the_gradients_in_them(threads, monkey
         assert s.Gs.shape[2:4] == (2, 5)
         assert s.Qs.dtype == np.float64 and s.XHs.size == s.Gs.shape[1]   # one-layer stand-in
         assert s.dPb.shape[-1] == m._n_proj and np.shares_memory(s.dPb, s.Gs)
+
+
+@pytest.mark.parametrize("n_slots", [2, 3])
+def test_pipeline_hands_every_chunk_over_in_order_and_runs_at_most_a_slot_ahead(n_slots):
+    """run_pipeline with 2 or 3 slots: the second stage gets every chunk in order, in the slot
+    the first stage filled for it, and the first stage never starts chunk ``k`` before the
+    second finished chunk ``k - n_slots`` (it would overwrite a slot still being read)."""
+    chunks = [(k,) for k in range(40)]
+    slots = [dict(i=i, k=None) for i in range(n_slots)]
+    finished, ahead = [-1], []
+
+    def first(k, slot):
+        ahead.append(k - finished[0])
+        assert slot["k"] is None
+        slot["k"] = k
+        time.sleep(0.0005 * (k % 3))            # uneven chunks, both ways
+        return (0, -1)
+
+    def second(k, slot, code):
+        assert slot["k"] == k and slot["i"] == k % n_slots and code == (0, -1)
+        time.sleep(0.0005 * ((k + 1) % 3))
+        slot["k"] = None
+        finished[0] = k
+    pipeline.run_pipeline(chunks, slots, first, second)
+    assert finished[0] == 39 and max(ahead) <= n_slots and _stages_left() == []
+
+
+def test_small_float32_runs_take_a_third_slot(threads, monkeypatch):
+    """A pipelined float32 run with small slots (B = 1) takes three, float64 two (its peak
+    memory is held to the per-step code's); either gives the serial loop's bits."""
+    from revtrain.models.window import WindowRun
+    counts = []
+    orig = WindowRun._slot_count
+
+    def count(self, slot):
+        counts.append(orig(self, slot))
+        return counts[-1]
+    monkeypatch.setattr(WindowRun, "_slot_count", count)
+    for dtype, want in (("float32", 3), ("float64", 2)):
+        m = rt.RevLSTM(5, 8, 5, dtype=dtype)
+        theta = m.init_params(0).astype(dtype)
+        rng = np.random.default_rng(1)
+        x, y = rng.integers(0, 5, (200, 1)), rng.integers(0, 5, (200, 1))
+        threads(2)
+        counts.clear()
+        loss, grad = m.loss_and_grad(theta, x, y)
+        assert counts == [want]
+        threads(1)
+        loss1, grad1 = m.loss_and_grad(theta, x, y)
+        assert loss == loss1 and np.array_equal(grad, grad1)

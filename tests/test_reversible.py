@@ -429,6 +429,40 @@ def test_forget_add_fast_path_over_many_rounds(m):
     assert np.array_equal(q, q0) and a.is_empty()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_forget_add_undo_fast_path_divides_exactly_at_every_magnitude(seed):
+    """The undo's fast path (D <= 2**12) takes floor((q - inc) / n) from a table of
+    reciprocals below 2**52 (one-off products corrected) and by integer division above: the
+    same q, states and words as the generic undo (rt.exact_mul's arithmetic), for values at
+    every magnitude, exact multiples of n, their neighbours and both sides of 2**52."""
+    from revtrain._kernels.quantize import (forget_add_undo, _forget_add_undo_generic,
+                                            log2_table, RECIP_SAFE)
+    D, S, K = 1 << 12, 3, 400
+    rng = np.random.default_rng(seed)
+    n = rng.integers(D >> 3, D + 1, (S, K))
+    mag = 2.0 ** rng.uniform(0, 58, (S, K))
+    v = (rng.choice([-1, 1], (S, K)) * mag).astype(np.int64)
+    v[:, :60] = (v[:, :60] // n[:, :60]) * n[:, :60] + rng.integers(-1, 2, (S, 60))  # multiples
+    v[:, 60:70] = RECIP_SAFE + np.arange(-5, 5)
+    v[:, 70:80] = -RECIP_SAFE + np.arange(-5, 5)
+    inc = rng.integers(-2 ** 32, 2 ** 32, (S, K))
+    q = v + inc
+    a = rt.InfoBuffer(S, capacity=4 * K + 64)
+    a.push(rng.integers(0, 1000, S), 1000)            # something below to pop
+    b = a.copy()
+    b.words = np.ascontiguousarray(np.pad(b.words, ((0, 0), (0, a.words.shape[1]))))
+    qa, qb = q.copy(), q.copy()
+    tab = log2_table(D)
+    assert forget_add_undo(qa, n, inc, D, a.states, a.counts, a.words, a.info, tab) == -1
+    assert _forget_add_undo_generic(qb, n, inc, D, b.states, b.counts, b.words, b.info,
+                                    tab) == -1
+    assert np.array_equal(qa, qb)
+    assert np.array_equal(a.states, b.states) and np.array_equal(a.counts, b.counts)
+    for s in range(S):
+        c = int(a.counts[s])
+        assert np.array_equal(a.words[s, :c], b.words[s, :c])
+
+
 def test_revlstm_hidden_state_stays_bounded_over_long_carried_sequences():
     """h = p h + (1 - p) o tanh(c) is a convex combination: |h| <= 1 even when gates saturate."""
     m = RevLSTM(5, 6, 5)

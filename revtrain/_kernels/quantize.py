@@ -38,6 +38,10 @@ from .rans import (buffer_kernel, buffer_op, SPLIT_LIMIT, PROB_BITS, push_pow2_s
 
 #: Largest magnitude a fixed-point state element may reach (exclusive).
 LIMIT = 1 << 62
+#: ``1 / n`` for ``n = 0 .. 2**12`` (entry 0 unused), float64: for ``|v| < RECIP_SAFE``,
+#: ``floor(v * RECIP[n])`` is ``v // n`` or one off (the product's error is below one).
+RECIP = np.array([0.0] + [1.0 / n for n in range(1, SPLIT_LIMIT + 1)])
+RECIP_SAFE = 1 << 52
 
 
 @njit(**INLINE_OPTS)
@@ -208,8 +212,20 @@ def _forget_add_undo_small(q, n, inc, D, states, counts, words, info, log2tab):
             if overflows(v, D, nn):
                 states[s], counts[s], info[s] = x, cnt, inf
                 return s * K + j
-            base = v // nn                  # floor: 0 <= r < n also for negative v
-            x, cnt = push_small(x, cnt, words, s, v - base * nn, nn)
+            if -RECIP_SAFE < v < RECIP_SAFE:
+                # floor(v / n) from the reciprocal's table, off by at most one: corrected
+                base = int64(np.floor(float(v) * RECIP[nn]))
+                rem = v - base * nn
+                if rem < 0:
+                    base -= 1
+                    rem += nn
+                elif rem >= nn:
+                    base += 1
+                    rem -= nn
+            else:
+                base = v // nn              # floor: 0 <= r < n also for negative v
+                rem = v - base * nn
+            x, cnt = push_small(x, cnt, words, s, rem, nn)
             r, x, cnt = pop_pow2_shift(x, cnt, words, s, sh)
             q[s, j] = (base << m) + r
             inf -= ld - log2tab[nn]

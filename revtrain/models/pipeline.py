@@ -7,7 +7,7 @@ gates, the information buffer's pops), and backpropagating through them (float
 recompute, output layer, gradients). The second needs the first's results
 for its chunk only, and the first never needs the second's, so the undo of a
 chunk can run while the chunk after it (in time) backpropagates. The stages
-hand chunks over through two slots of arrays; both run Numba kernels that
+hand chunks over through two or three slots of arrays; both run Numba kernels that
 release the GIL, so they take two cores, and the backward costs about the
 longer stage instead of the sum of both.
 
@@ -34,16 +34,17 @@ def running():
 
 
 def run_pipeline(chunks, slots, first, second):
-    """``second(*chunks[k], slots[k % 2], first(*chunks[k], slots[k % 2]))`` for every
-    chunk ``k`` in order, ``first`` on another thread running ahead by at most one chunk.
+    """``second(*chunks[k], slots[k % S], first(*chunks[k], slots[k % S]))`` for every
+    chunk ``k`` in order, ``first`` on another thread running ahead by at most ``S - 1``
+    chunks (``S = len(slots)``).
 
     Parameters
     ----------
     chunks : list of tuples
         The chunks' arguments, in processing order (``(t0, t1)``: steps).
-    slots : two objects
-        Arrays ``first`` fills for ``second``; chunk ``k`` uses ``slots[k % 2]``, so ``first``
-        waits until ``second`` is done with chunk ``k - 2``.
+    slots : sequence of two or more objects
+        Arrays ``first`` fills for ``second``; chunk ``k`` uses ``slots[k % S]``, so ``first``
+        waits until ``second`` is done with chunk ``k - S``.
     first : callable ``(*chunk, slot) -> code``
         Runs on the pipeline's thread. A returned ``code`` whose last item is ``>= 0`` (a
         kernel's error code) stops it after that chunk: ``second`` gets that code and is
@@ -59,8 +60,9 @@ def run_pipeline(chunks, slots, first, second):
     """
     # binary semaphores as plain locks: ready[s] held = slot s not filled yet, free[s] held =
     # slot s in use by the first stage; done held until the first stage has ended
-    ready = [held_lock(), held_lock()]
-    free = [_thread.allocate_lock(), _thread.allocate_lock()]
+    S = len(slots)
+    ready = [held_lock() for _ in range(S)]
+    free = [_thread.allocate_lock() for _ in range(S)]
     done = held_lock()
     codes, failed, stop = [None] * len(chunks), [], [False]
     call = CallToken()
@@ -73,18 +75,18 @@ def run_pipeline(chunks, slots, first, second):
         k = 0
         try:
             for k, chunk in enumerate(chunks):
-                while not free[k % 2].acquire(timeout=POLL_SECONDS):
+                while not free[k % S].acquire(timeout=POLL_SECONDS):
                     if stopped():
                         return
                 if stopped():
                     return
-                codes[k] = first(*chunk, slots[k % 2])
-                ready[k % 2].release()
+                codes[k] = first(*chunk, slots[k % S])
+                ready[k % S].release()
                 if codes[k][-1] >= 0:
                     return
         except BaseException as e:       # noqa: B902 - raised on the calling thread
             failed.append(e)
-            release_if_held(ready[k % 2])
+            release_if_held(ready[k % S])
 
     def run_first():
         try:
@@ -98,11 +100,11 @@ def run_pipeline(chunks, slots, first, second):
         _thread.start_new_thread(run_first, ())
         started = True
         for k, chunk in enumerate(chunks):
-            ready[k % 2].acquire()
+            ready[k % S].acquire()
             if codes[k] is None:
                 raise failed[0]
-            second(*chunk, slots[k % 2], codes[k])
-            free[k % 2].release()
+            second(*chunk, slots[k % S], codes[k])
+            free[k % S].release()
     finally:
         stop[0] = True            # the stage ends within a chunk or a poll, waited for or not
         for lock in free:

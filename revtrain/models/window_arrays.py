@@ -17,7 +17,7 @@ CHUNK = 32
 #: Rows (steps x batch rows) a call aims at: its weight gradients are one product over them.
 CHUNK_ROWS = 64
 #: float64 runs: most steps and rows per call (:func:`chunk_steps`).
-CHUNK_F64, CHUNK_ROWS_F64 = 8, 32
+CHUNK_F64, CHUNK_ROWS_F64 = 8, 16
 
 
 def stacked(arrays, dtype):
@@ -53,11 +53,13 @@ def chunk_steps(B, dtype=np.float32):
     slots of kept gates and states) is that size: about 64 rows keeps both the
     products efficient at ``B = 1`` and the scratch small at ``B = 32`` (it grew
     the peak memory of large batches tenfold with 32 steps). float64, the default
-    dtype, takes smaller chunks to come near the peak memory of the per-step code the
-    kernels replaced, at some cost in time (RevLSTM reversible, peak RSS growth (MiB) /
-    time with 32 and 64 rows at T=1000, B=32, H=256: 7.5 / 600-670 ms against 8.7 /
-    625 ms; with 8 and 32 steps at B=1, H=128: 0.93 / 21-24 ms against 1.33 / 19 ms;
-    the per-step code: 7.1 and 0.93 MiB).
+    dtype, takes smaller chunks to stay within the peak memory of the per-step code the
+    kernels replaced, at some cost in time: at most 8 steps and 16 rows, so one step per
+    call for the 16-row halves of a batch of 32 (RevLSTM reversible, T=100, B=32, H=256:
+    peak RSS growth 5.0-5.2 MiB against 5.5-5.6 with 32 rows and 5.3 for the per-step
+    code, 69-71 against 66-68 ms; T=1000: 6.3-6.7 against 6.6-6.7 MiB and 7.1 for the
+    per-step code; at B=1, 8 steps: 0.93 MiB against 1.33 with 32 steps, 21-24 against
+    19 ms).
     """
     if np.dtype(dtype) == np.float64:
         return max(1, min(CHUNK_F64, CHUNK_ROWS_F64 // max(B, 1)))
