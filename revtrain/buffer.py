@@ -149,6 +149,12 @@ class InfoBuffer:
         mm = _memory_map(self.words)
         if mm is None or not hasattr(mm, "madvise"):
             return 0
+        # the pages' offsets below are those of the whole map: only for the stacks as made
+        # by zeroed_words (not a view of some of their rows)
+        whole = np.frombuffer(mm, dtype=np.uint8)
+        if (not self.words.flags.c_contiguous or self.words.nbytes != whole.nbytes
+                or self.words.ctypes.data != whole.ctypes.data):
+            return 0
         counts = self.counts
         self._released = np.maximum(self._released, counts)
         due = np.flatnonzero((self._released - counts) * 4 >= RELEASE_BYTES)

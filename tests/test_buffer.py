@@ -193,3 +193,20 @@ def test_release_popped_leaves_a_small_buffer_alone():
     buf.push([1, 2], 4)
     buf.pop(4)
     assert buf.release_popped() == 0
+
+
+def test_release_popped_leaves_a_view_of_some_streams_alone():
+    """A buffer over a view of some rows of a mapped stack (as a layer's view of a stack's
+    buffer) releases nothing: its pages' offsets would not be the map's."""
+    from revtrain.buffer import InfoBuffer
+    whole = InfoBuffer(4, capacity=8192)               # 128 KiB: memory-mapped
+    view = InfoBuffer(2)
+    view.words = whole.words[2:]
+    view.states, view.counts = whole.states[2:], whole.counts[2:]
+    whole.words[:, :4000] = 7                          # every stream holds 4000 words
+    whole.counts[:] = 4000
+    view.release_popped()
+    view.counts[:] = 0                                 # the view's streams popped empty
+    assert view.release_popped() == 0
+    assert (whole.words[:2, :4000] == 7).all()         # (the map's first rows: the offsets
+    assert (whole.words[2:, :4000] == 7).all()         # the view's rows would have used)

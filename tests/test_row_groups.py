@@ -236,3 +236,47 @@ def test_forward_only_passes_in_groups(cls, threads):
     # predict row r equals predict on that row alone (the rows are independent)
     alone = m.predict(theta, x[:, 35:36])
     assert np.allclose(res[0][1][:, 35:36], alone, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls", CELLS)
+def test_groups_read_the_batch_targets_in_place(cls, threads, monkeypatch):
+    """Row groups read the batch's token ids, labels and targets in place: every group's
+    backward gets the same arrays (float32 targets of an MSE model converted once per call,
+    not once per group), and the result is the per-step reference's: loss and final state
+    the same bits, the gradient to rounding, also for a target on the last step only."""
+    from revtrain.models.window import WindowRun
+    seen = []
+    orig = WindowRun.begin_backward
+
+    def begin(self, *a, **k):
+        bw = orig(self, *a, **k)
+        seen.append((self.xtok, bw.labels, bw.target))
+        return bw
+    monkeypatch.setattr(WindowRun, "begin_backward", begin)
+    threads(2)
+    rng = np.random.default_rng(5)
+    T, B = 6, 40
+    x = rng.integers(0, 6, (T, B))
+    for last_only in (False, True):
+        y = rng.standard_normal((B, 3) if last_only else (T, B, 3))
+        res = {}
+        for dtype in ("float64", "float32"):
+            m = cls(6, 10, 3, loss="mse", dtype=dtype, embed_dim=4)
+            theta = m.init_params(seed=2)
+            seen.clear()
+            res[dtype] = m.loss_and_grad(theta, x, y, return_stats=True)
+            assert len(seen) == 3                                  # groups of 16, 16, 8
+            for xt, lab, tgt in seen:
+                assert xt[0] is seen[0][0][0] and np.shares_memory(xt[0], x)
+                assert tgt[0] is seen[0][2][0]                     # one conversion per call
+                assert tgt[0].dtype == m.dtype and tgt[0].shape == (y.size // 3, 3)
+            assert sorted(s[2][1] for s in seen) == [0, 16, 32]    # the groups' first rows
+        m64 = cls(6, 10, 3, loss="mse", embed_dim=4)
+        m64.window_kernels = False                                 # the per-step driver
+        lr, gr, sr = m64.loss_and_grad(m64.init_params(seed=2), x, y, return_stats=True)
+        lk, gk, sk = res["float64"]
+        assert lk == lr and np.array_equal(sk.final_state, sr.final_state)
+        assert np.max(np.abs(gk - gr)) <= 1e-12 * np.max(np.abs(gr))
+        l32, g32, _ = res["float32"]
+        assert abs(l32 - lr) <= 1e-4 * abs(lr)
+        assert np.max(np.abs(g32 - gr)) <= 1e-3 * np.max(np.abs(gr))

@@ -165,8 +165,9 @@ def _pop_symbol(states, counts, words, s, b):
 # ``counts[s]`` per element (:func:`~revtrain._kernels.quantize.forget_add`).
 
 #: ``M // b`` for ``b = 0 .. 2**12`` (entry 0 unused) and ``ceil(2**32 / f)`` for
-#: ``f = 0 .. MAGIC_SIZE - 1`` (entry 0 unused): the divisions of :func:`pop_small`, read from
-#: tables (Numba freezes global arrays into the code), so none is left on the state's chain.
+#: ``f = 0 .. MAGIC_SIZE - 1`` (entry 0 unused): the divisions of :func:`pop_small` (and
+#: ``M // b`` of :func:`push_small`), read from tables (Numba freezes global arrays into the
+#: code), so none is left on the pop's chain.
 M_DIV = np.array([0] + [PROB_TOTAL // b for b in range(1, SPLIT_LIMIT + 1)], dtype=np.int32)
 MAGIC_SIZE = 4097
 MAGIC = np.array([0] + [((1 << 32) + f - 1) // f for f in range(1, MAGIC_SIZE)], dtype=np.int64)
@@ -186,8 +187,9 @@ def _emit_local(words, s, n, x):
 
 @buffer_op
 def _refill_local(words, s, n, x):
-    """:func:`_read_word` without a branch on the refill's need (it is mispredicted often):
-    ``(x, n)`` after the refill of a state ``x < 2**32`` on stream ``s``, else unchanged."""
+    """:func:`_read_word` as :func:`pop_small` needs it: ``(x, n)`` after the refill of a state
+    ``x < 2**32`` on stream ``s``, else unchanged; the word is read under a branch, the state
+    and count are selected without one."""
     need = x < STATE_LOW
     if need and n > 0:
         w = uint64(words[s, n - 1])

@@ -24,7 +24,7 @@ Layouts (``L`` layers, ``B`` rows, ``H = 2 Hh`` units per layer):
 * Inputs: ``xtok`` = ``(ids, c0)``: the run's token ids ``ids[t, c0 + r]`` of the batch's
   int64 ``(T, B_total)`` (``mode_in = 0``: one-hot,
   ``1``: embedding rows ``E[x] * m_emb``) or ``xflt`` float ``(T, B, D0)``
-  (``mode_in = 2``). Dropout masks ``m_btw`` ``(max(L-1, 1), B, H)`` and
+  (``mode_in = 2``). Dropout masks ``m_btw`` ``(L-1, B, H)`` (one layer: a (1, 1, 1) stand-in) and
   ``m_top`` ``(B, H)`` are all ones without dropout.
 
 Every step does exactly the operations of the Python cell

@@ -99,7 +99,8 @@ def project(t, l, xtok, xflt, mode_in, E, m_emb, V0, Vs, q, nh, m_btw, inv_scale
             P):
     """``P = input_l(t) @ V_l`` (B, G); the float input goes to ``inp0`` (layer 0, embedding
     or float inputs) or ``inpH``. Layer ``l``'s input is layer ``l-1``'s current ``h``, masked.
-    ``xtok`` = ``(ids, c0)``: the run's token ids are ``ids[t, c0 + r]`` (:func:`token_rows`)."""
+    ``xtok`` = ``(ids, c0)``: the run's token ids are ``ids[t, c0 + r]`` (the module's
+    docstring)."""
     B = P.shape[0]
     ids, c0 = xtok
     if l == 0:
@@ -155,7 +156,8 @@ def head_step(t, i, T, per_step, snl, nh, m_top, U, by, softmax, labels, target,
     (``terms[0]`` when only the last step has a target; nothing when step ``t``
     has none): the loss is ``lscale * sum_terms(terms[t])``
     (:func:`revtrain.models.window_calls.fold_terms`). ``labels``, ``target``: the batch's,
-    with the run's first row and the batch's rows (the module's docstring).
+    with the run's first row and the batch's rows (the module's docstring; the two tuples
+    carry the same ones, and the target's are taken from ``labels``).
     """
     B, w = snl.shape[1], snl.shape[2]
     lab, c0, Bl = labels

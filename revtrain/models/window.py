@@ -17,7 +17,7 @@ Layouts shared with the kernels (``L`` layers, ``B`` rows):
 * inputs ``xtok`` = (the batch's int64 ids ``(T, B_total)``, the run's first row) with
   ``mode_in`` 0 (one-hot: rows of ``V0``) or 1 (embedding rows ``E[x] * m_emb``), or
   ``xflt`` ``(T, B, D0)`` with ``mode_in`` 2; input weights ``V0`` (D0, G) and ``Vs``
-  (max(L-1, 1), H, G);
+  (L-1, H, G; one layer: a (1, 1, G) stand-in);
 * dropout masks ``m_emb`` (B, D0), ``m_btw`` (L-1, B, H; one layer: a (1, 1, 1) stand-in),
   ``m_top`` (B, H), all ones without dropout.
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._threads import run_groups, get_row_threads
 from .lockstep import run_lockstep
-from .row_groups import window_row_groups, group_batch, group_masks
+from .row_groups import window_row_groups, group_masks
 from .window_arrays import chunk_steps
 from .._kernels.head import softmax_xent_rows, mse_rows, fold_rows
 
@@ -56,6 +56,9 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     B = batch.B
     grouped = _group_runs(model, theta, batch.x, batch.tokens, state0, masks, run_class)
     runs = [run for _, _, run in grouped]
+    if batch.target.size and batch.target.dtype != runs[0].dt:
+        # one conversion of the targets for all the groups (each reads its rows in place)
+        batch = batch._replace(target=batch.target.astype(runs[0].dt))
     gbatches = [batch] * len(runs)       # each run reads its rows of the batch's labels
     T = batch.lead[0]
     stores = [np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None
@@ -134,25 +137,24 @@ def window_loss(model, theta, batch, state0, masks, run_class):
     parts = []
 
     def group_terms(i):
-        r0, r1, run = runs[i]
-        gb = batch if len(runs) == 1 else group_batch(batch, r0, r1)
-        B, T, dt = gb.B, gb.lead[0], run.dt
+        r0, r1, run = runs[i]          # the group's rows of the batch's labels, read in place
+        B, T, dt, Ball = r1 - r0, batch.lead[0], run.dt, batch.B
         terms = np.zeros((n_steps, B))
         work, dh = np.empty((B, model.n_out), dt), np.empty((B, model.n_hidden), dt)
         gU, gby = np.zeros_like(run.U), np.zeros_like(run.by)
         for t0, h in run.forward_top():
             for j in range(h.shape[0]):
                 t = t0 + j
-                if gb.per_step:
-                    rows, row = slice(t * B, (t + 1) * B), t
+                if batch.per_step:
+                    rows, row = slice(t * Ball + r0, t * Ball + r1), t
                 elif t == T - 1:
-                    rows, row = slice(0, B), 0
+                    rows, row = slice(r0, r1), 0
                 else:
                     continue
-                tgt = (gb.labels[rows] if model.loss_kind == "softmax"
-                       else gb.target[rows].astype(dt, copy=False))
-                head(np.ascontiguousarray(h[j]), run.U, run.by, tgt, gb.scale, work, dh, gU,
-                     gby, terms[row])
+                tgt = (batch.labels[rows] if model.loss_kind == "softmax"
+                       else batch.target[rows].astype(dt, copy=False))
+                head(np.ascontiguousarray(h[j]), run.U, run.by, tgt, batch.scale, work, dh,
+                     gU, gby, terms[row])
         return terms
 
     parts = run_groups(group_terms, len(runs))
