@@ -121,7 +121,8 @@ def _fail(e, code, message):
         return code
     print(f"[MPI rank {rank} of {size}] {message}; ending all {size} processes",
           file=sys.stderr, flush=True)
-    comm.Abort(code)
+    from .distributed import abort_job
+    abort_job(comm, code)
     return code     # pragma: no cover - Abort does not return
 
 

@@ -29,6 +29,7 @@ failed. A rank that dies outright is handled by the MPI launcher
 """
 import os
 import pickle
+import sys
 import time
 
 import numpy as np
@@ -268,6 +269,23 @@ def mark_all_ranks(e):
     except AttributeError:      # pragma: no cover - exceptions with __slots__
         pass
     return e
+
+
+#: Seconds a rank waits between printing why it ends the job and ``MPI_Abort``.
+ABORT_GRACE = 1.0
+
+
+def abort_job(comm, code):
+    """End the MPI job with exit code ``code`` (``MPI_Abort``), once the caller's last words
+    (printed to stderr and flushed) have had :data:`ABORT_GRACE` seconds to leave.
+
+    MPICH's launcher passes a rank's stderr on through its proxy process, which an
+    immediate abort can end before it has read the line still in the pipe: twice the job
+    ended with code 1 and an empty stderr, on a machine busy with other tests.
+    """
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE)
+    comm.Abort(code)
 
 
 def is_root(comm):

@@ -252,7 +252,8 @@ def run(a):
     except BaseException as e:          # one rank alone: do not leave the others waiting
         print(f"revtrain hypertune: error: MPI rank {rank}: {type(e).__name__}: {e}",
               file=sys.stderr, flush=True)
-        comm.Abort(1)
+        from ..distributed import abort_job
+        abort_job(comm, 1)
         raise                           # pragma: no cover - Abort does not return
     return code                         # (an interrupted search ends on every rank together)
 
@@ -262,9 +263,11 @@ def _end_interrupted(comm, rank):
     wait in a collective), so rank 0, done writing, aborts the job with code 130; the
     others give it a moment to do so."""
     import time
+    from ..distributed import abort_job
     if rank != 0:
         time.sleep(10.0)
-    comm.Abort(EXIT_INTERRUPTED)
+        comm.Abort(EXIT_INTERRUPTED)
+    abort_job(comm, EXIT_INTERRUPTED)       # once rank 0's message has had time to leave
 
 
 def _run(a, comm):
