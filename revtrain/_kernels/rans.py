@@ -60,19 +60,35 @@ def small_floordiv(a, b):
 
 
 @buffer_op
+def _emit_local(words, s, n, x):
+    """:func:`_emit_word` on a stream whose count ``n`` the caller holds: ``(x >> 32, n)``."""
+    w = x & WORD_MASK
+    if n > 0 or w != 0:
+        if n >= words.shape[1]:
+            raise RuntimeError("InfoBuffer is full: reserve more words before pushing")
+        words[s, n] = np.uint32(w)
+        n += 1
+    return x >> uint64(32), n
+
+
+@buffer_op
+def _read_word_local(words, s, n, x):
+    """``(x << 32) | words[s, n - 1]`` (0 for an empty stack): :func:`_read_word`'s state."""
+    w = uint64(0)
+    if n > 0:
+        w = uint64(words[s, n - 1])
+    return (x << uint64(32)) | w
+
+
+@buffer_op
 def _emit_word(counts, words, s, x):
     """Store the low 32 bits of state ``x`` on stream ``s``; return ``x >> 32``.
 
     A zero word on an empty stack is not stored (the stack reads zeros below).
     """
-    w = x & WORD_MASK
-    n = counts[s]
-    if n > 0 or w != 0:
-        if n >= words.shape[1]:
-            raise RuntimeError("InfoBuffer is full: reserve more words before pushing")
-        words[s, n] = np.uint32(w)
-        counts[s] = n + 1
-    return x >> uint64(32)
+    x, n = _emit_local(words, s, counts[s], x)
+    counts[s] = n
+    return x
 
 
 @buffer_op
@@ -82,12 +98,10 @@ def _read_word(counts, words, s, x):
     The inverse of :func:`_emit_word`.
     """
     n = counts[s]
-    w = uint64(0)
+    x = _read_word_local(words, s, n, x)
     if n > 0:
-        n -= 1
-        w = uint64(words[s, n])
-        counts[s] = n
-    return (x << uint64(32)) | w
+        counts[s] = n - 1
+    return x
 
 
 @buffer_op
@@ -174,18 +188,6 @@ MAGIC = np.array([0] + [((1 << 32) + f - 1) // f for f in range(1, MAGIC_SIZE)],
 
 
 @buffer_op
-def _emit_local(words, s, n, x):
-    """:func:`_emit_word` on a stream whose count ``n`` the caller holds: ``(x >> 32, n)``."""
-    w = x & WORD_MASK
-    if n > 0 or w != 0:
-        if n >= words.shape[1]:
-            raise RuntimeError("InfoBuffer is full: reserve more words before pushing")
-        words[s, n] = np.uint32(w)
-        n += 1
-    return x >> uint64(32), n
-
-
-@buffer_op
 def _refill_local(words, s, n, x):
     """:func:`_read_word` as :func:`pop_small` needs it: ``(x, n)`` after the refill of a state
     ``x < 2**32`` on stream ``s``, else unchanged; the word is read under a branch, the state
@@ -221,15 +223,6 @@ def pop_pow2_shift(x, n, words, s, sh):
         x = _read_word_local(words, s, n, x)
         n -= int64(n > 0)
     return r, x, n
-
-
-@buffer_op
-def _read_word_local(words, s, n, x):
-    """``(x << 32) | words[s, n - 1]`` (0 for an empty stack): :func:`_read_word`'s state."""
-    w = uint64(0)
-    if n > 0:
-        w = uint64(words[s, n - 1])
-    return (x << uint64(32)) | w
 
 
 @buffer_op

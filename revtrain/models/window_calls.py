@@ -59,7 +59,6 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     if batch.target.size and batch.target.dtype != runs[0].dt:
         # one conversion of the targets for all the groups (each reads its rows in place)
         batch = batch._replace(target=batch.target.astype(runs[0].dt))
-    gbatches = [batch] * len(runs)       # each run reads its rows of the batch's labels
     T = batch.lead[0]
     stores = [np.empty((T + 1,) + run.q.shape, dtype=np.int64) if mode == "standard" else None
               for run in runs]
@@ -82,14 +81,14 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     grad = np.zeros(model.size, dtype=theta.dtype) if in_place else None
     if len(runs) == 2:
         targets = [grad if in_place else np.zeros(model.size, dtype=runs[0].dt)]
-        out = backward_in_lockstep(runs, gbatches, mode != "standard", stores, want_dx,
+        out = backward_in_lockstep(runs, batch, mode != "standard", stores, want_dx,
                                    targets[0])
     else:
         targets = [grad if in_place and i == 0 else np.zeros(model.size, dtype=run.dt)
                    for i, run in enumerate(runs)]
-        out = run_groups(lambda i: runs[i].backward(gbatches[i], mode != "standard",
-                                                    stores[i], want_dx, targets[i]), len(runs))
-    stores = gbatches = None          # (the standard mode's stored states)
+        out = run_groups(lambda i: runs[i].backward(batch, mode != "standard", stores[i],
+                                                    want_dx, targets[i]), len(runs))
+    stores = None                     # (the standard mode's stored states)
     for run in runs:
         run.release()                 # buffers, parameter copies: before the gradient's sum
     loss = fold_terms(np.concatenate([o[0] for o in out], axis=1), batch.scale)
@@ -107,12 +106,13 @@ def run_window(model, theta, batch, mode, state0, masks, want_inputs, run_class)
     return loss, grad, info
 
 
-def backward_in_lockstep(runs, batches, reverse, stores, want_dx, grad):
-    """The backward passes of two row groups, adding into one gradient ``grad`` chunk after
-    chunk in group order (:func:`~revtrain.models.lockstep.run_lockstep`), side by side on
-    two row threads. Returns each run's ``(terms, dstate0, dx)``."""
-    bws = [run.begin_backward(b, reverse, st, want_dx, grad)
-           for run, b, st in zip(runs, batches, stores)]
+def backward_in_lockstep(runs, batch, reverse, stores, want_dx, grad):
+    """The backward passes of two row groups of ``batch`` (each reads its rows), adding into
+    one gradient ``grad`` chunk after chunk in group order
+    (:func:`~revtrain.models.lockstep.run_lockstep`), side by side on two row threads.
+    Returns each run's ``(terms, dstate0, dx)``."""
+    bws = [run.begin_backward(batch, reverse, st, want_dx, grad)
+           for run, st in zip(runs, stores)]
     assert bws[0].chunks == bws[1].chunks
     failed = run_lockstep(len(bws[0].chunks),
                           lambda g, k: runs[g].backward_chunk(bws[g], k, False),
